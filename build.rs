@@ -1,0 +1,104 @@
+//! Embeds the seller's trust anchors when the build environment names them.
+//!
+//! `ENTITLEMENT_GATE_TRUSTED_PRODUCT_CODES` (comma-separated) and
+//! `ENTITLEMENT_GATE_TRUSTED_KEYS_DIR` (a directory of `<version>.pem` files) turn an open build,
+//! which takes both at run time, into a locked one that a buyer cannot reconfigure.
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const CODES_VAR: &str = "ENTITLEMENT_GATE_TRUSTED_PRODUCT_CODES";
+const KEYS_VAR: &str = "ENTITLEMENT_GATE_TRUSTED_KEYS_DIR";
+
+fn main() {
+    println!("cargo:rerun-if-env-changed={CODES_VAR}");
+    println!("cargo:rerun-if-env-changed={KEYS_VAR}");
+
+    let codes = trusted_product_codes();
+    let keys = match env::var_os(KEYS_VAR).filter(|dir| !dir.is_empty()) {
+        Some(dir) => trusted_keys(Path::new(&dir)),
+        None => Vec::new(),
+    };
+
+    let mut generated = String::new();
+    match &codes {
+        Some(codes) => writeln!(
+            generated,
+            "pub(crate) const PRODUCT_CODES: Option<&[&str]> = Some(&{codes:?});"
+        ),
+        None => writeln!(
+            generated,
+            "pub(crate) const PRODUCT_CODES: Option<&[&str]> = None;"
+        ),
+    }
+    .unwrap();
+    generated.push_str("pub(crate) const KEYS: &[(u32, &str)] = &[\n");
+    for (version, path) in &keys {
+        let path = path.canonicalize().expect("trusted key path");
+        writeln!(
+            generated,
+            "    ({version}, include_str!({:?})),",
+            path.display().to_string()
+        )
+        .unwrap();
+    }
+    generated.push_str("];\n");
+
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("trust_anchors.rs");
+    fs::write(out, generated).expect("write trust_anchors.rs");
+}
+
+fn trusted_product_codes() -> Option<Vec<String>> {
+    let raw = env::var(CODES_VAR)
+        .ok()
+        .filter(|raw| !raw.trim().is_empty())?;
+    let codes: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|code| !code.is_empty())
+        .map(str::to_owned)
+        .collect();
+    for code in &codes {
+        // Same rule as the RegisterUsage model; checked here so a typo fails the build, not a buyer.
+        let valid = code.len() <= 255
+            && code
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-/=:_.@".contains(c));
+        assert!(valid, "{CODES_VAR}: {code:?} is not a valid product code");
+    }
+    Some(codes)
+}
+
+fn trusted_keys(dir: &Path) -> Vec<(u32, PathBuf)> {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("{KEYS_VAR}={}: {e}", dir.display()));
+    let mut keys = Vec::new();
+    for entry in entries {
+        let path = entry.expect("read trusted keys dir").path();
+        if path.extension().is_none_or(|ext| ext != "pem") {
+            continue;
+        }
+        println!("cargo:rerun-if-changed={}", path.display());
+        let version: u32 = path
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .and_then(|stem| stem.parse().ok())
+            .filter(|version| *version >= 1)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: trusted keys must be named <version>.pem",
+                    path.display()
+                )
+            });
+        keys.push((version, path));
+    }
+    assert!(
+        !keys.is_empty(),
+        "{KEYS_VAR}={}: no <version>.pem files",
+        dir.display()
+    );
+    keys.sort();
+    keys
+}

@@ -1,0 +1,151 @@
+//! `metering-emulator`: a local stand-in for the AWS Marketplace Metering Service.
+//!
+//! It serves the awsJson1_1 `RegisterUsage` operation the AWS SDKs call, checks the request the
+//! way the service does (target header, body shape, SigV4 scope), signs real PS256 tokens with a
+//! local RSA key, and injects the faults the gate must survive. Tests start it in-process with
+//! [`spawn`]; sellers and the README demo run the `metering-emulator` binary.
+
+pub mod keys;
+mod server;
+mod service;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use server::{serve, spawn, RunningEmulator};
+
+/// Who is entitled, and which faults to inject.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Region the emulated endpoint lives in; requests signed for another get InvalidRegionException.
+    pub region: String,
+    /// Public key versions the service knows; others get InvalidPublicKeyVersionException.
+    pub key_versions: BTreeSet<u32>,
+    pub signing_key: Arc<keys::RsaKey>,
+    /// Product codes with an active subscription.
+    pub entitled: BTreeSet<String>,
+    /// Known product codes without a subscription (CustomerNotEntitledException); any code in
+    /// neither list gets InvalidProductCodeException.
+    pub not_entitled: BTreeSet<String>,
+    /// Answer with `PublicKeyRotationTimestamp` (epoch seconds), as when a key version expires.
+    pub rotation_timestamp: Option<i64>,
+    /// Serve the IMDSv2 credential and Region paths, as an EC2 node would.
+    pub imds: bool,
+    pub faults: Faults,
+}
+
+impl Config {
+    /// Region `us-east-1`, key version 1, signing with `key`, nothing entitled, no faults.
+    pub fn new(key: Arc<keys::RsaKey>) -> Self {
+        Self {
+            region: "us-east-1".to_owned(),
+            key_versions: BTreeSet::from([1]),
+            signing_key: key,
+            entitled: BTreeSet::new(),
+            not_entitled: BTreeSet::new(),
+            rotation_timestamp: None,
+            imds: false,
+            faults: Faults::default(),
+        }
+    }
+
+    pub fn entitle(mut self, product_code: &str) -> Self {
+        self.entitled.insert(product_code.to_owned());
+        self
+    }
+
+    pub fn refuse(mut self, product_code: &str) -> Self {
+        self.not_entitled.insert(product_code.to_owned());
+        self
+    }
+}
+
+/// Faults, applied to RegisterUsage calls in order: the first `drop_first` calls lose their
+/// connection, the next `throttle_first` are throttled, the next `fail_first` get a 500; after
+/// that `error` (if set) answers every call, else `token` (if set) spoils every token.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub drop_first: u32,
+    pub throttle_first: u32,
+    pub fail_first: u32,
+    /// Wait this long before answering each call.
+    pub delay: Duration,
+    pub error: Option<InjectedError>,
+    pub token: Option<TokenFault>,
+}
+
+/// An error response: awsJson1_1 `__type` code and HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectedError {
+    pub code: String,
+    pub status: u16,
+}
+
+impl std::str::FromStr for InjectedError {
+    type Err = String;
+
+    /// `CODE` or `CODE:STATUS`; the status defaults to 500 for InternalServiceErrorException,
+    /// 403 for authentication and authorization codes and 400 otherwise.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (code, status) = match text.split_once(':') {
+            Some((code, status)) => {
+                let status = status
+                    .parse()
+                    .map_err(|_| format!("{status:?} is not an HTTP status"))?;
+                (code, status)
+            }
+            None => (text, default_status(text)),
+        };
+        if code.is_empty() {
+            return Err("empty error code".to_owned());
+        }
+        Ok(Self {
+            code: code.to_owned(),
+            status,
+        })
+    }
+}
+
+fn default_status(code: &str) -> u16 {
+    match code {
+        "InternalServiceErrorException" => 500,
+        "AccessDeniedException"
+        | "UnrecognizedClientException"
+        | "ExpiredTokenException"
+        | "InvalidSignatureException"
+        | "MissingAuthenticationTokenException" => 403,
+        _ => 400,
+    }
+}
+
+/// Ways to spoil the token in an otherwise successful answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenFault {
+    /// Signed by a different RSA key.
+    BadSignature,
+    /// The payload changed after signing.
+    Tampered,
+    /// `alg: none` and no signature.
+    AlgNone,
+    /// HS256, keyed with the public key text (the classic algorithm-confusion attack).
+    AlgHs256,
+    /// RS256 (PKCS#1 v1.5) instead of PS256.
+    AlgRs256,
+    WrongNonce,
+    WrongProductCode,
+    WrongKeyVersion,
+    /// `publicKeyVersion` as a string instead of a JSON number.
+    KeyVersionAsString,
+    MissingIat,
+    /// `iat` an hour in the future.
+    FutureIat,
+    /// `exp` an hour in the past.
+    Expired,
+    /// 200 with no Signature member.
+    MissingSignature,
+    /// A Signature that is not a JWT.
+    NotAJwt,
+    /// A validly signed token larger than 16 KiB.
+    Oversized,
+}

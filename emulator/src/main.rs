@@ -1,0 +1,135 @@
+//! `metering-emulator`: serve RegisterUsage locally. See `--help`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use metering_emulator::keys::RsaKey;
+use metering_emulator::{Config, Faults, InjectedError, TokenFault};
+
+/// A local stand-in for AWS Marketplace Metering RegisterUsage (awsJson1_1 over HTTP).
+///
+/// Point an AWS SDK at it with AWS_ENDPOINT_URL_MARKETPLACE_METERING=http://ADDR and any
+/// credentials. It checks the X-Amz-Target header, the body and the SigV4 scope, answers the
+/// documented errors, and signs PS256 tokens with its own RSA key.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: String,
+
+    /// Write the bound address (host:port) to this file once listening.
+    #[arg(long, value_name = "PATH")]
+    addr_file: Option<PathBuf>,
+
+    /// The Region this endpoint serves; calls signed for another get InvalidRegionException.
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+
+    /// RSA private key (PKCS#8 or PKCS#1 PEM) that signs tokens; generated when absent.
+    #[arg(long, value_name = "PATH")]
+    private_key_file: Option<PathBuf>,
+
+    /// Write the signing key's public half (SPKI PEM) here, for the gate's --public-key-file.
+    #[arg(long, value_name = "PATH")]
+    public_key_out: Option<PathBuf>,
+
+    /// Accepted public key versions (repeatable); others get InvalidPublicKeyVersionException.
+    #[arg(long = "key-version", value_name = "N", default_values_t = [1])]
+    key_versions: Vec<u32>,
+
+    /// Product code with an active subscription (repeatable).
+    #[arg(long, value_name = "CODE")]
+    entitled: Vec<String>,
+
+    /// Known product code without a subscription: CustomerNotEntitledException (repeatable).
+    /// Codes in neither list get InvalidProductCodeException.
+    #[arg(long, value_name = "CODE")]
+    not_entitled: Vec<String>,
+
+    /// Send PublicKeyRotationTimestamp (epoch seconds) with every token.
+    #[arg(long, value_name = "EPOCH_SECONDS")]
+    rotation_timestamp: Option<i64>,
+
+    /// Also serve IMDSv2 credentials and Region, as an EC2 node would
+    /// (point AWS_EC2_METADATA_SERVICE_ENDPOINT here).
+    #[arg(long)]
+    imds: bool,
+
+    /// Close the connection without answering the first N calls.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    drop_first: u32,
+
+    /// Answer ThrottlingException to the next N calls.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    throttle_first: u32,
+
+    /// Answer InternalServiceErrorException (500) to the next N calls.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    fail_first: u32,
+
+    /// Wait this many milliseconds before answering each call.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    delay_ms: u64,
+
+    /// Answer every later call with this error, as CODE or CODE:STATUS
+    /// (e.g. AccessDeniedException, PlatformNotSupportedException, DisabledApiException).
+    #[arg(long, value_name = "CODE[:STATUS]")]
+    error: Option<InjectedError>,
+
+    /// Spoil every token this way.
+    #[arg(long, value_enum, value_name = "FAULT")]
+    token_fault: Option<TokenFault>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), String> {
+    let cli = Cli::parse();
+    let key = match &cli.private_key_file {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            RsaKey::from_private_pem(&pem)?
+        }
+        None => RsaKey::generate(2048),
+    };
+    if let Some(path) = &cli.public_key_out {
+        std::fs::write(path, &key.public_spki_pem)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let config = Config {
+        region: cli.region,
+        key_versions: cli.key_versions.into_iter().collect(),
+        signing_key: Arc::new(key),
+        entitled: cli.entitled.into_iter().collect(),
+        not_entitled: cli.not_entitled.into_iter().collect::<BTreeSet<_>>(),
+        rotation_timestamp: cli.rotation_timestamp,
+        imds: cli.imds,
+        faults: Faults {
+            drop_first: cli.drop_first,
+            throttle_first: cli.throttle_first,
+            fail_first: cli.fail_first,
+            delay: Duration::from_millis(cli.delay_ms),
+            error: cli.error,
+            token: cli.token_fault,
+        },
+    };
+    let listener = tokio::net::TcpListener::bind(&cli.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    if let Some(path) = &cli.addr_file {
+        std::fs::write(path, addr.to_string())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    eprintln!(
+        "metering-emulator: serving RegisterUsage for {} on http://{addr}",
+        config.region
+    );
+    metering_emulator::serve(config, listener)
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,217 @@
+//! HTTP plumbing: hyper on a loopback port, in-process for tests or as the binary's server.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::service::{self, Answer, Service};
+use crate::Config;
+
+/// Request bodies above this are refused; RegisterUsage inputs are a few hundred bytes.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+const IMDS_ROLE: &str = "emulated-node-role";
+
+/// Answers one connection's requests until the client closes it.
+async fn serve_connection(service: Arc<Service>, stream: tokio::net::TcpStream) {
+    let handler = hyper::service::service_fn(move |request| handle(service.clone(), request));
+    // An Err here is a dropped connection: injected, or the client went away.
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), handler)
+        .await;
+}
+
+/// Serves RegisterUsage (and, if configured, IMDS) on `listener` forever.
+pub async fn serve(config: Config, listener: TcpListener) -> std::io::Result<()> {
+    accept_loop(Arc::new(Service::new(config)), listener).await
+}
+
+async fn accept_loop(service: Arc<Service>, listener: TcpListener) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        // Small answers: send them now rather than wait for Nagle.
+        stream.set_nodelay(true)?;
+        tokio::spawn(serve_connection(service.clone(), stream));
+    }
+}
+
+/// Why a request got no answer: the connection is closed instead.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by fault injection")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+async fn handle(
+    service: Arc<Service>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Dropped> {
+    if service.config.imds && request.uri().path().starts_with("/latest/") {
+        return Ok(imds(
+            &service.config,
+            request.method(),
+            request.uri().path(),
+        ));
+    }
+    if request.method() != Method::POST || request.uri().path() != "/" {
+        return Ok(plain(StatusCode::NOT_FOUND, "not found"));
+    }
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    let target = header("x-amz-target");
+    let authorization = header("authorization");
+    let body = match Limited::new(request.into_body(), MAX_REQUEST_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return Ok(plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large",
+            ))
+        }
+    };
+    let delay = service.config.faults.delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let answer = service.register_usage(&service::Request {
+        target: target.as_deref(),
+        authorization: authorization.as_deref(),
+        body: &body,
+    });
+    match answer {
+        Answer::Drop => Err(Dropped),
+        Answer::Json { status, body } => Ok(Response::builder()
+            .status(status)
+            .header("content-type", "application/x-amz-json-1.1")
+            .header(
+                "x-amzn-requestid",
+                format!("emulated-{}", service.calls.load(Ordering::SeqCst)),
+            )
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("valid response")),
+    }
+}
+
+/// The IMDSv2 paths the AWS SDK's instance-profile credential and Region providers read.
+fn imds(config: &Config, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    let credentials_path = "/latest/meta-data/iam/security-credentials/";
+    match (method, path) {
+        (&Method::PUT, "/latest/api/token") => plain(StatusCode::OK, "emulated-imds-session-token"),
+        (&Method::GET, "/latest/meta-data/placement/region") => {
+            plain(StatusCode::OK, &config.region)
+        }
+        (&Method::GET, p) if p == credentials_path => plain(StatusCode::OK, IMDS_ROLE),
+        (&Method::GET, p) if p.strip_prefix(credentials_path) == Some(IMDS_ROLE) => {
+            let expiration = SystemTime::now() + Duration::from_secs(6 * 3600);
+            let expiration = aws_smithy_types::DateTime::from(expiration)
+                .fmt(aws_smithy_types::date_time::Format::DateTime)
+                .expect("formattable time");
+            let body = serde_json::json!({
+                "Code": "Success",
+                "Type": "AWS-HMAC",
+                "AccessKeyId": "ASIAEMULATEDNODEROLE",
+                "SecretAccessKey": "emulated-node-role-secret",
+                "Token": "emulated-node-role-session-token",
+                "Expiration": expiration,
+            });
+            plain(StatusCode::OK, &body.to_string())
+        }
+        _ => plain(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("valid response")
+}
+
+/// An emulator serving on a loopback port from its own thread; dropping it stops the server.
+pub struct RunningEmulator {
+    addr: SocketAddr,
+    service: Arc<Service>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningEmulator {
+    /// The value for `AWS_ENDPOINT_URL_MARKETPLACE_METERING`.
+    pub fn endpoint_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// RegisterUsage calls received so far, faulted ones included.
+    pub fn calls(&self) -> u64 {
+        self.service.calls.load(Ordering::SeqCst)
+    }
+
+    /// The SPKI PEM of the key that signs its tokens.
+    pub fn public_key_pem(&self) -> &str {
+        &self.service.config.signing_key.public_spki_pem
+    }
+}
+
+impl Drop for RunningEmulator {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts an emulator on `127.0.0.1` and an ephemeral port, in a background thread.
+pub fn spawn(config: Config) -> RunningEmulator {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let listener = runtime
+        .block_on(TcpListener::bind(("127.0.0.1", 0)))
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let service = Arc::new(Service::new(config));
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let server_service = service.clone();
+    let thread = std::thread::spawn(move || {
+        runtime.block_on(async move {
+            tokio::select! {
+                _ = accept_loop(server_service, listener) => {}
+                _ = stopped => {}
+            }
+        });
+    });
+    RunningEmulator {
+        addr,
+        service,
+        shutdown: Some(shutdown),
+        thread: Some(thread),
+    }
+}

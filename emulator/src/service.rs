@@ -1,0 +1,429 @@
+//! RegisterUsage as the Metering Service answers it: pure request-in, answer-out logic.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::keys::{b64_json, shared_other_2048};
+use crate::{Config, InjectedError, TokenFault};
+
+pub(crate) const REGISTER_USAGE_TARGET: &str = "AWSMPMeteringService.RegisterUsage";
+const SIGNING_SERVICE: &str = "aws-marketplace";
+
+/// What the server should do with one request.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Answer {
+    /// Close the connection without answering.
+    Drop,
+    Json {
+        status: u16,
+        body: Value,
+    },
+}
+
+impl Answer {
+    fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
+        Answer::Json {
+            status,
+            body: json!({ "__type": code, "message": message.into() }),
+        }
+    }
+
+    fn injected(error: &InjectedError) -> Self {
+        Self::error(error.status, &error.code, "injected by metering-emulator")
+    }
+}
+
+/// The parts of an HTTP request RegisterUsage looks at.
+pub(crate) struct Request<'a> {
+    pub target: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+pub(crate) struct Service {
+    pub config: Config,
+    pub calls: AtomicU64,
+}
+
+impl Service {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    pub fn register_usage(&self, request: &Request) -> Answer {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        let faults = &self.config.faults;
+        let dropped = u64::from(faults.drop_first);
+        let throttled = dropped + u64::from(faults.throttle_first);
+        let failed = throttled + u64::from(faults.fail_first);
+        if call < dropped {
+            return Answer::Drop;
+        }
+        if let Err(answer) = self.check_envelope(request) {
+            return answer;
+        }
+        if call < throttled {
+            return Answer::error(400, "ThrottlingException", "Rate exceeded");
+        }
+        if call < failed {
+            return Answer::error(500, "InternalServiceErrorException", "Internal error");
+        }
+        if let Some(error) = &faults.error {
+            return Answer::injected(error);
+        }
+        match self.entitle(request.body) {
+            Ok(answer) | Err(answer) => answer,
+        }
+    }
+
+    /// Target header and SigV4 scope, checked before the body as the service front end does.
+    fn check_envelope(&self, request: &Request) -> Result<(), Answer> {
+        if request.target != Some(REGISTER_USAGE_TARGET) {
+            return Err(Answer::error(
+                400,
+                "UnknownOperationException",
+                format!("X-Amz-Target must be {REGISTER_USAGE_TARGET}"),
+            ));
+        }
+        let Some(authorization) = request.authorization else {
+            return Err(Answer::error(
+                403,
+                "MissingAuthenticationTokenException",
+                "Missing Authentication Token",
+            ));
+        };
+        let scope = sigv4_scope(authorization).ok_or_else(|| {
+            Answer::error(
+                403,
+                "IncompleteSignatureException",
+                "Authorization header is not AWS4-HMAC-SHA256 with a Credential scope",
+            )
+        })?;
+        if scope.service != SIGNING_SERVICE {
+            return Err(Answer::error(
+                403,
+                "InvalidSignatureException",
+                format!("Credential should be scoped to correct service: '{SIGNING_SERVICE}'"),
+            ));
+        }
+        if scope.region != self.config.region {
+            return Err(Answer::error(
+                400,
+                "InvalidRegionException",
+                format!(
+                    "RegisterUsage must be called in the Region the task runs in ({}), not {}",
+                    self.config.region, scope.region
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn entitle(&self, body: &[u8]) -> Result<Answer, Answer> {
+        let input: Value = serde_json::from_slice(body).map_err(|e| {
+            Answer::error(
+                400,
+                "SerializationException",
+                format!("body is not JSON: {e}"),
+            )
+        })?;
+        let invalid = |message: &str| Answer::error(400, "ValidationException", message);
+        let product_code = input["ProductCode"]
+            .as_str()
+            .filter(|code| valid_product_code(code))
+            .ok_or_else(|| invalid("ProductCode must be 1-255 of [-a-zA-Z0-9/=:_.@]"))?;
+        let key_version = input["PublicKeyVersion"]
+            .as_u64()
+            .filter(|version| *version >= 1)
+            .ok_or_else(|| invalid("PublicKeyVersion must be an integer >= 1"))?;
+        let nonce = match &input["Nonce"] {
+            Value::Null => None,
+            Value::String(nonce) if nonce.len() <= 255 => Some(nonce.as_str()),
+            _ => return Err(invalid("Nonce must be a string of at most 255 characters")),
+        };
+        let config = &self.config;
+        if config.not_entitled.contains(product_code) {
+            return Err(Answer::error(
+                400,
+                "CustomerNotEntitledException",
+                "Customer does not have a valid subscription for the product",
+            ));
+        }
+        if !config.entitled.contains(product_code) {
+            return Err(Answer::error(
+                400,
+                "InvalidProductCodeException",
+                "Product code is not valid",
+            ));
+        }
+        if !u32::try_from(key_version).is_ok_and(|v| config.key_versions.contains(&v)) {
+            return Err(Answer::error(
+                400,
+                "InvalidPublicKeyVersionException",
+                "Public key version is not valid",
+            ));
+        }
+        let claims = json!({
+            "productCode": product_code,
+            "publicKeyVersion": key_version,
+            "nonce": nonce,
+            "iat": now(),
+        });
+        let mut body = json!({ "Signature": self.token(claims) });
+        if let Some(rotation) = config.rotation_timestamp {
+            body["PublicKeyRotationTimestamp"] = json!(rotation);
+        }
+        if config.faults.token == Some(TokenFault::MissingSignature) {
+            body.as_object_mut().expect("object").remove("Signature");
+        }
+        Ok(Answer::Json { status: 200, body })
+    }
+
+    fn token(&self, mut claims: Value) -> String {
+        let key = &self.config.signing_key;
+        let ps256 = json!({ "alg": "PS256", "typ": "JWT" });
+        let Some(fault) = self.config.faults.token else {
+            return key.sign_jwt(&ps256, &claims);
+        };
+        match fault {
+            TokenFault::BadSignature => return shared_other_2048().sign_jwt(&ps256, &claims),
+            TokenFault::Tampered => {
+                let token = key.sign_jwt(&ps256, &claims);
+                claims["productCode"] = json!("someone-elses-product");
+                let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+                parts[1] = b64_json(&claims);
+                return parts.join(".");
+            }
+            TokenFault::AlgNone => {
+                return format!(
+                    "{}.{}.",
+                    b64_json(&json!({ "alg": "none" })),
+                    b64_json(&claims)
+                )
+            }
+            TokenFault::AlgHs256 => {
+                let input = format!(
+                    "{}.{}",
+                    b64_json(&json!({ "alg": "HS256", "typ": "JWT" })),
+                    b64_json(&claims)
+                );
+                let mac_key = aws_lc_rs::hmac::Key::new(
+                    aws_lc_rs::hmac::HMAC_SHA256,
+                    key.public_spki_pem.as_bytes(),
+                );
+                let tag = aws_lc_rs::hmac::sign(&mac_key, input.as_bytes());
+                return format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
+            }
+            TokenFault::AlgRs256 => {
+                // A PS256 signature under an RS256 header: the header alone must sink it.
+                let header = json!({ "alg": "RS256", "typ": "JWT" });
+                return key.sign_jwt(&header, &claims);
+            }
+            TokenFault::WrongNonce => claims["nonce"] = json!("a-nonce-from-another-run"),
+            TokenFault::WrongProductCode => claims["productCode"] = json!("someone-elses-product"),
+            TokenFault::WrongKeyVersion => {
+                claims["publicKeyVersion"] =
+                    json!(claims["publicKeyVersion"].as_u64().unwrap_or(1) + 1)
+            }
+            TokenFault::KeyVersionAsString => {
+                claims["publicKeyVersion"] = json!(claims["publicKeyVersion"].to_string())
+            }
+            TokenFault::MissingIat => {
+                claims.as_object_mut().expect("object").remove("iat");
+            }
+            TokenFault::FutureIat => claims["iat"] = json!(now() + 3600),
+            TokenFault::Expired => claims["exp"] = json!(now() - 3600),
+            TokenFault::MissingSignature => {}
+            TokenFault::NotAJwt => return "this-is-not-a-jwt".to_owned(),
+            TokenFault::Oversized => claims["padding"] = json!("x".repeat(17 * 1024)),
+        }
+        key.sign_jwt(&ps256, &claims)
+    }
+}
+
+struct SigV4Scope<'a> {
+    region: &'a str,
+    service: &'a str,
+}
+
+/// `AWS4-HMAC-SHA256 Credential=AKID/20261123/us-east-1/aws-marketplace/aws4_request, ...`
+fn sigv4_scope(authorization: &str) -> Option<SigV4Scope<'_>> {
+    let params = authorization.strip_prefix("AWS4-HMAC-SHA256 ")?;
+    let credential = params
+        .split(',')
+        .map(str::trim)
+        .find_map(|param| param.strip_prefix("Credential="))?;
+    let mut parts = credential.split('/');
+    let (_key, _date, region, service, terminator) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    (terminator == "aws4_request" && params.contains("Signature="))
+        .then_some(SigV4Scope { region, service })
+}
+
+fn valid_product_code(code: &str) -> bool {
+    (1..=255).contains(&code.len())
+        && code
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-/=:_.@".contains(c))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::shared_2048;
+    use crate::Faults;
+
+    const AUTH: &str = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261123/us-east-1/aws-marketplace/aws4_request, SignedHeaders=host;x-amz-date, Signature=abc";
+
+    fn service(faults: Faults) -> Service {
+        let mut config = Config::new(shared_2048()).entitle("paid").refuse("unpaid");
+        config.faults = faults;
+        Service::new(config)
+    }
+
+    fn call(service: &Service, auth: Option<&str>, body: Value) -> Answer {
+        let body = body.to_string();
+        service.register_usage(&Request {
+            target: Some(REGISTER_USAGE_TARGET),
+            authorization: auth,
+            body: body.as_bytes(),
+        })
+    }
+
+    fn code_of(answer: &Answer) -> (u16, String) {
+        match answer {
+            Answer::Json { status, body } => {
+                (*status, body["__type"].as_str().unwrap_or("").to_owned())
+            }
+            Answer::Drop => (0, "drop".to_owned()),
+        }
+    }
+
+    fn request(code: &str) -> Value {
+        json!({ "ProductCode": code, "PublicKeyVersion": 1, "Nonce": "n1" })
+    }
+
+    #[test]
+    fn entitled_codes_get_a_token_bound_to_the_request() {
+        let service = service(Faults::default());
+        let Answer::Json { status: 200, body } = call(&service, Some(AUTH), request("paid")) else {
+            panic!("expected a token");
+        };
+        let token = body["Signature"].as_str().unwrap();
+        let payload = token.split('.').nth(1).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(claims["productCode"], "paid");
+        assert_eq!(claims["nonce"], "n1");
+        assert_eq!(claims["publicKeyVersion"], 1);
+        assert!(claims["iat"].as_u64().unwrap() > 1_700_000_000);
+    }
+
+    #[test]
+    fn refusals_follow_the_product_lists_and_key_versions() {
+        let service = service(Faults::default());
+        assert_eq!(
+            code_of(&call(&service, Some(AUTH), request("unpaid"))).1,
+            "CustomerNotEntitledException"
+        );
+        assert_eq!(
+            code_of(&call(&service, Some(AUTH), request("unknown"))).1,
+            "InvalidProductCodeException"
+        );
+        let v2 = json!({ "ProductCode": "paid", "PublicKeyVersion": 2 });
+        assert_eq!(
+            code_of(&call(&service, Some(AUTH), v2)).1,
+            "InvalidPublicKeyVersionException"
+        );
+        let bad = json!({ "ProductCode": "p a i d", "PublicKeyVersion": 1 });
+        assert_eq!(
+            code_of(&call(&service, Some(AUTH), bad)).1,
+            "ValidationException"
+        );
+    }
+
+    #[test]
+    fn envelope_checks_authorization_scope_and_region() {
+        let service = service(Faults::default());
+        assert_eq!(
+            code_of(&call(&service, None, request("paid"))),
+            (403, "MissingAuthenticationTokenException".into())
+        );
+        let other_region = AUTH.replace("us-east-1", "eu-west-1");
+        assert_eq!(
+            code_of(&call(&service, Some(&other_region), request("paid"))),
+            (400, "InvalidRegionException".into())
+        );
+        let other_service = AUTH.replace("aws-marketplace", "s3");
+        assert_eq!(
+            code_of(&call(&service, Some(&other_service), request("paid"))).1,
+            "InvalidSignatureException"
+        );
+        let wrong_target = service.register_usage(&Request {
+            target: Some("AWSMPMeteringService.MeterUsage"),
+            authorization: Some(AUTH),
+            body: b"{}",
+        });
+        assert_eq!(code_of(&wrong_target).1, "UnknownOperationException");
+    }
+
+    #[test]
+    fn faults_apply_in_order_then_clear() {
+        let service = service(Faults {
+            drop_first: 1,
+            throttle_first: 2,
+            fail_first: 1,
+            ..Faults::default()
+        });
+        let codes: Vec<(u16, String)> = (0..5)
+            .map(|_| code_of(&call(&service, Some(AUTH), request("paid"))))
+            .collect();
+        assert_eq!(codes[0].1, "drop");
+        assert_eq!(codes[1], (400, "ThrottlingException".into()));
+        assert_eq!(codes[2], (400, "ThrottlingException".into()));
+        assert_eq!(codes[3], (500, "InternalServiceErrorException".into()));
+        assert_eq!(codes[4].0, 200);
+    }
+
+    #[test]
+    fn injected_errors_parse_with_sensible_statuses() {
+        let parse = |text: &str| text.parse::<InjectedError>().unwrap();
+        assert_eq!(parse("AccessDeniedException").status, 403);
+        assert_eq!(parse("InternalServiceErrorException").status, 500);
+        assert_eq!(parse("DisabledApiException").status, 400);
+        assert_eq!(
+            parse("Whatever:503"),
+            InjectedError {
+                code: "Whatever".into(),
+                status: 503
+            }
+        );
+        assert!("X:abc".parse::<InjectedError>().is_err());
+    }
+
+    #[test]
+    fn sigv4_scope_needs_credential_and_signature() {
+        assert!(sigv4_scope(AUTH).is_some());
+        assert!(sigv4_scope("Bearer x").is_none());
+        assert!(sigv4_scope("AWS4-HMAC-SHA256 Credential=A/d/r/s/aws4_request").is_none());
+    }
+}

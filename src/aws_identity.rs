@@ -1,0 +1,225 @@
+//! Region and credentials from the AWS SDK's own providers, tried in the SDK's default order,
+//! remembering which one answered. A silent fall-back to the node's instance role is the most
+//! common metering misconfiguration, so the gate says where its credentials came from.
+
+use std::fmt;
+
+use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
+use aws_config::environment::region::EnvironmentVariableRegionProvider;
+use aws_config::meta::region::ProvideRegion;
+use aws_config::provider_config::ProviderConfig;
+use aws_config::Region;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::Credentials;
+
+use crate::outcome::GateError;
+
+/// Where the Region came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionSource {
+    /// `--region`/`ENTITLEMENT_GATE_REGION`, for local testing only.
+    Override,
+    Environment,
+    Profile,
+    InstanceMetadata,
+}
+
+impl fmt::Display for RegionSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RegionSource::Override => "the --region override (testing only)",
+            RegionSource::Environment => "the environment (AWS_REGION/AWS_DEFAULT_REGION)",
+            RegionSource::Profile => "the AWS config file profile",
+            RegionSource::InstanceMetadata => "EC2 instance metadata (IMDS)",
+        })
+    }
+}
+
+/// Which credential provider answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    Environment,
+    Profile,
+    /// IRSA on EKS.
+    WebIdentityToken,
+    EcsContainer,
+    EksPodIdentity,
+    /// The node's instance role: AWS does not support it for metering.
+    InstanceMetadata,
+}
+
+impl CredentialSource {
+    /// Sources AWS Marketplace does not support for metering.
+    pub fn unsupported_for_metering(self) -> bool {
+        matches!(
+            self,
+            CredentialSource::InstanceMetadata | CredentialSource::EksPodIdentity
+        )
+    }
+}
+
+impl fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CredentialSource::Environment => "environment variables (AWS_ACCESS_KEY_ID)",
+            CredentialSource::Profile => "the AWS config/credentials file profile",
+            CredentialSource::WebIdentityToken => "web identity token (IRSA)",
+            CredentialSource::EcsContainer => "the ECS task role",
+            CredentialSource::EksPodIdentity => "EKS Pod Identity",
+            CredentialSource::InstanceMetadata => {
+                "EC2 instance metadata (the node's instance role)"
+            }
+        })
+    }
+}
+
+/// A Region and where it came from.
+#[derive(Debug, Clone)]
+pub struct ResolvedRegion {
+    pub region: Region,
+    pub source: RegionSource,
+}
+
+/// Credentials and the provider that supplied them.
+#[derive(Debug, Clone)]
+pub struct ResolvedCredentials {
+    pub credentials: Credentials,
+    pub source: CredentialSource,
+}
+
+/// The SDK's default Region chain (environment, profile, IMDS), unless overridden.
+pub async fn resolve_region(override_region: Option<&str>) -> Option<ResolvedRegion> {
+    if let Some(region) = override_region {
+        return Some(ResolvedRegion {
+            region: Region::new(region.to_owned()),
+            source: RegionSource::Override,
+        });
+    }
+    let conf = ProviderConfig::without_region();
+    let providers: [(RegionSource, Box<dyn ProvideRegion>); 3] = [
+        (
+            RegionSource::Environment,
+            Box::new(EnvironmentVariableRegionProvider::new()),
+        ),
+        (
+            RegionSource::Profile,
+            Box::new(
+                aws_config::profile::ProfileFileRegionProvider::builder()
+                    .configure(&conf)
+                    .build(),
+            ),
+        ),
+        (
+            RegionSource::InstanceMetadata,
+            Box::new(
+                aws_config::imds::region::ImdsRegionProvider::builder()
+                    .configure(&conf)
+                    .build(),
+            ),
+        ),
+    ];
+    for (source, provider) in providers {
+        if let Some(region) = provider.region().await {
+            return Some(ResolvedRegion { region, source });
+        }
+    }
+    None
+}
+
+/// The SDK's default credential chain, in its order, recording which provider answered.
+pub async fn resolve_credentials(region: &Region) -> Result<ResolvedCredentials, GateError> {
+    let conf = ProviderConfig::without_region().with_region(Some(region.clone()));
+    let container_source = if pod_identity_agent_configured() {
+        CredentialSource::EksPodIdentity
+    } else {
+        CredentialSource::EcsContainer
+    };
+    let providers: [(CredentialSource, Box<dyn ProvideCredentials>); 5] = [
+        (
+            CredentialSource::Environment,
+            Box::new(EnvironmentVariableCredentialsProvider::new()),
+        ),
+        (
+            CredentialSource::Profile,
+            Box::new(
+                aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .configure(&conf)
+                    .build(),
+            ),
+        ),
+        (
+            CredentialSource::WebIdentityToken,
+            Box::new(
+                aws_config::web_identity_token::WebIdentityTokenCredentialsProvider::builder()
+                    .configure(&conf)
+                    .build(),
+            ),
+        ),
+        (
+            container_source,
+            Box::new(
+                aws_config::ecs::EcsCredentialsProvider::builder()
+                    .configure(&conf)
+                    .build(),
+            ),
+        ),
+        (
+            CredentialSource::InstanceMetadata,
+            Box::new(
+                aws_config::imds::credentials::ImdsCredentialsProvider::builder()
+                    .configure(&conf)
+                    .build(),
+            ),
+        ),
+    ];
+    let mut not_found = Vec::new();
+    for (source, provider) in providers {
+        match provider.provide_credentials().await {
+            Ok(credentials) => {
+                return Ok(ResolvedCredentials {
+                    credentials,
+                    source,
+                })
+            }
+            Err(CredentialsError::CredentialsNotLoaded(_)) => not_found.push(source),
+            Err(error) => {
+                return Err(GateError::CredentialsFailed {
+                    provider: source.to_string(),
+                    detail: error_chain(&error),
+                })
+            }
+        }
+    }
+    Err(GateError::NoCredentials {
+        detail: format!(
+            "tried {}",
+            not_found
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
+/// EKS Pod Identity hands the SDK a container-credentials URI on its agent's link-local address.
+fn pod_identity_agent_configured() -> bool {
+    std::env::var("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .is_ok_and(|uri| uri.contains("169.254.170.23") || uri.contains("[fd00:ec2::23]"))
+}
+
+/// An error and its sources on one line: SDK errors keep the useful part in the chain.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

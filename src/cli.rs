@@ -1,0 +1,134 @@
+//! The command line: subcommands and the options every command shares.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
+
+use crate::config::CheckArgs;
+use crate::trust::TrustAnchors;
+
+/// Lets a paid AWS Marketplace container start only for entitled buyers.
+#[derive(Debug, Parser)]
+#[command(name = "entitlement-gate", about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "ENTITLEMENT_GATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Where the one-sentence failure reason goes [default: /dev/termination-log, if it exists].
+    #[arg(
+        long,
+        global = true,
+        env = "ENTITLEMENT_GATE_TERMINATION_LOG",
+        value_name = "PATH"
+    )]
+    pub termination_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Call RegisterUsage, verify the token, exit 0 only if the buyer is entitled.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The termination log Kubernetes reads by default.
+pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// `0.1.0 (open build: ...)`: the version and which kind of build this is.
+pub fn version() -> String {
+    format!(
+        "{} ({})",
+        env!("CARGO_PKG_VERSION"),
+        TrustAnchors::EMBEDDED.describe()
+    )
+}
+
+impl Cli {
+    /// Parses `args` (including the program name).
+    pub fn try_parse_args(
+        args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+    ) -> Result<Self, clap::Error> {
+        let matches = Cli::command()
+            .version(version())
+            .try_get_matches_from(args)?;
+        Cli::from_arg_matches(&matches)
+    }
+
+    /// The termination log to write: the configured path, else the Kubernetes default if the
+    /// platform created it (the gate never creates files under /dev).
+    pub fn termination_log_path(configured: Option<PathBuf>) -> Option<PathBuf> {
+        configured.or_else(|| {
+            let default = PathBuf::from(DEFAULT_TERMINATION_LOG);
+            default.exists().then_some(default)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse_into_check_args() {
+        let cli = Cli::try_parse_args([
+            "entitlement-gate",
+            "check",
+            "--product-code",
+            "abc",
+            "--public-key-version",
+            "2",
+            "--public-key-file",
+            "/k.pem",
+            "--deadline",
+            "90s",
+            "--handoff-dir",
+            "/h",
+            "--log-format",
+            "json",
+            "--termination-log",
+            "/t",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(cli.termination_log, Some(PathBuf::from("/t")));
+        let Command::Check(args) = cli.command;
+        assert_eq!(args.product.product_code.as_deref(), Some("abc"));
+        assert_eq!(args.product.public_key_version, 2);
+        assert_eq!(args.deadline, Duration::from_secs(90));
+        assert_eq!(args.attempt_timeout, Duration::from_secs(10));
+        assert_eq!(args.handoff_dir, Some(PathBuf::from("/h")));
+    }
+
+    #[test]
+    fn bad_values_are_parse_errors() {
+        for args in [
+            vec!["entitlement-gate", "check", "--deadline", "soon"],
+            vec!["entitlement-gate", "check", "--public-key-version", "0"],
+            vec!["entitlement-gate", "check", "--log-format", "xml"],
+            vec!["entitlement-gate", "check", "--bogus"],
+        ] {
+            assert!(Cli::try_parse_args(&args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn version_says_which_kind_of_build_this_is() {
+        assert!(version().contains("open build"), "{}", version());
+    }
+}
