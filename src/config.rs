@@ -335,16 +335,9 @@ fn check_handoff_dir(dir: &Path) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metering_emulator::keys::{ec_p256_public_pem, shared_2048, RsaKey};
-
-    /// The RSA-1024 key printed in AWS's Java sample: the jwt.io demo key, whose private half is
-    /// public. It must never verify anything.
-    const AWS_SAMPLE_1024_BIT_KEY: &str = "-----BEGIN PUBLIC KEY-----
-MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDdlatRjRjogo3WojgGHFHYLugd
-UWAY9iR3fy4arWNA1KoS8kVw33cJibXr8bvwUAUparCwlvdbH6dvEOfou0/gCFQs
-HUfQrSDv+MuSUMAe8jzKE4qW+jK+xQU9a03GUnKHkkle+Q0pX/g6jXZ7r1/xAK5D
-o2kQ+X5xK9cipRgEKwIDAQAB
------END PUBLIC KEY-----";
+    use metering_emulator::keys::{
+        ec_p256_public_pem, shared_2048, RsaKey, AWS_JAVA_SAMPLE_1024_BIT_PUBLIC_KEY,
+    };
 
     fn product_args(code: &str, pem: &str) -> ProductArgs {
         ProductArgs {
@@ -388,8 +381,8 @@ o2kQ+X5xK9cipRgEKwIDAQAB
 
     #[test]
     fn refuses_the_1024_bit_key_from_aws_java_sample() {
-        let err =
-            VerifyingKey::from_pem(AWS_SAMPLE_1024_BIT_KEY, 1, KeySource::Inline).unwrap_err();
+        let err = VerifyingKey::from_pem(AWS_JAVA_SAMPLE_1024_BIT_PUBLIC_KEY, 1, KeySource::Inline)
+            .unwrap_err();
         assert!(
             matches!(err, ConfigError::WeakKey { bits: 1024, .. }),
             "{err:?}"

@@ -40,18 +40,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, GateError> {
 /// Command-line errors exit 2 like every configuration error, and reach the termination log.
 fn usage_error(error: &clap::Error) -> ExitCode {
     let _ = error.print();
-    let detail = error.kind().as_str().map_or_else(
-        || {
-            error
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ")
-                .to_owned()
-        },
-        str::to_owned,
-    );
+    // clap's first line names the flag and the problem, e.g. "invalid value 'soon' for '--deadline'".
+    let rendered = error.to_string();
+    let detail = rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_owned();
     let report = outcome::report(&GateError::Config(ConfigError::InvalidArgument(detail)));
     let configured = std::env::var_os("ENTITLEMENT_GATE_TERMINATION_LOG").map(PathBuf::from);
     if let Some(path) = Cli::termination_log_path(configured) {

@@ -89,15 +89,16 @@ async fn handle(
             ))
         }
     };
-    let delay = service.config.faults.delay;
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
     let answer = service.register_usage(&service::Request {
         target: target.as_deref(),
         authorization: authorization.as_deref(),
         body: &body,
     });
+    // Counted on arrival, answered late: tests can see a slow call is in flight.
+    let delay = service.config.faults.delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     match answer {
         Answer::Drop => Err(Dropped),
         Answer::Json { status, body } => Ok(Response::builder()
@@ -116,7 +117,14 @@ async fn handle(
 fn imds(config: &Config, method: &Method, path: &str) -> Response<Full<Bytes>> {
     let credentials_path = "/latest/meta-data/iam/security-credentials/";
     match (method, path) {
-        (&Method::PUT, "/latest/api/token") => plain(StatusCode::OK, "emulated-imds-session-token"),
+        (&Method::PUT, "/latest/api/token") => {
+            let mut response = plain(StatusCode::OK, "emulated-imds-session-token");
+            response.headers_mut().insert(
+                "x-aws-ec2-metadata-token-ttl-seconds",
+                hyper::header::HeaderValue::from_static("21600"),
+            );
+            response
+        }
         (&Method::GET, "/latest/meta-data/placement/region") => {
             plain(StatusCode::OK, &config.region)
         }

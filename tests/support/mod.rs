@@ -1,0 +1,216 @@
+//! Fixtures for integration tests: an in-process metering emulator and the real
+//! `entitlement-gate` binary run with a clean, loopback-only environment.
+
+#![allow(dead_code)] // Each test crate uses its own subset.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use metering_emulator::keys::{shared_2048, AWS_JAVA_SAMPLE_1024_BIT_PUBLIC_KEY};
+pub use metering_emulator::{Config, RunningEmulator, TokenFault};
+use serde_json::Value;
+
+pub const PAID: &str = "prod-paid";
+pub const UNPAID: &str = "prod-unpaid";
+
+/// An emulator where `prod-paid` is entitled and `prod-unpaid` is not.
+pub fn emulator_config() -> Config {
+    Config::new(shared_2048()).entitle(PAID).refuse(UNPAID)
+}
+
+pub fn emulator() -> RunningEmulator {
+    metering_emulator::spawn(emulator_config())
+}
+
+pub fn emulator_with(edit: impl FnOnce(&mut Config)) -> RunningEmulator {
+    let mut config = emulator_config();
+    edit(&mut config);
+    metering_emulator::spawn(config)
+}
+
+/// A gate invocation: `entitlement-gate check` against `endpoint`, with the emulator's public key
+/// in a file, dummy credentials and nothing inherited from the host's AWS setup.
+pub struct Gate {
+    pub dir: tempfile::TempDir,
+    command: Command,
+}
+
+impl Gate {
+    pub fn check(emulator: &RunningEmulator) -> Self {
+        Self::against(
+            &emulator.endpoint_url(),
+            emulator.public_key_pem(),
+            &["check"],
+        )
+    }
+
+    pub fn against(endpoint: &str, public_key_pem: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("public-key.pem");
+        std::fs::write(&key, public_key_pem).expect("write key");
+        // Empty AWS config files: nothing from the host, and no SDK warning about missing ones.
+        let aws_config = dir.path().join("aws-config");
+        std::fs::write(&aws_config, "").expect("write aws config");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_entitlement-gate"));
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", dir.path())
+            .env("AWS_CONFIG_FILE", &aws_config)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &aws_config)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env(
+                "AWS_SECRET_ACCESS_KEY",
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            )
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL_MARKETPLACE_METERING", endpoint)
+            .env("ENTITLEMENT_GATE_PRODUCT_CODE", PAID)
+            .env("ENTITLEMENT_GATE_PUBLIC_KEY_FILE", &key)
+            .env(
+                "ENTITLEMENT_GATE_TERMINATION_LOG",
+                dir.path().join("termination-log"),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Self { dir, command }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.command.arg(arg);
+        self
+    }
+
+    pub fn args<S: AsRef<std::ffi::OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.command.args(args);
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.command.env(name, value);
+        self
+    }
+
+    pub fn env_remove(mut self, name: &str) -> Self {
+        self.command.env_remove(name);
+        self
+    }
+
+    pub fn product(self, code: &str) -> Self {
+        self.env("ENTITLEMENT_GATE_PRODUCT_CODE", code)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs to completion.
+    pub fn run(mut self) -> Finished {
+        let started = Instant::now();
+        let output = self.command.output().expect("run entitlement-gate");
+        Finished::new(self.dir, output, started.elapsed())
+    }
+
+    /// Starts without waiting.
+    pub fn spawn(mut self) -> Running {
+        let child = self.command.spawn().expect("spawn entitlement-gate");
+        Running {
+            dir: self.dir,
+            child,
+        }
+    }
+}
+
+pub struct Running {
+    pub dir: tempfile::TempDir,
+    pub child: Child,
+}
+
+impl Running {
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.id() as i32;
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill failed");
+    }
+
+    /// Waits for exit; also returns how long that took from now.
+    pub fn wait(self) -> Finished {
+        let started = Instant::now();
+        let output = self.child.wait_with_output().expect("wait");
+        Finished::new(self.dir, output, started.elapsed())
+    }
+}
+
+/// A finished run and what it left behind.
+pub struct Finished {
+    pub dir: tempfile::TempDir,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Finished {
+    fn new(dir: tempfile::TempDir, output: Output, elapsed: Duration) -> Self {
+        Self {
+            dir,
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            elapsed,
+        }
+    }
+
+    /// Asserts the exit code, showing stderr when it differs.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, Some(code), "stderr:\n{}", self.stderr);
+        self
+    }
+
+    pub fn termination_log(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("termination-log")).ok()
+    }
+
+    /// The failure sentence: in the termination log, and the same on stderr.
+    #[track_caller]
+    pub fn reason(&self) -> String {
+        let reason = self.termination_log().expect("termination log written");
+        assert!(
+            self.stderr.contains(&reason),
+            "stderr lacks the reason:\n{}",
+            self.stderr
+        );
+        reason
+    }
+
+    pub fn handoff_in(&self, dir: &Path) -> Option<Value> {
+        let text = std::fs::read_to_string(dir.join("entitlement.json")).ok()?;
+        Some(serde_json::from_str(&text).expect("handoff is JSON"))
+    }
+}
+
+/// Claims of a compact JWT, decoded without verification (for assertions only).
+pub fn jwt_claims(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("payload segment");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// Polls `condition` for up to `limit`.
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    condition()
+}
