@@ -24,3 +24,8 @@ pub mod nonce;
 pub mod outcome;
 pub mod token;
 pub mod trust;
+
+/// The README's Rust examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
