@@ -244,8 +244,8 @@ fn config_message(error: &ConfigError) -> String {
         }
         ConfigError::ConflictingKeys => "configure the public key once, as a file or as text",
         ConfigError::RuntimeKeyRefused => {
-            "remove ENTITLEMENT_GATE_PUBLIC_KEY and ENTITLEMENT_GATE_PUBLIC_KEY_FILE; this image \
-             verifies with its embedded keys"
+            "unset ENTITLEMENT_GATE_PUBLIC_KEY and ENTITLEMENT_GATE_PUBLIC_KEY_FILE (the Helm \
+             value entitlementGate.publicKey) for this image"
         }
         ConfigError::NoEmbeddedKey { .. } => {
             "set ENTITLEMENT_GATE_PUBLIC_KEY_VERSION to an embedded version, or use an image \
@@ -382,7 +382,10 @@ mod tests {
             ),
             (ConfigError::MissingKey, "ENTITLEMENT_GATE_PUBLIC_KEY_FILE"),
             (ConfigError::ConflictingKeys, "once"),
-            (ConfigError::RuntimeKeyRefused, "embedded keys"),
+            (
+                ConfigError::RuntimeKeyRefused,
+                "unset ENTITLEMENT_GATE_PUBLIC_KEY",
+            ),
             (
                 ConfigError::NoEmbeddedKey {
                     version: 3,
