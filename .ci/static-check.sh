@@ -6,7 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v musl-gcc > /dev/null || apt-get install -y -q musl-tools > /dev/null
+install_packages() {
+  apt-get install -y -q "$@" > /dev/null 2>&1 || { apt-get update -q > /dev/null && apt-get install -y -q "$@" > /dev/null; }
+}
+command -v musl-gcc > /dev/null || install_packages musl-tools
+command -v file > /dev/null || install_packages file
 work=$(mktemp -d)
 emulator_pid=
 cleanup() {
