@@ -15,6 +15,18 @@ const KEYS_VAR: &str = "ENTITLEMENT_GATE_TRUSTED_KEYS_DIR";
 fn main() {
     println!("cargo:rerun-if-env-changed={CODES_VAR}");
     println!("cargo:rerun-if-env-changed={KEYS_VAR}");
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    // A lower bound on the time for `doctor`'s clock check; SOURCE_DATE_EPOCH keeps builds
+    // reproducible.
+    let build_epoch = env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|epoch| epoch.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
+    println!("cargo:rustc-env=ENTITLEMENT_GATE_BUILD_EPOCH={build_epoch}");
 
     let codes = trusted_product_codes();
     let keys = match env::var_os(KEYS_VAR).filter(|dir| !dir.is_empty()) {

@@ -36,6 +36,12 @@ echo "handoff $work/handoff/entitlement.json:"
 cat "$work/handoff/entitlement.json" 2>/dev/null || echo "(none)"
 
 echo
+echo "== the app's side: entitlement-gate verify --handoff-dir (offline, no AWS call)"
+verified=0
+"$bin/entitlement-gate" verify --product-code demo-paid-product --handoff-dir "$work/handoff" 2>&1 || verified=$?
+echo "exit code: $verified"
+
+echo
 echo "== buyer without a subscription: entitlement-gate check --product-code demo-unpaid-product"
 refused=0
 "$bin/entitlement-gate" check --product-code demo-unpaid-product \
@@ -44,9 +50,9 @@ echo "exit code: $refused"
 echo "termination log: $(cat "$work/termination-log")"
 
 echo
-if [ "$entitled" -eq 0 ] && [ "$refused" -eq 3 ]; then
-  echo "demo OK: the entitled buyer passed (0), the unsubscribed one was refused (3)"
+if [ "$entitled" -eq 0 ] && [ "$verified" -eq 0 ] && [ "$refused" -eq 3 ]; then
+  echo "demo OK: the entitled buyer passed (0) and its handoff verified (0), the unsubscribed one was refused (3)"
 else
-  echo "demo FAILED: expected exit codes 0 and 3, got $entitled and $refused" >&2
+  echo "demo FAILED: expected exit codes 0, 0 and 3, got $entitled, $verified and $refused" >&2
   exit 1
 fi

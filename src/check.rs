@@ -8,12 +8,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 
 use crate::aws_identity::{self, CredentialSource, RegionSource};
-use crate::config::{CheckConfig, ConfigError};
+use crate::config::{CheckArgs, CheckConfig, ConfigError};
 use crate::handoff::{self, Handoff};
 use crate::metering::{self, Backoff, RegisterUsageCall};
 use crate::nonce::Nonce;
 use crate::outcome::{CallContext, GateError};
 use crate::token::{self, Expected, VerifiedToken};
+use crate::trust::TrustAnchors;
 
 /// A verified entitlement: what `check` proved.
 #[derive(Debug, Clone)]
@@ -27,6 +28,13 @@ pub struct Entitlement {
     pub public_key_rotation_timestamp: Option<i64>,
     pub verified_at: SystemTime,
     pub handoff_path: Option<PathBuf>,
+}
+
+/// `entitlement-gate check` (and the check before `exec`): validate, then run until decided or
+/// interrupted.
+pub async fn command(args: &CheckArgs, anchors: &TrustAnchors) -> Result<Entitlement, GateError> {
+    let config = args.validate(anchors)?;
+    run_until_interrupted(&config).await
 }
 
 /// Runs the check, ending with [`GateError::Interrupted`] as soon as SIGTERM or SIGINT arrives.
@@ -95,7 +103,7 @@ pub async fn run(config: &CheckConfig) -> Result<Entitlement, GateError> {
         context: &context,
         nonce: nonce.as_str(),
         credentials_from: credentials.source.to_string(),
-        endpoint: metering::endpoint_for(&context.region),
+        endpoint: metering::endpoint_for(&context.region).await,
         attempt_timeout: config.attempt_timeout,
         backoff: Backoff::default(),
     };

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 
 use crate::config::CheckArgs;
+use crate::doctor::DoctorArgs;
+use crate::exec::ExecArgs;
 use crate::trust::TrustAnchors;
+use crate::verify::VerifyArgs;
 
 /// Lets a paid AWS Marketplace container start only for entitled buyers.
 #[derive(Debug, Parser)]
@@ -33,6 +36,12 @@ pub struct Cli {
 pub enum Command {
     /// Call RegisterUsage, verify the token, exit 0 only if the buyer is entitled.
     Check(CheckArgs),
+    /// Run the same check, then replace this process with PROGRAM (only if entitled).
+    Exec(ExecArgs),
+    /// Re-check a handoff file or token offline, without calling AWS.
+    Verify(VerifyArgs),
+    /// Diagnose the setup (platform, Region, credentials, endpoint, key); read-only unless --call.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,12 +116,37 @@ mod tests {
         .unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
         assert_eq!(cli.termination_log, Some(PathBuf::from("/t")));
-        let Command::Check(args) = cli.command;
+        let Command::Check(args) = cli.command else {
+            panic!("expected check");
+        };
         assert_eq!(args.product.product_code.as_deref(), Some("abc"));
         assert_eq!(args.product.public_key_version, 2);
         assert_eq!(args.deadline, Duration::from_secs(90));
         assert_eq!(args.attempt_timeout, Duration::from_secs(10));
         assert_eq!(args.handoff_dir, Some(PathBuf::from("/h")));
+    }
+
+    #[test]
+    fn exec_takes_the_program_after_a_double_dash() {
+        let cli = Cli::try_parse_args([
+            "entitlement-gate",
+            "exec",
+            "--product-code",
+            "abc",
+            "--",
+            "/app",
+            "--port",
+            "80",
+        ])
+        .unwrap();
+        let Command::Exec(args) = cli.command else {
+            panic!("expected exec");
+        };
+        assert_eq!(args.program, ["/app", "--port", "80"]);
+        assert_eq!(args.check.product.product_code.as_deref(), Some("abc"));
+        assert!(
+            Cli::try_parse_args(["entitlement-gate", "exec", "--product-code", "abc"]).is_err()
+        );
     }
 
     #[test]

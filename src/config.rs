@@ -47,6 +47,12 @@ pub enum ConfigError {
     NoRegion,
     #[error("the RegisterUsage request could not be built: {0}")]
     RequestNotBuilt(String),
+    #[error("a token needs the nonce it was issued for")]
+    MissingNonce,
+    #[error("nothing to verify: no handoff file and no token")]
+    NoTokenGiven,
+    #[error("cannot start {program}: {reason}")]
+    ProgramNotStarted { program: String, reason: String },
 }
 
 /// Where the verifying key came from, for logs and messages.
@@ -222,6 +228,11 @@ impl ProductArgs {
         &self,
         anchors: &TrustAnchors,
     ) -> Result<(ProductCode, VerifyingKey), ConfigError> {
+        Ok((self.product_code(anchors)?, self.key(anchors)?))
+    }
+
+    /// The product code, checked against the RegisterUsage model and the trusted list.
+    pub fn product_code(&self, anchors: &TrustAnchors) -> Result<ProductCode, ConfigError> {
         let code = self
             .product_code
             .as_deref()
@@ -232,10 +243,11 @@ impl ProductArgs {
                 code: code.to_owned(),
             });
         }
-        Ok((product_code, self.load_key(anchors)?))
+        Ok(product_code)
     }
 
-    fn load_key(&self, anchors: &TrustAnchors) -> Result<VerifyingKey, ConfigError> {
+    /// The verifying key for the configured version: embedded in a locked build, else run-time.
+    pub fn key(&self, anchors: &TrustAnchors) -> Result<VerifyingKey, ConfigError> {
         let version = self.public_key_version;
         if !anchors.keys.is_empty() {
             if self.public_key_file.is_some() || self.public_key.is_some() {

@@ -12,11 +12,16 @@
 //! - [`handoff`]: `entitlement.json` for the main container
 //! - [`outcome`]: errors, exit codes and operator messages
 //! - [`check`]: the whole run
+//! - [`exec`]: becoming the paid program once entitled
+//! - [`verify`]: offline re-verification of a handoff or token, for the main container
+//! - [`doctor`]: a read-only diagnosis of the setup
 
 pub mod aws_identity;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod doctor;
+pub mod exec;
 pub mod handoff;
 pub mod logging;
 pub mod metering;
@@ -24,6 +29,7 @@ pub mod nonce;
 pub mod outcome;
 pub mod token;
 pub mod trust;
+pub mod verify;
 
 /// The README's Rust examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

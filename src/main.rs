@@ -1,5 +1,7 @@
-//! `entitlement-gate`: parse, log, run, report. The logic lives in the library.
+//! `entitlement-gate`: parse, log, run the command, report. The logic lives in the library.
 
+use std::future::Future;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -7,7 +9,9 @@ use entitlement_gate::cli::{Cli, Command};
 use entitlement_gate::config::ConfigError;
 use entitlement_gate::outcome::{self, GateError};
 use entitlement_gate::trust::TrustAnchors;
-use entitlement_gate::{check, logging};
+use entitlement_gate::{check, doctor, exec, logging, verify};
+
+const ANCHORS: TrustAnchors = TrustAnchors::EMBEDDED;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_args(std::env::args_os()) {
@@ -18,23 +22,33 @@ fn main() -> ExitCode {
     logging::init(cli.log_format);
     let termination_log = Cli::termination_log_path(cli.termination_log);
     let result = match cli.command {
-        Command::Check(args) => args
-            .validate(&TrustAnchors::EMBEDDED)
-            .map_err(GateError::from)
-            .and_then(|config| runtime()?.block_on(check::run_until_interrupted(&config))),
+        Command::Check(args) => block_on(check::command(&args, &ANCHORS)).map(drop),
+        Command::Exec(args) => block_on(check::command(&args.check, &ANCHORS))
+            .and_then(|_| Err(exec::replace_process(&args.program).into())),
+        Command::Verify(args) => verify::command(&args, &ANCHORS).map(drop),
+        Command::Doctor(args) => {
+            return match block_on(async { Ok(doctor::run(&args, &ANCHORS).await) }) {
+                Ok(diagnosis) => {
+                    let _ = std::io::stdout().write_all(diagnosis.render(args.format).as_bytes());
+                    ExitCode::from(diagnosis.exit_code())
+                }
+                Err(error) => ExitCode::from(outcome::conclude(&error, None)),
+            }
+        }
     };
     match result {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => ExitCode::from(outcome::conclude(&error, termination_log.as_deref())),
     }
 }
 
-/// The gate makes one call at a time: a single-threaded runtime is all it needs.
-fn runtime() -> Result<tokio::runtime::Runtime, GateError> {
+/// Runs a command's future; the gate makes one call at a time, so one thread is all it needs.
+fn block_on<T>(future: impl Future<Output = Result<T, GateError>>) -> Result<T, GateError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| GateError::Internal(format!("cannot start the async runtime: {e}")))
+        .map_err(|e| GateError::Internal(format!("cannot start the async runtime: {e}")))?
+        .block_on(future)
 }
 
 /// Command-line errors exit 2 like every configuration error, and reach the termination log.

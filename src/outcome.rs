@@ -131,14 +131,27 @@ pub fn report(error: &GateError) -> Report {
                 context.product_code, context.region
             ),
         ),
-        GateError::Token(e) => (
-            TOKEN_REJECTED,
-            format!(
-                "The RegisterUsage token failed verification: {e}; check that the configured \
-                 public key is the one AWS Marketplace issued for this key version, and that \
-                 nothing between the workload and the metering endpoint rewrites responses."
-            ),
-        ),
+        GateError::Token(e) => {
+            let hint = match e {
+                TokenError::NoHandoff { .. } => {
+                    "check that the entitlement-gate init container ran with \
+                     ENTITLEMENT_GATE_HANDOFF_DIR on a volume this container also mounts"
+                }
+                TokenError::TooOld { .. } => {
+                    "restart the workload so the gate checks the entitlement again, or raise \
+                     --max-age"
+                }
+                _ => {
+                    "check that the configured public key is the one AWS Marketplace issued for \
+                     this key version, and that nothing between the workload and the metering \
+                     endpoint rewrites responses"
+                }
+            };
+            (
+                TOKEN_REJECTED,
+                format!("The RegisterUsage token failed verification: {e}; {hint}."),
+            )
+        }
         GateError::SetupRefused {
             refusal,
             context,
@@ -267,6 +280,15 @@ fn config_message(error: &ConfigError) -> String {
         }
         ConfigError::RequestNotBuilt(_) => {
             "check AWS_REGION and any AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_MARKETPLACE_METERING"
+        }
+        ConfigError::MissingNonce => "pass --nonce with --token, or verify the handoff file",
+        ConfigError::NoTokenGiven => {
+            "pass --handoff, --handoff-dir (ENTITLEMENT_GATE_HANDOFF_DIR), --token, or a token on \
+             stdin"
+        }
+        ConfigError::ProgramNotStarted { .. } => {
+            "check the command after --: an absolute path or a program on PATH, executable in \
+             this image"
         }
     };
     format!("Configuration error: {error}; {hint}.")
@@ -464,13 +486,23 @@ mod tests {
             },
             TokenError::IssuedInFuture { iat: 2, now: 1 },
             TokenError::Expired { exp: 1, now: 2 },
+            TokenError::TooOld {
+                iat: 1,
+                max_age_secs: 60,
+                now: 100,
+            },
+            TokenError::NoHandoff {
+                path: "/h/entitlement.json".into(),
+                reason: "not found".into(),
+            },
         ] {
             let detail = error.to_string();
-            assert_report(
-                GateError::Token(error),
-                TOKEN_REJECTED,
-                &[&detail, "public key"],
-            );
+            let hint = match error {
+                TokenError::NoHandoff { .. } => "ENTITLEMENT_GATE_HANDOFF_DIR",
+                TokenError::TooOld { .. } => "--max-age",
+                _ => "public key",
+            };
+            assert_report(GateError::Token(error), TOKEN_REJECTED, &[&detail, hint]);
         }
     }
 

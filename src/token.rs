@@ -85,6 +85,17 @@ pub enum TokenError {
     IssuedInFuture { iat: u64, now: u64 },
     #[error("the token expired at {exp} (now {now})")]
     Expired { exp: u64, now: u64 },
+    #[error("the token was issued at {iat}, more than {max_age_secs} s before now ({now})")]
+    TooOld {
+        iat: u64,
+        max_age_secs: u64,
+        now: u64,
+    },
+    #[error("no readable handoff at {} ({reason}); the gate has not verified an entitlement for this workload", path.display())]
+    NoHandoff {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 #[derive(Deserialize)]

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use metering_emulator::keys::{shared_2048, AWS_JAVA_SAMPLE_1024_BIT_PUBLIC_KEY};
+#[allow(unused_imports)] // Each test crate uses its own subset.
 pub use metering_emulator::{Config, RunningEmulator, TokenFault};
 use serde_json::Value;
 
@@ -38,11 +39,12 @@ pub struct Gate {
 
 impl Gate {
     pub fn check(emulator: &RunningEmulator) -> Self {
-        Self::against(
-            &emulator.endpoint_url(),
-            emulator.public_key_pem(),
-            &["check"],
-        )
+        Self::subcommand(emulator, "check")
+    }
+
+    /// Any subcommand (`exec`, `verify`, `doctor`) with the same environment as `check`.
+    pub fn subcommand(emulator: &RunningEmulator, name: &str) -> Self {
+        Self::against(&emulator.endpoint_url(), emulator.public_key_pem(), &[name])
     }
 
     pub fn against(endpoint: &str, public_key_pem: &str, args: &[&str]) -> Self {
@@ -106,6 +108,22 @@ impl Gate {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// Feeds `input` on stdin.
+    pub fn run_with_stdin(mut self, input: &str) -> Finished {
+        use std::io::Write as _;
+        self.command.stdin(Stdio::piped());
+        let started = Instant::now();
+        let mut child = self.command.spawn().expect("spawn entitlement-gate");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        let output = child.wait_with_output().expect("wait");
+        Finished::new(self.dir, output, started.elapsed())
     }
 
     /// Runs to completion.

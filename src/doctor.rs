@@ -1,0 +1,634 @@
+//! `entitlement-gate doctor`: a read-only diagnosis a buyer can paste into a support ticket.
+//! It never calls RegisterUsage (which starts metering) unless asked to with `--call`.
+
+use std::fmt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use crate::aws_identity::{self, RegionSource, ResolvedCredentials, ResolvedRegion};
+use crate::check;
+use crate::cli::version;
+use crate::config::{parse_duration, CheckArgs};
+use crate::handoff::rfc3339;
+use crate::metering;
+use crate::outcome::{report, GateError};
+use crate::trust::TrustAnchors;
+
+/// When this binary was built (or `SOURCE_DATE_EPOCH`): a clock before it is certainly wrong.
+const BUILD_EPOCH: &str = env!("ENTITLEMENT_GATE_BUILD_EPOCH");
+
+/// Flags of `entitlement-gate doctor`: those of `check`, plus what to report and how.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub check: CheckArgs,
+
+    /// Also call RegisterUsage and verify the token. This starts metering for this workload.
+    #[arg(long)]
+    pub call: bool,
+
+    /// Report format on stdout.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+
+    /// Bound on the DNS lookup and on the TCP connect to the endpoint, each.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub probe_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        })
+    }
+}
+
+/// The result of one check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub check: &'static str,
+    pub status: Status,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Finding {
+    fn ok(check: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            check,
+            status: Status::Ok,
+            detail: detail.into(),
+            hint: None,
+        }
+    }
+
+    fn warn(check: &'static str, detail: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            check,
+            status: Status::Warn,
+            detail: detail.into(),
+            hint: Some(hint.into()),
+        }
+    }
+
+    fn fail(check: &'static str, detail: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            check,
+            status: Status::Fail,
+            detail: detail.into(),
+            hint: Some(hint.into()),
+        }
+    }
+
+    /// A failure whose detail is the gate's own operator sentence (which carries its remedy).
+    fn failed_with(check: &'static str, error: &GateError) -> Self {
+        Self {
+            check,
+            status: Status::Fail,
+            detail: report(error).message,
+            hint: None,
+        }
+    }
+}
+
+/// Every finding, in order.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Diagnosis {
+    pub version: String,
+    /// Whether RegisterUsage was called (`--call`).
+    pub called_register_usage: bool,
+    pub checks: Vec<Finding>,
+}
+
+impl Diagnosis {
+    pub fn failed(&self) -> bool {
+        self.checks
+            .iter()
+            .any(|finding| finding.status == Status::Fail)
+    }
+
+    /// 0 when no check failed, else 1.
+    pub fn exit_code(&self) -> u8 {
+        u8::from(self.failed())
+    }
+
+    pub fn render(&self, format: ReportFormat) -> String {
+        match format {
+            ReportFormat::Json => serde_json::to_string_pretty(self).expect("serialisable") + "\n",
+            ReportFormat::Text => self.to_text(),
+        }
+    }
+
+    fn to_text(&self) -> String {
+        let mut text = format!("entitlement-gate doctor {}\n", self.version);
+        for finding in &self.checks {
+            text.push_str(&format!(
+                "{:<5} {:<15} {}",
+                finding.status, finding.check, finding.detail
+            ));
+            if let Some(hint) = &finding.hint {
+                text.push_str(&format!("; hint: {hint}"));
+            }
+            text.push('\n');
+        }
+        if !self.called_register_usage {
+            text.push_str(
+                "RegisterUsage was not called (it starts metering); add --call to test it.\n",
+            );
+        }
+        let count = |status| self.checks.iter().filter(|f| f.status == status).count();
+        text.push_str(&format!(
+            "{} ok, {} warnings, {} failures\n",
+            count(Status::Ok),
+            count(Status::Warn),
+            count(Status::Fail)
+        ));
+        text
+    }
+}
+
+/// Runs every check; never fails as a whole, each problem is a finding.
+pub async fn run(args: &DoctorArgs, anchors: &TrustAnchors) -> Diagnosis {
+    let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let mut checks = vec![platform(env)];
+
+    let region = aws_identity::resolve_region(args.check.region.as_deref()).await;
+    checks.push(region_finding(region.as_ref()));
+    match &region {
+        Some(region) => {
+            checks.push(credentials_finding(
+                aws_identity::resolve_credentials(&region.region).await,
+            ));
+        }
+        None => checks.push(Finding::fail(
+            "credentials",
+            "not checked: no Region",
+            "fix the Region first",
+        )),
+    }
+    checks.push(web_identity_token(env));
+    match &region {
+        Some(region) => {
+            let endpoint = metering::endpoint_for(region.region.as_ref()).await;
+            checks.push(probe_endpoint(&endpoint, args.probe_timeout).await);
+        }
+        None => checks.push(Finding::fail(
+            "endpoint",
+            "not checked: no Region",
+            "fix the Region first",
+        )),
+    }
+    checks.push(match args.check.product.product_code(anchors) {
+        Ok(code) if anchors.product_codes.is_some() => Finding::ok(
+            "product-code",
+            format!("{code} (in this build's trusted list)"),
+        ),
+        Ok(code) => Finding::ok(
+            "product-code",
+            format!("{code} (open build: not checked against a trusted list)"),
+        ),
+        Err(e) => Finding::failed_with("product-code", &e.into()),
+    });
+    checks.push(match args.check.product.key(anchors) {
+        Ok(key) => Finding::ok(
+            "public-key",
+            format!(
+                "RSA-{} for key version {} from {}",
+                key.bits, key.version, key.source
+            ),
+        ),
+        Err(e) => Finding::failed_with("public-key", &e.into()),
+    });
+    checks.push(clock(SystemTime::now(), BUILD_EPOCH.parse().unwrap_or(0)));
+    if args.call {
+        checks.push(register_usage(&args.check, anchors).await);
+    }
+    Diagnosis {
+        version: version(),
+        called_register_usage: args.call,
+        checks,
+    }
+}
+
+/// Which platform this looks like, from the variables ECS and the EKS webhook set.
+pub fn platform(env: impl Fn(&str) -> Option<String>) -> Finding {
+    let execution_env = env("AWS_EXECUTION_ENV").unwrap_or_default();
+    let kubernetes = env("KUBERNETES_SERVICE_HOST").is_some();
+    if execution_env == "AWS_ECS_FARGATE" {
+        Finding::ok(
+            "platform",
+            "ECS on Fargate (AWS_EXECUTION_ENV=AWS_ECS_FARGATE)",
+        )
+    } else if execution_env == "AWS_ECS_EC2" || env("ECS_CONTAINER_METADATA_URI_V4").is_some() {
+        Finding::ok("platform", "ECS on EC2 (ECS container metadata present)")
+    } else if kubernetes && env("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() {
+        Finding::ok(
+            "platform",
+            "Kubernetes with IRSA (AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE set)",
+        )
+    } else if kubernetes {
+        Finding::warn(
+            "platform",
+            "Kubernetes without IRSA",
+            "annotate the pod's service account with eks.amazonaws.com/role-arn; AWS Marketplace meters EKS pods through IRSA",
+        )
+    } else {
+        Finding::warn(
+            "platform",
+            "not ECS, Fargate or Kubernetes",
+            "RegisterUsage answers PlatformNotSupportedException outside ECS, EKS and Fargate; locally, test against metering-emulator",
+        )
+    }
+}
+
+fn region_finding(region: Option<&ResolvedRegion>) -> Finding {
+    match region {
+        Some(r) if r.source == RegionSource::Override => Finding::warn(
+            "region",
+            format!("{} from {}", r.region, r.source),
+            "on ECS and EKS leave the Region to the platform",
+        ),
+        Some(r) => Finding::ok("region", format!("{} from {}", r.region, r.source)),
+        None => Finding::fail(
+            "region",
+            "no Region from the environment, the config profile or instance metadata",
+            "on ECS and EKS the platform sets AWS_REGION; elsewhere set it",
+        ),
+    }
+}
+
+fn credentials_finding(credentials: Result<ResolvedCredentials, GateError>) -> Finding {
+    match credentials {
+        Ok(c) if c.source.unsupported_for_metering() => Finding::warn(
+            "credentials",
+            format!("from {}", c.source),
+            "AWS Marketplace does not support these for metering; give the workload its own role with IRSA or the ECS task role",
+        ),
+        Ok(c) if c.credentials.session_token().is_none() => Finding::warn(
+            "credentials",
+            format!("long-term access keys from {}", c.source),
+            "AWS Marketplace does not support long-term keys for metering, and images must never carry them; use IRSA or the ECS task role",
+        ),
+        Ok(c) => Finding::ok("credentials", format!("temporary credentials from {}", c.source)),
+        Err(e) => Finding::failed_with("credentials", &e),
+    }
+}
+
+fn web_identity_token(env: impl Fn(&str) -> Option<String>) -> Finding {
+    let Some(path) = env("AWS_WEB_IDENTITY_TOKEN_FILE") else {
+        return if env("KUBERNETES_SERVICE_HOST").is_some() {
+            Finding::warn(
+                "irsa-token",
+                "AWS_WEB_IDENTITY_TOKEN_FILE is not set",
+                "the EKS pod identity webhook sets it when the service account has eks.amazonaws.com/role-arn",
+            )
+        } else {
+            Finding::ok("irsa-token", "not used here (not on Kubernetes)")
+        };
+    };
+    match std::fs::read(&path) {
+        Ok(token) if token.is_empty() => Finding::fail(
+            "irsa-token",
+            format!("{path} is empty"),
+            "check the projected service-account token volume",
+        ),
+        Ok(token) => match env("AWS_ROLE_ARN") {
+            Some(role) => Finding::ok(
+                "irsa-token",
+                format!("{path} readable ({} bytes) for role {role}", token.len()),
+            ),
+            None => Finding::fail(
+                "irsa-token",
+                format!("{path} readable but AWS_ROLE_ARN is not set"),
+                "annotate the service account with eks.amazonaws.com/role-arn",
+            ),
+        },
+        Err(e) => Finding::fail(
+            "irsa-token",
+            format!("cannot read {path}: {e}"),
+            "check the projected service-account token volume and the container's user",
+        ),
+    }
+}
+
+/// DNS and TCP reachability of the metering endpoint, without sending a request.
+async fn probe_endpoint(url: &str, timeout: Duration) -> Finding {
+    let Some((host, port)) = host_and_port(url) else {
+        return Finding::fail(
+            "endpoint",
+            url.to_owned(),
+            "check AWS_REGION and any AWS_ENDPOINT_URL_MARKETPLACE_METERING",
+        );
+    };
+    let egress =
+        "check DNS and egress to the metering endpoint (security groups, NAT, VPC endpoint, proxy)";
+    let addresses =
+        match tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port))).await {
+            Ok(Ok(addresses)) => addresses.collect::<Vec<_>>(),
+            Ok(Err(e)) => {
+                return Finding::fail(
+                    "endpoint",
+                    format!("{url}: cannot resolve {host}: {e}"),
+                    egress,
+                )
+            }
+            Err(_) => {
+                return Finding::fail(
+                    "endpoint",
+                    format!("{url}: resolving {host} took over {timeout:?}"),
+                    egress,
+                )
+            }
+        };
+    let Some(address) = addresses.first() else {
+        return Finding::fail(
+            "endpoint",
+            format!("{url}: {host} has no addresses"),
+            egress,
+        );
+    };
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
+        Ok(Ok(_)) => Finding::ok(
+            "endpoint",
+            format!(
+                "{url}: {host} resolves to {}, TCP connect in {} ms",
+                address.ip(),
+                started.elapsed().as_millis()
+            ),
+        ),
+        Ok(Err(e)) => Finding::fail(
+            "endpoint",
+            format!("{url}: TCP connect to {address} failed: {e}"),
+            egress,
+        ),
+        Err(_) => Finding::fail(
+            "endpoint",
+            format!("{url}: TCP connect to {address} took over {timeout:?}"),
+            egress,
+        ),
+    }
+}
+
+/// Host and port of an `http(s)://` URL.
+fn host_and_port(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default_port = match scheme {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, after) = bracketed.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(port) => port.parse().ok()?,
+        None => default_port,
+    };
+    (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
+/// A clock set before this binary was built is wrong; SigV4 and `iat` checks would fail.
+fn clock(now: SystemTime, built: u64) -> Finding {
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let built_at = rfc3339(UNIX_EPOCH + Duration::from_secs(built));
+    if secs < built {
+        Finding::fail(
+            "clock",
+            format!("system clock {} is before this binary was built ({built_at})", rfc3339(now)),
+            "fix time synchronisation (NTP, Amazon Time Sync Service); AWS rejects requests signed more than 5 minutes off",
+        )
+    } else {
+        Finding::ok(
+            "clock",
+            format!("system clock {} (binary built {built_at})", rfc3339(now)),
+        )
+    }
+}
+
+/// The real thing, with `--call`: RegisterUsage and verification, as `check` does them.
+async fn register_usage(args: &CheckArgs, anchors: &TrustAnchors) -> Finding {
+    let config = match args.validate(anchors) {
+        Ok(config) => config,
+        Err(e) => {
+            return Finding::fail(
+                "register-usage",
+                format!("not called: {e}"),
+                "fix the configuration first",
+            )
+        }
+    };
+    match check::run(&config).await {
+        Ok(entitlement) => {
+            let now = entitlement
+                .verified_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            Finding::ok(
+                "register-usage",
+                format!(
+                    "entitled: token verified for {} (key version {}, iat {}, {} s behind this clock)",
+                    entitlement.token.product_code,
+                    entitlement.token.public_key_version,
+                    entitlement.token.issued_at,
+                    now as i64 - entitlement.token.issued_at as i64,
+                ),
+            )
+        }
+        Err(e) => Finding::failed_with("register-usage", &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws_identity::CredentialSource;
+    use aws_credential_types::Credentials;
+
+    fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn platform_is_read_from_the_variables_ecs_and_eks_set() {
+        let fargate = platform(env_of(&[("AWS_EXECUTION_ENV", "AWS_ECS_FARGATE")]));
+        assert_eq!(
+            (fargate.status, fargate.detail.starts_with("ECS on Fargate")),
+            (Status::Ok, true)
+        );
+        let ec2 = platform(env_of(&[(
+            "ECS_CONTAINER_METADATA_URI_V4",
+            "http://169.254.170.2/v4/x",
+        )]));
+        assert!(ec2.detail.starts_with("ECS on EC2"));
+        let irsa = platform(env_of(&[
+            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+        ]));
+        assert_eq!(irsa.status, Status::Ok);
+        assert_eq!(
+            platform(env_of(&[("KUBERNETES_SERVICE_HOST", "10.0.0.1")])).status,
+            Status::Warn
+        );
+        assert_eq!(platform(env_of(&[])).status, Status::Warn);
+    }
+
+    #[test]
+    fn credentials_warn_on_node_roles_pod_identity_and_long_term_keys() {
+        let resolved = |source, session: Option<&str>| {
+            Ok(ResolvedCredentials {
+                credentials: Credentials::new(
+                    "AKID",
+                    "secret",
+                    session.map(str::to_owned),
+                    None,
+                    "test",
+                ),
+                source,
+            })
+        };
+        assert_eq!(
+            credentials_finding(resolved(CredentialSource::WebIdentityToken, Some("t"))).status,
+            Status::Ok
+        );
+        assert_eq!(
+            credentials_finding(resolved(CredentialSource::EcsContainer, Some("t"))).status,
+            Status::Ok
+        );
+        assert_eq!(
+            credentials_finding(resolved(CredentialSource::InstanceMetadata, Some("t"))).status,
+            Status::Warn
+        );
+        assert_eq!(
+            credentials_finding(resolved(CredentialSource::EksPodIdentity, Some("t"))).status,
+            Status::Warn
+        );
+        let long_term = credentials_finding(resolved(CredentialSource::Environment, None));
+        assert_eq!(long_term.status, Status::Warn);
+        assert!(long_term.detail.contains("long-term"));
+        let none = credentials_finding(Err(GateError::NoCredentials {
+            detail: "tried all".into(),
+        }));
+        assert_eq!(none.status, Status::Fail);
+    }
+
+    #[test]
+    fn web_identity_token_file_must_be_readable_with_a_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "eyJ...").unwrap();
+        let path: &'static str = token.to_str().unwrap().to_owned().leak();
+        assert_eq!(web_identity_token(env_of(&[])).status, Status::Ok);
+        assert_eq!(
+            web_identity_token(env_of(&[("KUBERNETES_SERVICE_HOST", "h")])).status,
+            Status::Warn
+        );
+        let leaked: &'static [(&str, &str)] = Box::leak(Box::new([
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", path),
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
+        ]));
+        assert_eq!(web_identity_token(env_of(leaked)).status, Status::Ok);
+        let no_role: &'static [(&str, &str)] =
+            Box::leak(Box::new([("AWS_WEB_IDENTITY_TOKEN_FILE", path)]));
+        assert_eq!(web_identity_token(env_of(no_role)).status, Status::Fail);
+        assert_eq!(
+            web_identity_token(env_of(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/nonexistent")])).status,
+            Status::Fail
+        );
+    }
+
+    #[test]
+    fn urls_give_host_and_port() {
+        assert_eq!(
+            host_and_port("https://metering.marketplace.us-east-1.amazonaws.com"),
+            Some(("metering.marketplace.us-east-1.amazonaws.com".into(), 443))
+        );
+        assert_eq!(
+            host_and_port("http://127.0.0.1:8787/"),
+            Some(("127.0.0.1".into(), 8787))
+        );
+        assert_eq!(
+            host_and_port("http://[::1]:9000/path"),
+            Some(("::1".into(), 9000))
+        );
+        assert_eq!(host_and_port("http://user@host"), Some(("host".into(), 80)));
+        for bad in ["", "metering", "ftp://x", "http://", "http://host:port"] {
+            assert_eq!(host_and_port(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_clock_before_the_build_fails() {
+        let built = 1_800_000_000;
+        assert_eq!(
+            clock(UNIX_EPOCH + Duration::from_secs(built + 10), built).status,
+            Status::Ok
+        );
+        assert_eq!(
+            clock(UNIX_EPOCH + Duration::from_secs(built - 10), built).status,
+            Status::Fail
+        );
+    }
+
+    #[test]
+    fn text_and_json_reports_carry_every_finding() {
+        let diagnosis = Diagnosis {
+            version: "0.1.0 (open build)".into(),
+            called_register_usage: false,
+            checks: vec![
+                Finding::ok("platform", "ECS"),
+                Finding::fail("region", "none", "set AWS_REGION"),
+            ],
+        };
+        assert!(diagnosis.failed());
+        assert_eq!(diagnosis.exit_code(), 1);
+        let text = diagnosis.render(ReportFormat::Text);
+        assert!(text.contains("ok    platform        ECS\n"), "{text}");
+        assert!(
+            text.contains("fail  region          none; hint: set AWS_REGION\n"),
+            "{text}"
+        );
+        assert!(text.contains("add --call"));
+        let json: serde_json::Value =
+            serde_json::from_str(&diagnosis.render(ReportFormat::Json)).unwrap();
+        assert_eq!(json["checks"][1]["status"], "fail");
+        assert_eq!(json["checks"][1]["hint"], "set AWS_REGION");
+        assert!(json["checks"][0].get("hint").is_none());
+    }
+}
