@@ -10,9 +10,14 @@ use aws_credential_types::Credentials;
 use aws_sdk_marketplacemetering::config::endpoint::{
     DefaultResolver, Params as EndpointParams, ResolveEndpoint as _,
 };
+use aws_sdk_marketplacemetering::config::interceptors::BeforeDeserializationInterceptorContextMut;
+use aws_sdk_marketplacemetering::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_marketplacemetering::error::BoxError;
 use aws_sdk_marketplacemetering::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_marketplacemetering::operation::register_usage::RegisterUsageError;
 use aws_sdk_marketplacemetering::Client;
+use aws_smithy_types::body::SdkBody;
+use http_body_util::{LengthLimitError, Limited};
 use rand::rngs::OsRng;
 use rand::{Rng as _, TryRngCore as _};
 use tokio::time::Instant;
@@ -83,6 +88,32 @@ pub enum AttemptFailure {
     Final(GateError),
 }
 
+/// The largest RegisterUsage answer the gate reads; real ones are about 1 KiB.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Caps how much of an answer the SDK reads, so a broken proxy or a hostile endpoint cannot
+/// exhaust the init container's memory with an endless body.
+#[derive(Debug)]
+struct ResponseSizeLimit;
+
+impl Intercept for ResponseSizeLimit {
+    fn name(&self) -> &'static str {
+        "ResponseSizeLimit"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let response = context.response_mut();
+        let body = response.take_body();
+        *response.body_mut() = SdkBody::from_body_1_x(Limited::new(body, MAX_RESPONSE_BYTES));
+        Ok(())
+    }
+}
+
 /// Builds a client for `region` with fixed credentials; the SDK still reads the endpoint
 /// overrides (`AWS_ENDPOINT_URL_MARKETPLACE_METERING`, `AWS_ENDPOINT_URL`) and profile settings.
 pub async fn client(region: Region, credentials: Credentials, attempt_timeout: Duration) -> Client {
@@ -99,7 +130,10 @@ pub async fn client(region: Region, credentials: Credentials, attempt_timeout: D
         )
         .load()
         .await;
-    Client::new(&config)
+    let config = aws_sdk_marketplacemetering::config::Builder::from(&config)
+        .interceptor(ResponseSizeLimit)
+        .build();
+    Client::from_conf(config)
 }
 
 /// The endpoint the SDK will call, resolved by the SDK's own rules (partitions, FIPS, dual-stack)
@@ -223,6 +257,20 @@ pub fn classify(
         SdkError::DispatchFailure(failure) if failure.is_user() => AttemptFailure::Final(
             GateError::Config(ConfigError::RequestNotBuilt(error_chain(error))),
         ),
+        SdkError::ResponseError(_) if caused_by::<LengthLimitError>(error) => {
+            AttemptFailure::Final(GateError::Token(TokenError::ResponseTooLarge {
+                limit: MAX_RESPONSE_BYTES,
+            }))
+        }
+        // The SDK read the whole body (it is kept) but could not parse it: a success status with
+        // a body that is not a RegisterUsage answer, such as a proxy's HTML page. Not transient.
+        SdkError::ResponseError(response) if response.raw().body().bytes().is_some() => {
+            AttemptFailure::Final(GateError::Token(TokenError::Malformed(format!(
+                "RegisterUsage answered HTTP {} with a body that is not its JSON ({})",
+                response.raw().status().as_u16(),
+                error_chain(error)
+            ))))
+        }
         // Connection refused or reset, DNS, TLS, or a response cut off mid-body.
         SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             AttemptFailure::Transient(error_chain(error))
@@ -232,6 +280,18 @@ pub fn classify(
         )),
         _ => AttemptFailure::Final(GateError::Internal(error_chain(error))),
     }
+}
+
+/// Whether `error` or any of its sources is a `T`.
+fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(cause) = current {
+        if cause.is::<T>() {
+            return true;
+        }
+        current = cause.source();
+    }
+    false
 }
 
 fn classify_service_error(

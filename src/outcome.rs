@@ -475,6 +475,7 @@ mod tests {
         for error in [
             TokenError::Missing,
             TokenError::TooLarge { len: 20000 },
+            TokenError::ResponseTooLarge { limit: 65536 },
             TokenError::Malformed("x".into()),
             TokenError::Algorithm("HS256".into()),
             TokenError::BadSignature { version: 1 },

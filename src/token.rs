@@ -67,6 +67,8 @@ pub enum TokenError {
     Missing,
     #[error("the token is {len} bytes, over the {MAX_TOKEN_BYTES}-byte limit")]
     TooLarge { len: usize },
+    #[error("RegisterUsage answered with more than {limit} bytes")]
+    ResponseTooLarge { limit: usize },
     #[error("the token is malformed: {0}")]
     Malformed(String),
     #[error("the token uses algorithm {0:?}, only PS256 is accepted")]

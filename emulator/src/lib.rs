@@ -32,6 +32,9 @@ pub struct Config {
     pub rotation_timestamp: Option<i64>,
     /// Serve the IMDSv2 credential and Region paths, as an EC2 node would.
     pub imds: bool,
+    /// The per-account RegisterUsage quota (AWS: 5 per second): a token bucket holding one
+    /// second's worth; calls beyond it get ThrottlingException.
+    pub quota_per_second: Option<u32>,
     pub faults: Faults,
 }
 
@@ -46,6 +49,7 @@ impl Config {
             not_entitled: BTreeSet::new(),
             rotation_timestamp: None,
             imds: false,
+            quota_per_second: None,
             faults: Faults::default(),
         }
     }
@@ -72,7 +76,11 @@ pub struct Faults {
     /// Wait this long before answering each call.
     pub delay: Duration,
     pub error: Option<InjectedError>,
+    /// Send the injected error's code only in the `X-Amzn-ErrorType` header, with an empty body.
+    pub error_in_header_only: bool,
     pub token: Option<TokenFault>,
+    /// Spoil every successful answer at the HTTP level.
+    pub response: Option<ResponseFault>,
 }
 
 /// An error response: awsJson1_1 `__type` code and HTTP status.
@@ -108,6 +116,8 @@ impl std::str::FromStr for InjectedError {
 }
 
 fn default_status(code: &str) -> u16 {
+    // A `namespace#Code` form has the same status as the bare code.
+    let code = code.rsplit('#').next().unwrap_or(code);
     match code {
         "InternalServiceErrorException" => 500,
         "AccessDeniedException"
@@ -117,6 +127,21 @@ fn default_status(code: &str) -> u16 {
         | "MissingAuthenticationTokenException" => 403,
         _ => 400,
     }
+}
+
+/// Ways to spoil a successful answer at the HTTP level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResponseFault {
+    /// Announce the whole body, send half of it, close the connection.
+    TruncatedBody,
+    /// 200 with a body that is not JSON.
+    MalformedJson,
+    /// 200 with an empty body.
+    EmptyBody,
+    /// 200 with an 8 MiB JSON body.
+    HugeBody,
+    /// 200 with an HTML page (`text/html`), as a captive portal or proxy sends.
+    HtmlPage,
 }
 
 /// Ways to spoil the token in an otherwise successful answer.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use metering_emulator::keys::RsaKey;
-use metering_emulator::{Config, Faults, InjectedError, TokenFault};
+use metering_emulator::{Config, Faults, InjectedError, ResponseFault, TokenFault};
 
 /// A local stand-in for AWS Marketplace Metering RegisterUsage (awsJson1_1 over HTTP).
 ///
@@ -54,6 +54,11 @@ struct Cli {
     #[arg(long, value_name = "EPOCH_SECONDS")]
     rotation_timestamp: Option<i64>,
 
+    /// Per-account quota: a token bucket of N calls per second (AWS: 5); calls beyond it get
+    /// ThrottlingException. Counters are at GET /_emulator/stats.
+    #[arg(long, value_name = "N")]
+    quota_per_second: Option<u32>,
+
     /// Also serve IMDSv2 credentials and Region, as an EC2 node would
     /// (point AWS_EC2_METADATA_SERVICE_ENDPOINT here).
     #[arg(long)]
@@ -79,6 +84,14 @@ struct Cli {
     /// (e.g. AccessDeniedException, PlatformNotSupportedException, DisabledApiException).
     #[arg(long, value_name = "CODE[:STATUS]")]
     error: Option<InjectedError>,
+
+    /// Name the --error code only in the X-Amzn-ErrorType header, with an empty JSON body.
+    #[arg(long, requires = "error")]
+    error_in_header: bool,
+
+    /// Spoil every successful answer at the HTTP level.
+    #[arg(long, value_enum, value_name = "FAULT")]
+    response_fault: Option<ResponseFault>,
 
     /// Spoil every token this way.
     #[arg(long, value_enum, value_name = "FAULT")]
@@ -108,13 +121,16 @@ async fn main() -> Result<(), String> {
         not_entitled: cli.not_entitled.into_iter().collect::<BTreeSet<_>>(),
         rotation_timestamp: cli.rotation_timestamp,
         imds: cli.imds,
+        quota_per_second: cli.quota_per_second,
         faults: Faults {
             drop_first: cli.drop_first,
             throttle_first: cli.throttle_first,
             fail_first: cli.fail_first,
             delay: Duration::from_millis(cli.delay_ms),
             error: cli.error,
+            error_in_header_only: cli.error_in_header,
             token: cli.token_fault,
+            response: cli.response_fault,
         },
     };
     let listener = tokio::net::TcpListener::bind(&cli.listen)

@@ -5,8 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -54,10 +55,41 @@ impl std::fmt::Display for Dropped {
 
 impl std::error::Error for Dropped {}
 
+type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A body that sends `sent` and then fails, so hyper closes the connection mid-response.
+struct TruncatedBody {
+    sent: Option<Bytes>,
+}
+
+impl hyper::body::Body for TruncatedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(Some(match self.sent.take() {
+            Some(bytes) => Ok(Frame::data(bytes)),
+            None => Err("connection cut mid-response by fault injection".into()),
+        }))
+    }
+}
+
 async fn handle(
     service: Arc<Service>,
     request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Dropped> {
+) -> Result<Response<Body>, Dropped> {
+    if request.method() == Method::GET && request.uri().path() == "/_emulator/stats" {
+        return Ok(json_response(200, &service.stats()));
+    }
     if service.config.imds && request.uri().path().starts_with("/latest/") {
         return Ok(imds(
             &service.config,
@@ -99,22 +131,53 @@ async fn handle(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    match answer {
-        Answer::Drop => Err(Dropped),
-        Answer::Json { status, body } => Ok(Response::builder()
+    let response = Response::builder().header(
+        "x-amzn-requestid",
+        format!("emulated-{}", service.calls.load(Ordering::SeqCst)),
+    );
+    let response = match answer {
+        Answer::Drop => return Err(Dropped),
+        Answer::Json { status, body } => return Ok(json_response(status, &body)),
+        Answer::ErrorHeader { status, code } => response
             .status(status)
             .header("content-type", "application/x-amz-json-1.1")
             .header(
-                "x-amzn-requestid",
-                format!("emulated-{}", service.calls.load(Ordering::SeqCst)),
+                "x-amzn-errortype",
+                format!("{code}:http://internal.amazon.com/coral/emulated/"),
             )
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("valid response")),
-    }
+            .body(full("{}")),
+        Answer::Raw {
+            status,
+            content_type,
+            body,
+        } => response
+            .status(status)
+            .header("content-type", content_type)
+            .body(full(body)),
+        Answer::Truncated { sent, declared } => response
+            .status(200)
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("content-length", declared)
+            .body(
+                TruncatedBody {
+                    sent: Some(Bytes::from(sent)),
+                }
+                .boxed(),
+            ),
+    };
+    Ok(response.expect("valid response"))
+}
+
+fn json_response(status: u16, body: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(full(body.to_string()))
+        .expect("valid response")
 }
 
 /// The IMDSv2 paths the AWS SDK's instance-profile credential and Region providers read.
-fn imds(config: &Config, method: &Method, path: &str) -> Response<Full<Bytes>> {
+fn imds(config: &Config, method: &Method, path: &str) -> Response<Body> {
     let credentials_path = "/latest/meta-data/iam/security-credentials/";
     match (method, path) {
         (&Method::PUT, "/latest/api/token") => {
@@ -148,10 +211,10 @@ fn imds(config: &Config, method: &Method, path: &str) -> Response<Full<Bytes>> {
     }
 }
 
-fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+fn plain(status: StatusCode, body: &str) -> Response<Body> {
     Response::builder()
         .status(status)
-        .body(Full::new(Bytes::from(body.to_owned())))
+        .body(full(body.to_owned()))
         .expect("valid response")
 }
 
@@ -176,6 +239,11 @@ impl RunningEmulator {
     /// RegisterUsage calls received so far, faulted ones included.
     pub fn calls(&self) -> u64 {
         self.service.calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls, throttled calls and tokens issued, as `GET /_emulator/stats` reports them.
+    pub fn stats(&self) -> serde_json::Value {
+        self.service.stats()
     }
 
     /// The SPKI PEM of the key that signs its tokens.

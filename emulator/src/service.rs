@@ -1,14 +1,15 @@
 //! RegisterUsage as the Metering Service answers it: pure request-in, answer-out logic.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::keys::{b64_json, shared_other_2048};
-use crate::{Config, InjectedError, TokenFault};
+use crate::{Config, InjectedError, ResponseFault, TokenFault};
 
 pub(crate) const REGISTER_USAGE_TARGET: &str = "AWSMPMeteringService.RegisterUsage";
 const SIGNING_SERVICE: &str = "aws-marketplace";
@@ -22,6 +23,21 @@ pub(crate) enum Answer {
         status: u16,
         body: Value,
     },
+    /// An error named only by the `X-Amzn-ErrorType` header.
+    ErrorHeader {
+        status: u16,
+        code: String,
+    },
+    Raw {
+        status: u16,
+        content_type: &'static str,
+        body: Vec<u8>,
+    },
+    /// Headers announce `declared` bytes, `sent` arrive, then the connection closes.
+    Truncated {
+        sent: Vec<u8>,
+        declared: usize,
+    },
 }
 
 impl Answer {
@@ -32,8 +48,80 @@ impl Answer {
         }
     }
 
-    fn injected(error: &InjectedError) -> Self {
+    fn injected(error: &InjectedError, header_only: bool) -> Self {
+        if header_only {
+            return Answer::ErrorHeader {
+                status: error.status,
+                code: error.code.clone(),
+            };
+        }
         Self::error(error.status, &error.code, "injected by metering-emulator")
+    }
+
+    /// A successful answer spoiled at the HTTP level.
+    fn spoiled(self, fault: ResponseFault) -> Self {
+        let Answer::Json { status: 200, body } = self else {
+            return self;
+        };
+        let json = |body: Vec<u8>| Answer::Raw {
+            status: 200,
+            content_type: "application/x-amz-json-1.1",
+            body,
+        };
+        match fault {
+            ResponseFault::TruncatedBody => {
+                let full = body.to_string().into_bytes();
+                Answer::Truncated {
+                    declared: full.len(),
+                    sent: full[..full.len() / 2].to_vec(),
+                }
+            }
+            ResponseFault::MalformedJson => json(b"{\"Signature\": \"eyJhbGciOi".to_vec()),
+            ResponseFault::EmptyBody => json(Vec::new()),
+            ResponseFault::HugeBody => json(
+                json!({ "Signature": "A".repeat(8 * 1024 * 1024) })
+                    .to_string()
+                    .into_bytes(),
+            ),
+            ResponseFault::HtmlPage => Answer::Raw {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: b"<html><body><h1>Network login required</h1></body></html>".to_vec(),
+            },
+        }
+    }
+}
+
+/// A token bucket: `capacity` tokens, refilled at `per_second`.
+struct TokenBucket {
+    capacity: f64,
+    per_second: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    fn new(per_second: u32) -> Self {
+        let rate = f64::from(per_second.max(1));
+        Self {
+            capacity: rate,
+            per_second: rate,
+            tokens: rate,
+            refilled: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + earned).min(self.capacity);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -46,15 +134,35 @@ pub(crate) struct Request<'a> {
 
 pub(crate) struct Service {
     pub config: Config,
+    /// RegisterUsage calls received, faulted and throttled ones included.
     pub calls: AtomicU64,
+    /// Calls refused by the quota.
+    pub throttled: AtomicU64,
+    /// Tokens issued.
+    pub entitled: AtomicU64,
+    quota: Option<Mutex<TokenBucket>>,
 }
 
 impl Service {
     pub fn new(config: Config) -> Self {
         Self {
+            quota: config
+                .quota_per_second
+                .map(|rate| Mutex::new(TokenBucket::new(rate))),
             config,
             calls: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
+            entitled: AtomicU64::new(0),
         }
+    }
+
+    /// Counters, for `GET /_emulator/stats`.
+    pub fn stats(&self) -> Value {
+        json!({
+            "calls": self.calls.load(Ordering::SeqCst),
+            "throttled": self.throttled.load(Ordering::SeqCst),
+            "entitled": self.entitled.load(Ordering::SeqCst),
+        })
     }
 
     pub fn register_usage(&self, request: &Request) -> Answer {
@@ -69,6 +177,14 @@ impl Service {
         if let Err(answer) = self.check_envelope(request) {
             return answer;
         }
+        let over_quota = self
+            .quota
+            .as_ref()
+            .is_some_and(|bucket| !bucket.lock().expect("quota lock").take());
+        if over_quota {
+            self.throttled.fetch_add(1, Ordering::SeqCst);
+            return Answer::error(400, "ThrottlingException", "Rate exceeded");
+        }
         if call < throttled {
             return Answer::error(400, "ThrottlingException", "Rate exceeded");
         }
@@ -76,10 +192,17 @@ impl Service {
             return Answer::error(500, "InternalServiceErrorException", "Internal error");
         }
         if let Some(error) = &faults.error {
-            return Answer::injected(error);
+            return Answer::injected(error, faults.error_in_header_only);
         }
         match self.entitle(request.body) {
-            Ok(answer) | Err(answer) => answer,
+            Ok(answer) => {
+                self.entitled.fetch_add(1, Ordering::SeqCst);
+                match faults.response {
+                    Some(fault) => answer.spoiled(fault),
+                    None => answer,
+                }
+            }
+            Err(answer) => answer,
         }
     }
 
@@ -315,6 +438,9 @@ mod tests {
                 (*status, body["__type"].as_str().unwrap_or("").to_owned())
             }
             Answer::Drop => (0, "drop".to_owned()),
+            Answer::ErrorHeader { status, code } => (*status, code.clone()),
+            Answer::Raw { status, .. } => (*status, "raw".to_owned()),
+            Answer::Truncated { .. } => (0, "truncated".to_owned()),
         }
     }
 
@@ -418,6 +544,64 @@ mod tests {
             }
         );
         assert!("X:abc".parse::<InjectedError>().is_err());
+    }
+
+    #[test]
+    fn the_quota_is_a_token_bucket_of_one_seconds_calls() {
+        let mut config = Config::new(shared_2048()).entitle("paid");
+        config.quota_per_second = Some(5);
+        let service = Service::new(config);
+        let codes: Vec<u16> = (0..7)
+            .map(|_| code_of(&call(&service, Some(AUTH), request("paid"))).0)
+            .collect();
+        assert_eq!(codes, [200, 200, 200, 200, 200, 400, 400]);
+        assert_eq!(
+            service.stats(),
+            json!({ "calls": 7, "throttled": 2, "entitled": 5 })
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert_eq!(
+            code_of(&call(&service, Some(AUTH), request("paid"))).0,
+            200,
+            "refilled at 5/s"
+        );
+    }
+
+    #[test]
+    fn response_faults_spoil_only_successful_answers() {
+        let service = service(Faults {
+            response: Some(ResponseFault::TruncatedBody),
+            ..Faults::default()
+        });
+        let Answer::Truncated { sent, declared } = call(&service, Some(AUTH), request("paid"))
+        else {
+            panic!("expected a truncated answer");
+        };
+        assert!(sent.len() < declared);
+        assert_eq!(
+            code_of(&call(&service, Some(AUTH), request("unpaid"))).1,
+            "CustomerNotEntitledException"
+        );
+    }
+
+    #[test]
+    fn injected_errors_can_come_in_the_header_only_and_with_a_namespace() {
+        let error: InjectedError = "com.amazonaws.marketplace#AccessDeniedException"
+            .parse()
+            .unwrap();
+        assert_eq!(error.status, 403);
+        let service = service(Faults {
+            error: Some(error),
+            error_in_header_only: true,
+            ..Faults::default()
+        });
+        assert_eq!(
+            call(&service, Some(AUTH), request("paid")),
+            Answer::ErrorHeader {
+                status: 403,
+                code: "com.amazonaws.marketplace#AccessDeniedException".into()
+            }
+        );
     }
 
     #[test]

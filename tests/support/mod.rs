@@ -1,14 +1,13 @@
 //! Fixtures for integration tests: an in-process metering emulator and the real
 //! `entitlement-gate` binary run with a clean, loopback-only environment.
 
-#![allow(dead_code)] // Each test crate uses its own subset.
+#![allow(dead_code, unused_imports)] // Each test crate uses its own subset.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use metering_emulator::keys::{shared_2048, AWS_JAVA_SAMPLE_1024_BIT_PUBLIC_KEY};
-#[allow(unused_imports)] // Each test crate uses its own subset.
 pub use metering_emulator::{Config, RunningEmulator, TokenFault};
 use serde_json::Value;
 
