@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::aws_identity::{self, CredentialSource, RegionSource};
 use crate::config::{CheckArgs, CheckConfig, ConfigError};
 use crate::handoff::{self, Handoff};
-use crate::metering::{self, Backoff, RegisterUsageCall};
+use crate::metering::{self, RegisterUsageCall};
 use crate::nonce::Nonce;
 use crate::outcome::{CallContext, GateError};
 use crate::token::{self, Expected, VerifiedToken};
@@ -105,7 +105,7 @@ pub async fn run(config: &CheckConfig) -> Result<Entitlement, GateError> {
         credentials_from: credentials.source.to_string(),
         endpoint: metering::endpoint_for(&context.region).await,
         attempt_timeout: config.attempt_timeout,
-        backoff: Backoff::default(),
+        backoff: config.backoff,
     };
     tracing::info!(endpoint = %call.endpoint, product_code = %context.product_code,
         public_key_version = context.public_key_version, "calling RegisterUsage");

@@ -123,6 +123,8 @@ mod tests {
         assert_eq!(args.product.public_key_version, 2);
         assert_eq!(args.deadline, Duration::from_secs(90));
         assert_eq!(args.attempt_timeout, Duration::from_secs(10));
+        assert_eq!(args.retry_base, Duration::from_secs(2));
+        assert_eq!(args.retry_cap, Duration::from_secs(8));
         assert_eq!(args.handoff_dir, Some(PathBuf::from("/h")));
     }
 

@@ -36,15 +36,6 @@ pub struct Backoff {
     pub cap: Duration,
 }
 
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            base: Duration::from_millis(200),
-            cap: Duration::from_secs(10),
-        }
-    }
-}
-
 impl Backoff {
     /// The ceiling of the jitter window before retry number `retry` (0 for the first retry).
     pub fn ceiling(&self, retry: u32) -> Duration {
@@ -130,7 +121,12 @@ pub async fn client(region: Region, credentials: Credentials, attempt_timeout: D
         )
         .load()
         .await;
-    let config = aws_sdk_marketplacemetering::config::Builder::from(&config)
+    client_from(&config)
+}
+
+/// A RegisterUsage client from an SDK configuration, with the gate's response-size limit.
+pub fn client_from(config: &aws_config::SdkConfig) -> Client {
+    let config = aws_sdk_marketplacemetering::config::Builder::from(config)
         .interceptor(ResponseSizeLimit)
         .build();
     Client::from_conf(config)
@@ -389,7 +385,10 @@ mod tests {
             credentials_from: "web identity token (IRSA)".into(),
             endpoint: "http://127.0.0.1:1".into(),
             attempt_timeout: Duration::from_secs(1),
-            backoff: Backoff::default(),
+            backoff: Backoff {
+                base: Duration::from_millis(200),
+                cap: Duration::from_secs(10),
+            },
         };
         f(&call)
     }

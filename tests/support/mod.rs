@@ -75,6 +75,9 @@ impl Gate {
                 "ENTITLEMENT_GATE_TERMINATION_LOG",
                 dir.path().join("termination-log"),
             )
+            // Fast retries: these tests check what is retried, not the tuned timing (bench/storm.py).
+            .env("ENTITLEMENT_GATE_RETRY_BASE", "100ms")
+            .env("ENTITLEMENT_GATE_RETRY_CAP", "400ms")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -1,0 +1,131 @@
+//! Any HTTP answer to RegisterUsage, through the real SDK client the gate builds (its
+//! deserialisers and the gate's response-size limit), then the gate's classification and token
+//! verification. Never a panic; never an accepted token; a success status never "retried".
+//!
+//! Input: byte 0 picks the status, byte 1 the headers, the rest is the body.
+#![no_main]
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
+    SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_runtime_api::shared::IntoShared;
+use aws_smithy_types::body::SdkBody;
+use entitlement_gate::config::{KeySource, VerifyingKey};
+use entitlement_gate::metering::{classify, client_from, AttemptFailure, Backoff, RegisterUsageCall};
+use entitlement_gate::outcome::{report, CallContext};
+use entitlement_gate::token::{verify, Expected};
+use libfuzzer_sys::fuzz_target;
+
+const STATUSES: [u16; 8] = [200, 200, 400, 403, 404, 429, 500, 503];
+const ERROR_TYPES: [&str; 6] = [
+    "",
+    "CustomerNotEntitledException",
+    "ThrottlingException:http://internal.amazon.com/coral/",
+    "com.amazonaws.awsmpmeteringservice#InvalidRegionException",
+    "AccessDeniedException",
+    "UnknownError",
+];
+
+/// The next answer, set by the fuzz target before each call.
+#[derive(Debug, Clone, Default)]
+struct CannedAnswer(Arc<Mutex<Option<(u16, u8, Vec<u8>)>>>);
+
+impl HttpConnector for CannedAnswer {
+    fn call(&self, _request: HttpRequest) -> HttpConnectorFuture {
+        let (status, headers, body) = self.0.lock().unwrap().take().expect("an answer per call");
+        let mut response = http::Response::builder().status(status);
+        response = response.header(
+            "content-type",
+            if headers & 0x80 != 0 { "text/html" } else { "application/x-amz-json-1.1" },
+        );
+        let error_type = ERROR_TYPES[usize::from(headers) % ERROR_TYPES.len()];
+        if !error_type.is_empty() {
+            response = response.header("x-amzn-errortype", error_type);
+        }
+        let response = response.body(SdkBody::from(body)).expect("valid response");
+        HttpConnectorFuture::ready(Ok(HttpResponse::try_from(response).expect("convertible")))
+    }
+}
+
+impl HttpClient for CannedAnswer {
+    fn http_connector(&self, _: &HttpConnectorSettings, _: &RuntimeComponents) -> SharedHttpConnector {
+        self.clone().into_shared()
+    }
+}
+
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    answer: CannedAnswer,
+    client: aws_sdk_marketplacemetering::Client,
+    key: VerifyingKey,
+}
+
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
+        let answer = CannedAnswer::default();
+        let http_client: SharedHttpClient = answer.clone().into_shared();
+        let config = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new("AKID", "secret", None, None, "fuzz"),
+            ))
+            .http_client(http_client)
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build();
+        let pem = &metering_emulator::keys::shared_2048().public_spki_pem;
+        Harness {
+            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            answer,
+            client: client_from(&config),
+            key: VerifyingKey::from_pem(pem, 1, KeySource::Inline).unwrap(),
+        }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let [status, headers, body @ ..] = data else {
+        return;
+    };
+    let status = STATUSES[usize::from(*status) % STATUSES.len()];
+    let harness = harness();
+    *harness.answer.0.lock().unwrap() = Some((status, *headers, body.to_vec()));
+    let result = harness.runtime.block_on(
+        harness.client.register_usage().product_code("prod-abc").public_key_version(1).nonce("nonce-123").send(),
+    );
+    let context = CallContext { product_code: "prod-abc".into(), public_key_version: 1, region: "us-east-1".into() };
+    match result {
+        Ok(output) => {
+            let expected = Expected { product_code: "prod-abc", nonce: "nonce-123", public_key_version: 1 };
+            if let Some(token) = output.signature() {
+                assert!(verify(token, &harness.key, &expected, 1_800_000_000).is_err(), "accepted a forged token");
+            }
+        }
+        Err(error) => {
+            let call = RegisterUsageCall {
+                context: &context,
+                nonce: "nonce-123",
+                credentials_from: "fuzz".into(),
+                endpoint: "http://fuzz".into(),
+                attempt_timeout: Duration::from_secs(1),
+                backoff: Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) },
+            };
+            match classify(&error, &call) {
+                AttemptFailure::Transient(reason) => {
+                    assert!(status >= 429 || !(200..300).contains(&status), "a {status} answer was deemed transient: {reason}");
+                }
+                AttemptFailure::Final(error) => {
+                    let report = report(&error);
+                    assert!(report.exit_code != 0 && !report.message.is_empty());
+                }
+            }
+        }
+    }
+});
