@@ -11,23 +11,15 @@ install_packages() {
 }
 command -v musl-gcc > /dev/null || install_packages musl-tools
 command -v file > /dev/null || install_packages file
-work=$(mktemp -d)
-emulator_pid=
-cleanup() {
-  [ -n "$emulator_pid" ] && kill "$emulator_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/emulator.sh
 fail() { echo "static check FAILED: $*" >&2; exit 1; }
 
 # The emulator's key becomes the embedded trust anchor of a locked build.
 cargo build --quiet -p metering-emulator
+work=$(mktemp -d)
 mkdir -p "$work/keys" "$work/root/etc/ssl/certs"
-target/debug/metering-emulator --listen 127.0.0.1:0 --addr-file "$work/addr" \
-  --public-key-out "$work/keys/1.pem" --entitled ci-locked-product --entitled ci-other-product &
-emulator_pid=$!
-for _ in $(seq 100); do [ -s "$work/addr" ] && break; sleep 0.05; done
-[ -s "$work/addr" ] || fail "the emulator did not start"
+emulator_start "$work" target/debug/metering-emulator \
+  --public-key-out "$work/keys/1.pem" --entitled ci-locked-product --entitled ci-other-product
 
 ENTITLEMENT_GATE_TRUSTED_PRODUCT_CODES=ci-locked-product ENTITLEMENT_GATE_TRUSTED_KEYS_DIR="$work/keys" \
   bash scripts/build-static.sh amd64 "$work/out"
@@ -48,7 +40,7 @@ chmod -R a+rX "$work/root"
 chroot=$(PATH="$PATH:/usr/sbin:/sbin" command -v chroot) || fail "chroot not found"
 gate() {
   env -i AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=AKIDEMULATOR AWS_SECRET_ACCESS_KEY=emulator-secret \
-    AWS_EC2_METADATA_DISABLED=true AWS_ENDPOINT_URL_MARKETPLACE_METERING="http://$(cat "$work/addr")" \
+    AWS_EC2_METADATA_DISABLED=true AWS_ENDPOINT_URL_MARKETPLACE_METERING="$EMULATOR_URL" \
     "$chroot" --userspec=65532:65532 "$work/root" /entitlement-gate check "$@"
 }
 code=0; gate --product-code ci-locked-product 2> "$work/ok.log" || code=$?

@@ -15,7 +15,7 @@ import tempfile
 import time
 import http.client
 
-from common import OUT, PRODUCT, RELEASE, ROOT, Emulator, aws_environment, measure
+from common import OUT, PRODUCT, RELEASE, ROOT, Emulator, aws_environment, peak_rss_kib, wall_time
 
 venv, runs, static_binary, profiling_binary = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 emulator = Emulator()
@@ -50,9 +50,10 @@ for round_number in range(runs + 1):
     # Rotate the order each round so no tool always runs first after another.
     order = names[round_number % len(names):] + names[:round_number % len(names)]
     for name in order:
-        code, wall, rss = measure(tools[name], environment)
-        if code != 0:
-            sys.exit(f"{name} exited {code}")
+        code, wall = wall_time(tools[name], environment)
+        rss_code, rss = peak_rss_kib(tools[name], environment)
+        if code != 0 or rss_code != 0:
+            sys.exit(f"{name} exited {code or rss_code}")
         if round_number > 0:  # round 0 warms caches
             samples[name]["wall_ms"].append(wall * 1000)
             samples[name]["rss_kib"].append(rss)
@@ -106,14 +107,26 @@ with tempfile.TemporaryDirectory() as scratch:
                                check=True, capture_output=True, text=True).stdout
 emulator.close()
 total = None
-top = []
+by_function = {}
+in_summary = False
 for line in annotated.splitlines():
+    line = line.strip()
     if "PROGRAM TOTALS" in line:
         total = int(line.split()[0].replace(",", ""))
-    elif total is not None and len(top) < 5 and line.strip() and line.strip()[0].isdigit() and "(" in line:
-        count, rest = line.strip().split(" ", 1)
-        function = rest.split(":", 1)[-1].strip() if "???:" in rest or ":" in rest else rest
-        top.append({"instructions": int(count.replace(",", "")), "function": function[:110]})
+    elif line.endswith("file:function"):
+        in_summary = True  # the flat per-function list starts after this header
+    elif in_summary and line.startswith("--") and by_function:
+        break  # the annotated source (with call-graph lines) follows
+    elif in_summary and line[:1].isdigit():
+        # "9,588,485 (35.43%)  /path/file.rs:crate::function [binary]": inlined code is listed per
+        # source file, so add up the entries of one function.
+        count = int(line.split()[0].replace(",", ""))
+        location = line.split(")  ", 1)[1]
+        function = location.split(":", 1)[1] if ":" in location else location
+        function = function.split(" [", 1)[0].strip()
+        by_function[function] = by_function.get(function, 0) + count
+top = [{"instructions": count, "function": function[:110]}
+       for function, count in sorted(by_function.items(), key=lambda item: -item[1])[:5]]
 results["callgrind"] = {"instructions": total, "top_functions_self": top}
 
 OUT.mkdir(exist_ok=True)
@@ -138,7 +151,7 @@ lines += [
     f"p99 {e['p99']:.3f} ms per RegisterUsage (PS256 signing included)",
     f"- release binary {results['sizes_bytes']['release binary']:,} bytes; "
     f"static musl binary {results['sizes_bytes']['static musl binary']:,} bytes",
-    f"- one `check` under callgrind: {total:,} instructions; top functions (self):",
+    f"- one `check` under callgrind: {total:,} instructions; top functions (self, inlined code included):",
 ]
 lines += [f"  - {t['instructions']:,} {t['function']}" for t in top]
 report = "\n".join(lines) + "\n"

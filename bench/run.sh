@@ -16,6 +16,7 @@ cargo build --profile profiling --locked -p entitlement-gate
 command -v musl-gcc > /dev/null || apt-get install -y -q musl-tools > /dev/null
 bash scripts/build-static.sh amd64 target/static/amd64
 command -v valgrind > /dev/null || apt-get install -y -q valgrind > /dev/null
+[ -x /usr/bin/time ] || apt-get install -y -q time > /dev/null
 
 venv=bench/.venv
 if [ ! -x "$venv/bin/aws" ]; then

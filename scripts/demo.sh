@@ -4,27 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+source scripts/emulator.sh
+
 cargo build --quiet --bins --workspace
 bin=target/debug
 work=$(mktemp -d)
-emulator_pid=
-cleanup() {
-  [ -n "$emulator_pid" ] && kill "$emulator_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-"$bin/metering-emulator" --listen 127.0.0.1:0 --addr-file "$work/addr" \
-  --public-key-out "$work/public-key.pem" \
-  --entitled demo-paid-product --not-entitled demo-unpaid-product &
-emulator_pid=$!
-for _ in $(seq 100); do [ -s "$work/addr" ] && break; sleep 0.05; done
-[ -s "$work/addr" ] || { echo "the emulator did not start" >&2; exit 1; }
+emulator_start "$work" "$bin/metering-emulator" --public-key-out "$work/public-key.pem" \
+  --entitled demo-paid-product --not-entitled demo-unpaid-product
 
 # What ECS or EKS would provide, pointed at the emulator; nothing from ~/.aws is used.
 export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=AKIDEMULATOR AWS_SECRET_ACCESS_KEY=emulator-secret
 export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true
-export AWS_ENDPOINT_URL_MARKETPLACE_METERING="http://$(cat "$work/addr")"
+export AWS_ENDPOINT_URL_MARKETPLACE_METERING="$EMULATOR_URL"
 export ENTITLEMENT_GATE_PUBLIC_KEY_FILE="$work/public-key.pem"
 mkdir "$work/handoff"
 

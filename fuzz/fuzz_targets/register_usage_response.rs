@@ -17,7 +17,9 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::shared::IntoShared;
 use aws_smithy_types::body::SdkBody;
 use entitlement_gate::config::{KeySource, VerifyingKey};
-use entitlement_gate::metering::{classify, client_from, AttemptFailure, Backoff, RegisterUsageCall};
+use entitlement_gate::metering::{
+    classify, client_from, AttemptFailure, Backoff, RegisterUsageCall,
+};
 use entitlement_gate::outcome::{report, CallContext};
 use entitlement_gate::token::{verify, Expected};
 use libfuzzer_sys::fuzz_target;
@@ -42,7 +44,11 @@ impl HttpConnector for CannedAnswer {
         let mut response = http::Response::builder().status(status);
         response = response.header(
             "content-type",
-            if headers & 0x80 != 0 { "text/html" } else { "application/x-amz-json-1.1" },
+            if headers & 0x80 != 0 {
+                "text/html"
+            } else {
+                "application/x-amz-json-1.1"
+            },
         );
         let error_type = ERROR_TYPES[usize::from(headers) % ERROR_TYPES.len()];
         if !error_type.is_empty() {
@@ -54,7 +60,11 @@ impl HttpConnector for CannedAnswer {
 }
 
 impl HttpClient for CannedAnswer {
-    fn http_connector(&self, _: &HttpConnectorSettings, _: &RuntimeComponents) -> SharedHttpConnector {
+    fn http_connector(
+        &self,
+        _: &HttpConnectorSettings,
+        _: &RuntimeComponents,
+    ) -> SharedHttpConnector {
         self.clone().into_shared()
     }
 }
@@ -74,15 +84,20 @@ fn harness() -> &'static Harness {
         let config = aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
-                aws_credential_types::Credentials::new("AKID", "secret", None, None, "fuzz"),
-            ))
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    aws_credential_types::Credentials::new("AKID", "secret", None, None, "fuzz"),
+                ),
+            )
             .http_client(http_client)
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .build();
         let pem = &metering_emulator::keys::shared_2048().public_spki_pem;
         Harness {
-            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
             answer,
             client: client_from(&config),
             key: VerifyingKey::from_pem(pem, 1, KeySource::Inline).unwrap(),
@@ -98,14 +113,31 @@ fuzz_target!(|data: &[u8]| {
     let harness = harness();
     *harness.answer.0.lock().unwrap() = Some((status, *headers, body.to_vec()));
     let result = harness.runtime.block_on(
-        harness.client.register_usage().product_code("prod-abc").public_key_version(1).nonce("nonce-123").send(),
+        harness
+            .client
+            .register_usage()
+            .product_code("prod-abc")
+            .public_key_version(1)
+            .nonce("nonce-123")
+            .send(),
     );
-    let context = CallContext { product_code: "prod-abc".into(), public_key_version: 1, region: "us-east-1".into() };
+    let context = CallContext {
+        product_code: "prod-abc".into(),
+        public_key_version: 1,
+        region: "us-east-1".into(),
+    };
     match result {
         Ok(output) => {
-            let expected = Expected { product_code: "prod-abc", nonce: "nonce-123", public_key_version: 1 };
+            let expected = Expected {
+                product_code: "prod-abc",
+                nonce: "nonce-123",
+                public_key_version: 1,
+            };
             if let Some(token) = output.signature() {
-                assert!(verify(token, &harness.key, &expected, 1_800_000_000).is_err(), "accepted a forged token");
+                assert!(
+                    verify(token, &harness.key, &expected, 1_800_000_000).is_err(),
+                    "accepted a forged token"
+                );
             }
         }
         Err(error) => {
@@ -115,11 +147,17 @@ fuzz_target!(|data: &[u8]| {
                 credentials_from: "fuzz".into(),
                 endpoint: "http://fuzz".into(),
                 attempt_timeout: Duration::from_secs(1),
-                backoff: Backoff { base: Duration::from_millis(1), cap: Duration::from_millis(1) },
+                backoff: Backoff {
+                    base: Duration::from_millis(1),
+                    cap: Duration::from_millis(1),
+                },
             };
             match classify(&error, &call) {
                 AttemptFailure::Transient(reason) => {
-                    assert!(status >= 429 || !(200..300).contains(&status), "a {status} answer was deemed transient: {reason}");
+                    assert!(
+                        status >= 429 || !(200..300).contains(&status),
+                        "a {status} answer was deemed transient: {reason}"
+                    );
                 }
                 AttemptFailure::Final(error) => {
                     let report = report(&error);

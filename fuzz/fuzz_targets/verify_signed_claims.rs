@@ -20,7 +20,8 @@ fn keys() -> &'static (Arc<RsaKey>, VerifyingKey) {
     static KEYS: OnceLock<(Arc<RsaKey>, VerifyingKey)> = OnceLock::new();
     KEYS.get_or_init(|| {
         let signing = shared_2048();
-        let verifying = VerifyingKey::from_pem(&signing.public_spki_pem, 1, KeySource::Inline).expect("test key");
+        let verifying = VerifyingKey::from_pem(&signing.public_spki_pem, 1, KeySource::Inline)
+            .expect("test key");
         (signing, verifying)
     })
 }
@@ -30,17 +31,30 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (header, payload) = (&data[..split], &data[split + 1..]);
-    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(payload)
+    );
     let (signing, verifying) = keys();
-    let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(signing.sign_ps256(input.as_bytes())));
-    let expected = Expected { product_code: "prod-abc", nonce: "nonce-123", public_key_version: 1 };
+    let token = format!(
+        "{input}.{}",
+        URL_SAFE_NO_PAD.encode(signing.sign_ps256(input.as_bytes()))
+    );
+    let expected = Expected {
+        product_code: "prod-abc",
+        nonce: "nonce-123",
+        public_key_version: 1,
+    };
     let Ok(verified) = verify(&token, verifying, &expected, NOW) else {
         return;
     };
     // Accepted: then the header said PS256 and the claims are exactly the expected ones.
-    let header: serde_json::Value = serde_json::from_slice(header).expect("accepted header is JSON");
+    let header: serde_json::Value =
+        serde_json::from_slice(header).expect("accepted header is JSON");
     assert_eq!(header["alg"], "PS256");
-    let claims: serde_json::Value = serde_json::from_slice(payload).expect("accepted payload is JSON");
+    let claims: serde_json::Value =
+        serde_json::from_slice(payload).expect("accepted payload is JSON");
     assert_eq!(claims["productCode"], "prod-abc");
     assert_eq!(claims["nonce"], "nonce-123");
     assert_eq!(claims["publicKeyVersion"].as_u64(), Some(1));

@@ -22,6 +22,13 @@ fuzz_target!(|data: &[u8]| {
     let Ok(token) = std::str::from_utf8(data) else {
         return;
     };
-    let expected = Expected { product_code: "prod-abc", nonce: "nonce-123", public_key_version: 1 };
-    assert!(verify(token, key(), &expected, NOW).is_err(), "accepted an unsigned token: {token:?}");
+    let expected = Expected {
+        product_code: "prod-abc",
+        nonce: "nonce-123",
+        public_key_version: 1,
+    };
+    assert!(
+        verify(token, key(), &expected, NOW).is_err(),
+        "accepted an unsigned token: {token:?}"
+    );
 });
