@@ -63,6 +63,7 @@ fn usage_error(error: &clap::Error) -> ExitCode {
         .trim_start_matches("error: ")
         .to_owned();
     let report = outcome::report(&GateError::Config(ConfigError::InvalidArgument(detail)));
+    eprintln!("{}", report.message);
     let configured = std::env::var_os("ENTITLEMENT_GATE_TERMINATION_LOG").map(PathBuf::from);
     if let Some(path) = Cli::termination_log_path(configured) {
         let _ = outcome::write_termination_log(&path, &report.message);

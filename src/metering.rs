@@ -230,7 +230,6 @@ const CREDENTIAL_ERROR_CODES: &[&str] = &[
 
 /// Throttling codes outside the RegisterUsage model that AWS front ends also send.
 const THROTTLING_CODES: &[&str] = &[
-    "ThrottlingException",
     "Throttling",
     "TooManyRequestsException",
     "RequestLimitExceeded",

@@ -232,18 +232,9 @@ impl RunningEmulator {
         format!("http://{}", self.addr)
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// RegisterUsage calls received so far, faulted ones included.
     pub fn calls(&self) -> u64 {
         self.service.calls.load(Ordering::SeqCst)
-    }
-
-    /// Calls, throttled calls and tokens issued, as `GET /_emulator/stats` reports them.
-    pub fn stats(&self) -> serde_json::Value {
-        self.service.stats()
     }
 
     /// The SPKI PEM of the key that signs its tokens.
