@@ -9,11 +9,15 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+#[path = "src/product_code_rule.rs"]
+mod product_code_rule;
+
 const CODES_VAR: &str = "ENTITLEMENT_GATE_TRUSTED_PRODUCT_CODES";
 const KEYS_VAR: &str = "ENTITLEMENT_GATE_TRUSTED_KEYS_DIR";
 
 fn main() {
     println!("cargo:rerun-if-env-changed={CODES_VAR}");
+    println!("cargo:rerun-if-changed=src/product_code_rule.rs");
     println!("cargo:rerun-if-env-changed={KEYS_VAR}");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     // A lower bound on the time for `doctor`'s clock check; SOURCE_DATE_EPOCH keeps builds
@@ -73,12 +77,10 @@ fn trusted_product_codes() -> Option<Vec<String>> {
         .map(str::to_owned)
         .collect();
     for code in &codes {
-        // Same rule as the RegisterUsage model; checked here so a typo fails the build, not a buyer.
-        let valid = code.len() <= 255
-            && code
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-/=:_.@".contains(c));
-        assert!(valid, "{CODES_VAR}: {code:?} is not a valid product code");
+        // Checked here too, so a typo fails the build rather than a buyer's pod.
+        if let Some(problem) = product_code_rule::product_code_problem(code) {
+            panic!("{CODES_VAR}: {code:?} is not a valid product code: {problem}");
+        }
     }
     Some(codes)
 }

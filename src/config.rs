@@ -9,6 +9,7 @@ use clap::Args;
 use jsonwebtoken::DecodingKey;
 
 use crate::metering::Backoff;
+use crate::product_code_rule::product_code_problem;
 use crate::trust::TrustAnchors;
 
 /// RSA keys below this size are refused, whatever their source.
@@ -80,23 +81,13 @@ pub struct ProductCode(String);
 
 impl ProductCode {
     pub fn parse(code: &str) -> Result<Self, ConfigError> {
-        let invalid = |reason| ConfigError::InvalidProductCode {
-            code: code.to_owned(),
-            reason,
-        };
-        if code.is_empty() {
-            return Err(invalid("it is empty"));
+        match product_code_problem(code) {
+            Some(reason) => Err(ConfigError::InvalidProductCode {
+                code: code.to_owned(),
+                reason,
+            }),
+            None => Ok(Self(code.to_owned())),
         }
-        if code.len() > 255 {
-            return Err(invalid("it is longer than 255 characters"));
-        }
-        if !code
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-/=:_.@".contains(c))
-        {
-            return Err(invalid("only letters, digits and -/=:_.@ are allowed"));
-        }
-        Ok(Self(code.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

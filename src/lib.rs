@@ -27,6 +27,7 @@ pub mod logging;
 pub mod metering;
 pub mod nonce;
 pub mod outcome;
+mod product_code_rule;
 pub mod token;
 pub mod trust;
 pub mod verify;
