@@ -9,15 +9,15 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-#[path = "src/product_code_rule.rs"]
-mod product_code_rule;
+#[path = "src/anchor_rules.rs"]
+mod anchor_rules;
 
 const CODES_VAR: &str = "ENTITLEMENT_GATE_TRUSTED_PRODUCT_CODES";
 const KEYS_VAR: &str = "ENTITLEMENT_GATE_TRUSTED_KEYS_DIR";
 
 fn main() {
     println!("cargo:rerun-if-env-changed={CODES_VAR}");
-    println!("cargo:rerun-if-changed=src/product_code_rule.rs");
+    println!("cargo:rerun-if-changed=src/anchor_rules.rs");
     println!("cargo:rerun-if-env-changed={KEYS_VAR}");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     // A lower bound on the time for `doctor`'s clock check; SOURCE_DATE_EPOCH keeps builds
@@ -37,6 +37,9 @@ fn main() {
         Some(dir) => trusted_keys(Path::new(&dir)),
         None => Vec::new(),
     };
+    if let Some(problem) = anchor_rules::lock_problem(codes.is_some(), keys.len()) {
+        fail(&format!("{CODES_VAR} is set: {problem}"));
+    }
 
     let mut generated = String::new();
     match &codes {
@@ -78,19 +81,26 @@ fn trusted_product_codes() -> Option<Vec<String>> {
         .collect();
     for code in &codes {
         // Checked here too, so a typo fails the build rather than a buyer's pod.
-        if let Some(problem) = product_code_rule::product_code_problem(code) {
-            panic!("{CODES_VAR}: {code:?} is not a valid product code: {problem}");
+        if let Some(problem) = anchor_rules::product_code_problem(code) {
+            fail(&format!(
+                "{CODES_VAR}: {code:?} is not a valid product code: {problem}"
+            ));
         }
     }
     Some(codes)
 }
 
+/// The `<version>.pem` files in `dir`, each checked by the rule run time applies, so a bad key
+/// fails the seller's build instead of every buyer's pod.
 fn trusted_keys(dir: &Path) -> Vec<(u32, PathBuf)> {
     println!("cargo:rerun-if-changed={}", dir.display());
-    let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("{KEYS_VAR}={}: {e}", dir.display()));
+    let entries =
+        fs::read_dir(dir).unwrap_or_else(|e| fail(&format!("{KEYS_VAR}={}: {e}", dir.display())));
     let mut keys = Vec::new();
     for entry in entries {
-        let path = entry.expect("read trusted keys dir").path();
+        let path = entry
+            .unwrap_or_else(|e| fail(&format!("{KEYS_VAR}={}: {e}", dir.display())))
+            .path();
         if path.extension().is_none_or(|ext| ext != "pem") {
             continue;
         }
@@ -101,18 +111,35 @@ fn trusted_keys(dir: &Path) -> Vec<(u32, PathBuf)> {
             .and_then(|stem| stem.parse().ok())
             .filter(|version| *version >= 1)
             .unwrap_or_else(|| {
-                panic!(
+                fail(&format!(
                     "{}: trusted keys must be named <version>.pem",
                     path.display()
-                )
+                ))
             });
+        let pem =
+            fs::read_to_string(&path).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
+        if let Err(problem) = anchor_rules::rsa_public_key(&pem) {
+            fail(&format!(
+                "{}: not a usable trusted key: {problem}",
+                path.display()
+            ));
+        }
         keys.push((version, path));
     }
-    assert!(
-        !keys.is_empty(),
-        "{KEYS_VAR}={}: no <version>.pem files",
-        dir.display()
-    );
+    if keys.is_empty() {
+        fail(&format!(
+            "{KEYS_VAR}={}: no <version>.pem files",
+            dir.display()
+        ));
+    }
     keys.sort();
     keys
+}
+
+/// Fails the build with `message` as Cargo's error, rather than a panic's backtrace (Cargo
+/// fails the build after a `cargo::error` line; the exit status stays 0 so that it does not
+/// also dump the script's whole output).
+fn fail(message: &str) -> ! {
+    println!("cargo::error={message}");
+    std::process::exit(0)
 }

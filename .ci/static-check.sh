@@ -21,6 +21,22 @@ mkdir -p "$work/keys" "$work/root/etc/ssl/certs"
 emulator_start "$work" target/debug/metering-emulator \
   --public-key-out "$work/keys/1.pem" --entitled ci-locked-product --entitled ci-other-product
 
+# A lock needs keys, and embedded keys meet the run-time rule: both mistakes fail the seller's build.
+refused_build() { # EXPECTED_MESSAGE, then the environment for the build
+  local expected=$1 code=0
+  shift
+  env "$@" cargo check --quiet -p entitlement-gate --lib > "$work/refused.log" 2>&1 || code=$?
+  [ "$code" -ne 0 ] || fail "the build with $* succeeded"
+  grep -q "$expected" "$work/refused.log" || { cat "$work/refused.log"; fail "the build with $* did not say: $expected"; }
+}
+mkdir -p "$work/weak-keys"
+sed -n '/AWS_JAVA_SAMPLE_PUBLIC_KEY: &str = "/,/END PUBLIC KEY/p' src/anchor_rules.rs \
+  | sed 's/.*= "//' > "$work/weak-keys/1.pem"
+refused_build "which is no lock" ENTITLEMENT_GATE_TRUSTED_PRODUCT_CODES=ci-locked-product
+refused_build "below the 2048-bit minimum" ENTITLEMENT_GATE_TRUSTED_PRODUCT_CODES=ci-locked-product \
+  ENTITLEMENT_GATE_TRUSTED_KEYS_DIR="$work/weak-keys"
+echo "refused builds OK: product codes without keys, and a 1024-bit embedded key"
+
 ENTITLEMENT_GATE_TRUSTED_PRODUCT_CODES=ci-locked-product ENTITLEMENT_GATE_TRUSTED_KEYS_DIR="$work/keys" \
   bash scripts/build-static.sh amd64 "$work/out"
 binary="$work/out/entitlement-gate"

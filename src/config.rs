@@ -8,12 +8,10 @@ use std::time::Duration;
 use clap::Args;
 use jsonwebtoken::DecodingKey;
 
+pub use crate::anchor_rules::MIN_RSA_BITS;
+use crate::anchor_rules::{self, product_code_problem, KeyProblem};
 use crate::metering::Backoff;
-use crate::product_code_rule::product_code_problem;
 use crate::trust::TrustAnchors;
-
-/// RSA keys below this size are refused, whatever their source.
-pub const MIN_RSA_BITS: u32 = 2048;
 
 /// Why the configuration cannot be used. Every variant maps to exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +41,11 @@ pub enum ConfigError {
     InvalidKey { origin: KeySource, reason: String },
     #[error("public key from {origin} is RSA-{bits}, below the {MIN_RSA_BITS}-bit minimum")]
     WeakKey { origin: KeySource, bits: u32 },
+    #[error("public key from {origin} is {name}, whose private half is published")]
+    PublishedKey {
+        origin: KeySource,
+        name: &'static str,
+    },
     #[error("handoff directory {path} is not a writable directory: {reason}")]
     HandoffDir { path: PathBuf, reason: String },
     #[error("no AWS Region found")]
@@ -122,68 +125,58 @@ impl fmt::Debug for VerifyingKey {
 
 impl VerifyingKey {
     /// Parses an RSA public key from PEM: SPKI (`BEGIN PUBLIC KEY`, what AWS hands sellers) or
-    /// PKCS#1 (`BEGIN RSA PUBLIC KEY`).
+    /// PKCS#1 (`BEGIN RSA PUBLIC KEY`), under the same rule `build.rs` applies to embedded keys.
     pub fn from_pem(pem: &str, version: u32, source: KeySource) -> Result<Self, ConfigError> {
-        let invalid = |reason: String| ConfigError::InvalidKey {
-            origin: source.clone(),
-            reason,
-        };
-        let der = pem_body(pem).map_err(invalid)?;
-        let key = aws_lc_rs::rsa::PublicKey::from_der(&der)
-            .map_err(|e| invalid(format!("not an RSA public key ({e})")))?;
-        let pkcs1 = key.as_ref();
-        let bits = aws_lc_rs::signature::RsaParameters::public_modulus_len(pkcs1)
-            .map_err(|_| invalid("cannot read the RSA modulus".to_owned()))?;
-        if bits < MIN_RSA_BITS {
-            return Err(ConfigError::WeakKey {
-                origin: source,
+        let key = anchor_rules::rsa_public_key(pem).map_err(|problem| match problem {
+            KeyProblem::Weak { bits } => ConfigError::WeakKey {
+                origin: source.clone(),
                 bits,
-            });
-        }
+            },
+            KeyProblem::PublishedSample { name } => ConfigError::PublishedKey {
+                origin: source.clone(),
+                name,
+            },
+            problem => ConfigError::InvalidKey {
+                origin: source.clone(),
+                reason: problem.to_string(),
+            },
+        })?;
+        // The rule read the DER; aws-lc-rs has the last word on whether it is a usable key.
+        aws_lc_rs::rsa::PublicKey::from_der(&key.pkcs1).map_err(|e| ConfigError::InvalidKey {
+            origin: source.clone(),
+            reason: format!("not an RSA public key ({e})"),
+        })?;
         Ok(Self {
-            decoding: DecodingKey::from_rsa_der(pkcs1),
+            decoding: DecodingKey::from_rsa_der(&key.pkcs1),
             version,
-            bits,
+            bits: key.bits,
             source,
         })
     }
 }
 
-/// The DER inside the first PEM block, which must be labelled `PUBLIC KEY` or `RSA PUBLIC KEY`.
-fn pem_body(text: &str) -> Result<Vec<u8>, String> {
-    let block = pem::parse(text).map_err(|e| format!("not a PEM block ({e})"))?;
-    match block.tag() {
-        "PUBLIC KEY" | "RSA PUBLIC KEY" => Ok(block.into_contents()),
-        tag if tag.contains("PRIVATE") => Err(format!(
-            "this is a {tag}; configure the public key, never the private one"
-        )),
-        tag => Err(format!("expected PUBLIC KEY, found {tag}")),
-    }
-}
+/// The longest duration any option takes: a run bound beyond a day is a typo, and larger values
+/// overflow the clock arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
-/// Parses durations such as `90s`, `2m`, `1500ms`, `1h`; a bare number means seconds.
+/// Parses durations as operators write them (`90s`, `2m`, `1m30s`, `2min`, `1.5s`, `1500ms`,
+/// `1h`; the `humantime` syntax); a bare number means seconds. Zero and anything above
+/// [`MAX_DURATION`] are refused.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90s or 2m"))?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(number),
-        "" | "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number.saturating_mul(60)),
-        "h" => Duration::from_secs(number.saturating_mul(3600)),
-        _ => {
-            return Err(format!(
-                "{text:?} has unknown unit {unit:?}; use ms, s, m or h"
-            ))
-        }
+    let duration = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|e| format!("{text:?} is not a duration like 90s, 1m30s or 2h ({e})"))?,
     };
     if duration.is_zero() {
         return Err("the duration must be greater than zero".to_owned());
+    }
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "{text:?} is longer than the {} maximum",
+            humantime::format_duration(MAX_DURATION)
+        ));
     }
     Ok(duration)
 }
@@ -486,15 +479,25 @@ mod tests {
     }
 
     #[test]
-    fn durations_accept_the_documented_units() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        for bad in ["", "s", "0s", "-1s", "1d", "1.5s", "ten"] {
+    fn durations_accept_what_operators_write() {
+        for (text, expected) in [
+            ("90s", Duration::from_secs(90)),
+            ("2m", Duration::from_secs(120)),
+            ("2min", Duration::from_secs(120)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("1500ms", Duration::from_millis(1500)),
+            ("1h", Duration::from_secs(3600)),
+            ("45", Duration::from_secs(45)),
+            (" 24h ", MAX_DURATION),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text:?}");
+        }
+        for bad in ["", "s", "0s", "0", "-1s", "1.5", "ten", "25h", "2d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+        let huge = parse_duration("18446744073709551615s").unwrap_err();
+        assert!(huge.contains("maximum"), "{huge}");
     }
 
     #[test]

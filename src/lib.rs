@@ -16,18 +16,20 @@
 //! - [`verify`]: offline re-verification of a handoff or token, for the main container
 //! - [`doctor`]: a read-only diagnosis of the setup
 
+mod anchor_rules;
 pub mod aws_identity;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod doctor;
 pub mod exec;
+pub mod files;
 pub mod handoff;
 pub mod logging;
 pub mod metering;
 pub mod nonce;
 pub mod outcome;
-mod product_code_rule;
+pub mod text;
 pub mod token;
 pub mod trust;
 pub mod verify;

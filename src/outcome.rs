@@ -272,6 +272,10 @@ fn config_message(error: &ConfigError) -> String {
             "use the RSA key AWS Marketplace issued for this product, never the 1024-bit sample \
              key from AWS's documentation"
         }
+        ConfigError::PublishedKey { .. } => {
+            "anyone can sign tokens this key accepts; use the RSA key AWS Marketplace issued for \
+             this product"
+        }
         ConfigError::HandoffDir { .. } => {
             "mount a writable volume (e.g. an emptyDir) at ENTITLEMENT_GATE_HANDOFF_DIR"
         }
