@@ -67,7 +67,8 @@ impl Config {
 
 /// Faults, applied to RegisterUsage calls in order: the first `drop_first` calls lose their
 /// connection, the next `throttle_first` are throttled, the next `fail_first` get a 500; after
-/// that `error` (if set) answers every call, else `token` (if set) spoils every token.
+/// that `error` (if set) answers every call, else `status` (if set) answers every call, else
+/// `token` (if set) spoils every token.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     pub drop_first: u32,
@@ -78,6 +79,8 @@ pub struct Faults {
     pub error: Option<InjectedError>,
     /// Send the injected error's code only in the `X-Amzn-ErrorType` header, with an empty body.
     pub error_in_header_only: bool,
+    /// An HTTP status with no AWS error code, as a load balancer or proxy answers.
+    pub status: Option<StatusFault>,
     pub token: Option<TokenFault>,
     /// Spoil every successful answer at the HTTP level.
     pub response: Option<ResponseFault>,
@@ -126,6 +129,51 @@ fn default_status(code: &str) -> u16 {
         | "InvalidSignatureException"
         | "MissingAuthenticationTokenException" => 403,
         _ => 400,
+    }
+}
+
+/// An error status that carries no AWS error code: what a load balancer, proxy or overloaded
+/// front end sends instead of the service's JSON error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusFault {
+    /// 400 to 599.
+    pub status: u16,
+    pub body: StatusBody,
+}
+
+/// The body a [`StatusFault`] answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusBody {
+    /// No body at all.
+    Empty,
+    /// An HTML error page (`text/html`).
+    Html,
+    /// JSON with only `{"message": "..."}`: no `__type`, so no error code.
+    Message,
+    /// A plain-text reason phrase (`text/plain`).
+    Text,
+}
+
+impl std::str::FromStr for StatusFault {
+    type Err = String;
+
+    /// `STATUS` or `STATUS:BODY`, BODY one of `empty` (the default), `html`, `message`, `text`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (status, body) = match text.split_once(':') {
+            Some((status, body)) => {
+                let body = <StatusBody as clap::ValueEnum>::from_str(body, true).map_err(|_| {
+                    format!("{body:?} is not a body kind (empty, html, message or text)")
+                })?;
+                (status, body)
+            }
+            None => (text, StatusBody::Empty),
+        };
+        let status = status
+            .parse()
+            .ok()
+            .filter(|status| (400..=599).contains(status))
+            .ok_or_else(|| format!("{status:?} is not an HTTP error status (400 to 599)"))?;
+        Ok(Self { status, body })
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use metering_emulator::keys::RsaKey;
-use metering_emulator::{Config, Faults, InjectedError, ResponseFault, TokenFault};
+use metering_emulator::{Config, Faults, InjectedError, ResponseFault, StatusFault, TokenFault};
 
 /// A local stand-in for AWS Marketplace Metering RegisterUsage (awsJson1_1 over HTTP).
 ///
@@ -89,6 +89,12 @@ struct Cli {
     #[arg(long, requires = "error")]
     error_in_header: bool,
 
+    /// Answer every later call with this bare HTTP status and no AWS error code, as a load
+    /// balancer or proxy does: STATUS (400-599) with an empty body, or STATUS:html (an HTML page),
+    /// STATUS:message (JSON with only a "message"), STATUS:text (a plain-text reason).
+    #[arg(long, value_name = "STATUS[:BODY]", conflicts_with = "error")]
+    status_fault: Option<StatusFault>,
+
     /// Spoil every successful answer at the HTTP level.
     #[arg(long, value_enum, value_name = "FAULT")]
     response_fault: Option<ResponseFault>,
@@ -129,6 +135,7 @@ async fn main() -> Result<(), String> {
             delay: Duration::from_millis(cli.delay_ms),
             error: cli.error,
             error_in_header_only: cli.error_in_header,
+            status: cli.status_fault,
             token: cli.token_fault,
             response: cli.response_fault,
         },

@@ -150,10 +150,12 @@ async fn handle(
             status,
             content_type,
             body,
-        } => response
-            .status(status)
-            .header("content-type", content_type)
-            .body(full(body)),
+        } => match content_type {
+            Some(content_type) => response.header("content-type", content_type),
+            None => response,
+        }
+        .status(status)
+        .body(full(body)),
         Answer::Truncated { sent, declared } => response
             .status(200)
             .header("content-type", "application/x-amz-json-1.1")

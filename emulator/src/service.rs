@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::keys::{b64_json, shared_other_2048};
-use crate::{Config, InjectedError, ResponseFault, TokenFault};
+use crate::{Config, InjectedError, ResponseFault, StatusBody, StatusFault, TokenFault};
 
 pub(crate) const REGISTER_USAGE_TARGET: &str = "AWSMPMeteringService.RegisterUsage";
 const SIGNING_SERVICE: &str = "aws-marketplace";
@@ -30,7 +30,7 @@ pub(crate) enum Answer {
     },
     Raw {
         status: u16,
-        content_type: &'static str,
+        content_type: Option<&'static str>,
         body: Vec<u8>,
     },
     /// Headers announce `declared` bytes, `sent` arrive, then the connection closes.
@@ -58,6 +58,35 @@ impl Answer {
         Self::error(error.status, &error.code, "injected by metering-emulator")
     }
 
+    /// A bare HTTP status, as something in front of the service would send it.
+    fn status_only(fault: &StatusFault) -> Self {
+        let reason = hyper::StatusCode::from_u16(fault.status)
+            .ok()
+            .and_then(|status| status.canonical_reason())
+            .unwrap_or("Error");
+        let (content_type, body) = match fault.body {
+            StatusBody::Empty => (None, String::new()),
+            StatusBody::Html => (
+                Some("text/html; charset=utf-8"),
+                format!(
+                    "<html><head><title>{0} {reason}</title></head>\
+                     <body><h1>{0} {reason}</h1></body></html>",
+                    fault.status
+                ),
+            ),
+            StatusBody::Message => (
+                Some("application/x-amz-json-1.1"),
+                json!({ "message": reason }).to_string(),
+            ),
+            StatusBody::Text => (Some("text/plain; charset=utf-8"), reason.to_owned()),
+        };
+        Answer::Raw {
+            status: fault.status,
+            content_type,
+            body: body.into_bytes(),
+        }
+    }
+
     /// A successful answer spoiled at the HTTP level.
     fn spoiled(self, fault: ResponseFault) -> Self {
         let Answer::Json { status: 200, body } = self else {
@@ -65,7 +94,7 @@ impl Answer {
         };
         let json = |body: Vec<u8>| Answer::Raw {
             status: 200,
-            content_type: "application/x-amz-json-1.1",
+            content_type: Some("application/x-amz-json-1.1"),
             body,
         };
         match fault {
@@ -85,7 +114,7 @@ impl Answer {
             ),
             ResponseFault::HtmlPage => Answer::Raw {
                 status: 200,
-                content_type: "text/html; charset=utf-8",
+                content_type: Some("text/html; charset=utf-8"),
                 body: b"<html><body><h1>Network login required</h1></body></html>".to_vec(),
             },
         }
@@ -193,6 +222,9 @@ impl Service {
         }
         if let Some(error) = &faults.error {
             return Answer::injected(error, faults.error_in_header_only);
+        }
+        if let Some(fault) = &faults.status {
+            return Answer::status_only(fault);
         }
         match self.entitle(request.body) {
             Ok(answer) => {
@@ -602,6 +634,78 @@ mod tests {
                 code: "com.amazonaws.marketplace#AccessDeniedException".into()
             }
         );
+    }
+
+    #[test]
+    fn status_faults_answer_a_bare_status_after_the_counted_faults() {
+        let service = service(Faults {
+            throttle_first: 1,
+            status: Some("503:html".parse().unwrap()),
+            ..Faults::default()
+        });
+        assert_eq!(
+            code_of(&call(&service, Some(AUTH), request("paid"))).1,
+            "ThrottlingException"
+        );
+        let Answer::Raw {
+            status,
+            content_type,
+            body,
+        } = call(&service, Some(AUTH), request("paid"))
+        else {
+            panic!("expected a bare status");
+        };
+        assert_eq!(
+            (status, content_type),
+            (503, Some("text/html; charset=utf-8"))
+        );
+        assert!(String::from_utf8(body)
+            .unwrap()
+            .contains("503 Service Unavailable"));
+    }
+
+    #[test]
+    fn status_fault_bodies_carry_no_error_code() {
+        let answer = |text: &str| Answer::status_only(&text.parse().unwrap());
+        assert_eq!(
+            answer("429"),
+            Answer::Raw {
+                status: 429,
+                content_type: None,
+                body: Vec::new()
+            }
+        );
+        let Answer::Raw { body, .. } = answer("500:message") else {
+            panic!("expected a bare status");
+        };
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            json!({ "message": "Internal Server Error" })
+        );
+        let Answer::Raw {
+            content_type, body, ..
+        } = answer("502:text")
+        else {
+            panic!("expected a bare status");
+        };
+        assert_eq!(content_type, Some("text/plain; charset=utf-8"));
+        assert_eq!(body, b"Bad Gateway");
+    }
+
+    #[test]
+    fn status_faults_parse_an_error_status_and_a_body_kind() {
+        let parse = |text: &str| text.parse::<StatusFault>();
+        assert_eq!(
+            parse("503"),
+            Ok(StatusFault {
+                status: 503,
+                body: StatusBody::Empty
+            })
+        );
+        assert_eq!(parse("429:TEXT").unwrap().body, StatusBody::Text);
+        assert!(parse("200").is_err());
+        assert!(parse("abc").is_err());
+        assert!(parse("503:xml").unwrap_err().contains("not a body kind"));
     }
 
     #[test]
