@@ -1,8 +1,9 @@
 //! The main container's side: re-check, in-process, the entitlement the init container verified.
 //!
-//! Reads the same environment the gate uses (the Helm chart sets it on the app container):
-//! `ENTITLEMENT_GATE_HANDOFF_DIR`, `ENTITLEMENT_GATE_PRODUCT_CODE`,
-//! `ENTITLEMENT_GATE_PUBLIC_KEY_FILE` and `ENTITLEMENT_GATE_PUBLIC_KEY_VERSION` (default 1).
+//! Reads the same environment the gate uses: `ENTITLEMENT_GATE_HANDOFF_DIR`,
+//! `ENTITLEMENT_GATE_PRODUCT_CODE`, `ENTITLEMENT_GATE_PUBLIC_KEY_FILE`,
+//! `ENTITLEMENT_GATE_PUBLIC_KEY_VERSION` (default 1), and the workload identity the gate bound
+//! its nonce to (`ENTITLEMENT_GATE_WORKLOAD_ID`, else the ECS task ARN, else the hostname).
 //!
 //!   cargo run --example verify_handoff
 //!
@@ -10,11 +11,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use entitlement_gate::config::{KeySource, ProductCode, VerifyingKey};
-use entitlement_gate::handoff;
 use entitlement_gate::verify::Requirements;
+use entitlement_gate::{handoff, workload};
 
 fn main() -> ExitCode {
     let setting = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
@@ -41,9 +42,30 @@ fn main() -> ExitCode {
         }
     };
 
+    // The ECS task metadata lookup is asynchronous; a synchronous app runs it on a small runtime.
+    let workload = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| {
+            runtime
+                .block_on(workload::resolve(
+                    |name| std::env::var(name).ok(),
+                    Duration::from_secs(2),
+                ))
+                .map_err(|e| e.to_string())
+        });
+    let workload = match workload {
+        Ok(workload) => workload,
+        Err(problem) => {
+            eprintln!("verify_handoff: {problem}");
+            return ExitCode::from(2);
+        }
+    };
     let requirements = Requirements {
         product_code: &product_code,
         key: &key,
+        workload: &workload,
         max_age: None,
     };
     match requirements.verify_handoff_file(&path, SystemTime::now()) {

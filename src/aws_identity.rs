@@ -2,8 +2,6 @@
 //! remembering which one answered. A silent fall-back to the node's instance role is the most
 //! common metering misconfiguration, so the gate says where its credentials came from.
 
-use std::fmt;
-
 use aws_config::environment::credentials::EnvironmentVariableCredentialsProvider;
 use aws_config::environment::region::EnvironmentVariableRegionProvider;
 use aws_config::meta::region::ProvideRegion;
@@ -13,66 +11,11 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::Credentials;
 
+use crate::config::ConfigError;
+use crate::files;
 use crate::outcome::GateError;
-
-/// Where the Region came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RegionSource {
-    /// `--region`/`ENTITLEMENT_GATE_REGION`, for local testing only.
-    Override,
-    Environment,
-    Profile,
-    InstanceMetadata,
-}
-
-impl fmt::Display for RegionSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RegionSource::Override => "the --region override (testing only)",
-            RegionSource::Environment => "the environment (AWS_REGION/AWS_DEFAULT_REGION)",
-            RegionSource::Profile => "the AWS config file profile",
-            RegionSource::InstanceMetadata => "EC2 instance metadata (IMDS)",
-        })
-    }
-}
-
-/// Which credential provider answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CredentialSource {
-    Environment,
-    Profile,
-    /// IRSA on EKS.
-    WebIdentityToken,
-    EcsContainer,
-    EksPodIdentity,
-    /// The node's instance role: AWS does not support it for metering.
-    InstanceMetadata,
-}
-
-impl CredentialSource {
-    /// Sources AWS Marketplace does not support for metering.
-    pub fn unsupported_for_metering(self) -> bool {
-        matches!(
-            self,
-            CredentialSource::InstanceMetadata | CredentialSource::EksPodIdentity
-        )
-    }
-}
-
-impl fmt::Display for CredentialSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CredentialSource::Environment => "environment variables (AWS_ACCESS_KEY_ID)",
-            CredentialSource::Profile => "the AWS config/credentials file profile",
-            CredentialSource::WebIdentityToken => "web identity token (IRSA)",
-            CredentialSource::EcsContainer => "the ECS task role",
-            CredentialSource::EksPodIdentity => "EKS Pod Identity",
-            CredentialSource::InstanceMetadata => {
-                "EC2 instance metadata (the node's instance role)"
-            }
-        })
-    }
-}
+pub use crate::sources::{CredentialSource, RegionSource};
+use crate::text;
 
 /// A Region and where it came from.
 #[derive(Debug, Clone)]
@@ -185,22 +128,53 @@ pub async fn resolve_credentials(region: &Region) -> Result<ResolvedCredentials,
             Err(CredentialsError::CredentialsNotLoaded(_)) => not_found.push(source),
             Err(error) => {
                 return Err(GateError::CredentialsFailed {
-                    provider: source.to_string(),
-                    detail: error_chain(&error),
+                    provider: source,
+                    detail: text::quoted(&error_chain(&error)),
                 })
             }
         }
     }
     Err(GateError::NoCredentials {
-        detail: format!(
-            "tried {}",
-            not_found
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        tried: not_found,
+        web_identity_configured: std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE")
+            .is_some_and(|path| !path.is_empty()),
     })
+}
+
+/// The largest AWS config, credentials or web identity token file accepted.
+pub const MAX_AWS_FILE_BYTES: usize = 1024 * 1024;
+
+/// Files the AWS SDK reads whole, with blocking reads, when it resolves Region and credentials:
+/// the variable naming each, and the SDK's default path under `$HOME` when it is unset.
+const AWS_FILES: [(&str, Option<&str>); 3] = [
+    ("AWS_CONFIG_FILE", Some(".aws/config")),
+    ("AWS_SHARED_CREDENTIALS_FILE", Some(".aws/credentials")),
+    ("AWS_WEB_IDENTITY_TOKEN_FILE", None),
+];
+
+/// Checks, before the SDK reads them, that the files AWS variables name are regular files of a
+/// sane size: a FIFO would hang the SDK's read past any deadline, `/dev/zero` would exhaust
+/// memory. Absent files are the SDK's business (it reports them itself).
+pub fn check_aws_files(env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    for (variable, default) in AWS_FILES {
+        let configured = env(variable).filter(|path| !path.is_empty());
+        let path = match (configured, default, env("HOME")) {
+            (Some(path), _, _) => std::path::PathBuf::from(path),
+            (None, Some(default), Some(home)) => std::path::Path::new(&home).join(default),
+            _ => continue,
+        };
+        match files::check_regular(&path, MAX_AWS_FILE_BYTES) {
+            Err(problem) if !problem.is_not_found() => {
+                return Err(ConfigError::AwsFile {
+                    variable,
+                    path,
+                    problem,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// EKS Pod Identity hands the SDK a container-credentials URI on its agent's link-local address.
@@ -209,7 +183,8 @@ fn pod_identity_agent_configured() -> bool {
         .is_ok_and(|uri| uri.contains("169.254.170.23") || uri.contains("[fd00:ec2::23]"))
 }
 
-/// An error and its sources on one line: SDK errors keep the useful part in the chain.
+/// An error and its sources on one line: SDK errors keep the useful part in the chain. The
+/// result may quote the network: pass it through [`text::quoted`] before logging it.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -222,4 +197,44 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_files_must_be_regular_files_when_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        std::fs::write(&config, "[default]\n").unwrap();
+        let config = config.to_str().unwrap().to_owned();
+        let env = |vars: Vec<(&'static str, String)>| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.clone())
+            }
+        };
+        assert!(check_aws_files(env(vec![("AWS_CONFIG_FILE", config)])).is_ok());
+        assert!(check_aws_files(env(vec![(
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "/nonexistent/token".into()
+        )]))
+        .is_ok());
+        let refused = check_aws_files(env(vec![(
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "/dev/zero".into(),
+        )]));
+        assert!(
+            matches!(
+                refused,
+                Err(ConfigError::AwsFile {
+                    variable: "AWS_WEB_IDENTITY_TOKEN_FILE",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
 }

@@ -72,15 +72,6 @@ impl Cli {
             .try_get_matches_from(args)?;
         Cli::from_arg_matches(&matches)
     }
-
-    /// The termination log to write: the configured path, else the Kubernetes default if the
-    /// platform created it (the gate never creates files under /dev).
-    pub fn termination_log_path(configured: Option<PathBuf>) -> Option<PathBuf> {
-        configured.or_else(|| {
-            let default = PathBuf::from(DEFAULT_TERMINATION_LOG);
-            default.exists().then_some(default)
-        })
-    }
 }
 
 #[cfg(test)]

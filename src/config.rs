@@ -10,14 +10,19 @@ use jsonwebtoken::DecodingKey;
 
 pub use crate::anchor_rules::MIN_RSA_BITS;
 use crate::anchor_rules::{self, product_code_problem, KeyProblem};
+use crate::files::{self, FileError};
 use crate::metering::Backoff;
 use crate::trust::TrustAnchors;
 
 /// Why the configuration cannot be used. Every variant maps to exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("invalid command line: {0}")]
-    InvalidArgument(String),
+    #[error("invalid command line: {detail}")]
+    InvalidArgument {
+        detail: String,
+        /// The `--help` that explains the command, e.g. `entitlement-gate check --help`.
+        help: String,
+    },
     #[error("no product code configured")]
     MissingProductCode,
     #[error("product code {code:?} is invalid: {reason}")]
@@ -33,10 +38,7 @@ pub enum ConfigError {
     #[error("this build embeds no public key for version {version}")]
     NoEmbeddedKey { version: u32, available: Vec<u32> },
     #[error("cannot read public key file {path}: {source}")]
-    UnreadableKey {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    UnreadableKey { path: PathBuf, source: FileError },
     #[error("public key from {origin} is not usable: {reason}")]
     InvalidKey { origin: KeySource, reason: String },
     #[error("public key from {origin} is RSA-{bits}, below the {MIN_RSA_BITS}-bit minimum")]
@@ -50,6 +52,12 @@ pub enum ConfigError {
     HandoffDir { path: PathBuf, reason: String },
     #[error("no AWS Region found")]
     NoRegion,
+    #[error("{variable}={} is not usable: {problem}", path.display())]
+    AwsFile {
+        variable: &'static str,
+        path: PathBuf,
+        problem: FileError,
+    },
     #[error("the RegisterUsage request could not be built: {0}")]
     RequestNotBuilt(String),
     #[error("a token needs the nonce it was issued for")]
@@ -58,6 +66,33 @@ pub enum ConfigError {
     NoTokenGiven,
     #[error("cannot start {program}: {reason}")]
     ProgramNotStarted { program: String, reason: String },
+}
+
+impl ConfigError {
+    /// A stable identifier for machines, in JSON logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConfigError::InvalidArgument { .. } => "usage",
+            ConfigError::MissingProductCode => "missing_product_code",
+            ConfigError::InvalidProductCode { .. } => "invalid_product_code",
+            ConfigError::UntrustedProductCode { .. } => "untrusted_product_code",
+            ConfigError::MissingKey => "missing_key",
+            ConfigError::ConflictingKeys => "conflicting_keys",
+            ConfigError::RuntimeKeyRefused => "runtime_key_refused",
+            ConfigError::NoEmbeddedKey { .. } => "no_embedded_key",
+            ConfigError::UnreadableKey { .. } => "unreadable_key",
+            ConfigError::InvalidKey { .. } => "invalid_key",
+            ConfigError::WeakKey { .. } => "weak_key",
+            ConfigError::PublishedKey { .. } => "published_key",
+            ConfigError::HandoffDir { .. } => "handoff_dir",
+            ConfigError::NoRegion => "no_region",
+            ConfigError::AwsFile { .. } => "aws_file",
+            ConfigError::RequestNotBuilt(_) => "request_not_built",
+            ConfigError::MissingNonce => "missing_nonce",
+            ConfigError::NoTokenGiven => "no_token",
+            ConfigError::ProgramNotStarted { .. } => "program_not_started",
+        }
+    }
 }
 
 /// Where the verifying key came from, for logs and messages.
@@ -174,12 +209,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     if duration > MAX_DURATION {
         return Err(format!(
-            "{text:?} is longer than the {} maximum",
-            humantime::format_duration(MAX_DURATION)
+            "{text:?} is longer than the {}h maximum",
+            MAX_DURATION.as_secs() / 3600
         ));
     }
     Ok(duration)
 }
+
+/// The largest key file read: a PEM public key is under 2 KiB, even at 8192 bits.
+pub const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
 
 /// Which product and which key: shared by every command that checks a token.
 #[derive(Debug, Clone, Default, Args)]
@@ -197,12 +235,14 @@ pub struct ProductArgs {
     #[arg(long, env = "ENTITLEMENT_GATE_PUBLIC_KEY_FILE", value_name = "PATH")]
     pub public_key_file: Option<PathBuf>,
 
-    /// The seller's RSA public key as PEM text.
+    /// The seller's RSA public key as PEM text (`--public-key "$(cat key.pem)"` works: the
+    /// value may start with dashes).
     #[arg(
         long,
         env = "ENTITLEMENT_GATE_PUBLIC_KEY",
         value_name = "PEM",
-        hide_env_values = true
+        hide_env_values = true,
+        allow_hyphen_values = true
     )]
     pub public_key: Option<String>,
 }
@@ -253,9 +293,11 @@ impl ProductArgs {
             (None, Some(pem)) => VerifyingKey::from_pem(pem, version, KeySource::Inline),
             (Some(path), None) => {
                 let pem =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::UnreadableKey {
-                        path: path.clone(),
-                        source,
+                    files::read_limited_to_string(path, MAX_KEY_FILE_BYTES).map_err(|source| {
+                        ConfigError::UnreadableKey {
+                            path: path.clone(),
+                            source,
+                        }
                     })?;
                 VerifyingKey::from_pem(&pem, version, KeySource::File(path.clone()))
             }
@@ -332,11 +374,25 @@ impl CheckArgs {
     }
 }
 
+/// Proves the handoff directory writable by creating and removing a file in it, before any
+/// metered call: mode bits alone miss read-only mounts, ownership and full volumes.
 fn check_handoff_dir(dir: &Path) -> Result<(), ConfigError> {
     let reason = match std::fs::metadata(dir) {
         Ok(meta) if !meta.is_dir() => "it is not a directory".to_owned(),
-        Ok(meta) if meta.permissions().readonly() => "it is read-only".to_owned(),
-        Ok(_) => return Ok(()),
+        Ok(_) => match tempfile::Builder::new()
+            .prefix(".entitlement-gate-probe")
+            .tempfile_in(dir)
+        {
+            Ok(probe) => {
+                // Dropping the probe removes it; a failure to remove is caught by the next write.
+                drop(probe);
+                return Ok(());
+            }
+            Err(e) => {
+                let (user, group) = files::effective_ids();
+                format!("cannot create a file in it as user {user} (group {group}): {e}")
+            }
+        },
         Err(e) => e.to_string(),
     };
     Err(ConfigError::HandoffDir {

@@ -7,14 +7,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
+use hyper_util::client::proxy::matcher::Matcher;
+
 use crate::aws_identity::{self, RegionSource, ResolvedCredentials, ResolvedRegion};
 use crate::check;
 use crate::cli::version;
 use crate::config::{parse_duration, CheckArgs};
+use crate::files;
 use crate::handoff::rfc3339;
 use crate::metering;
-use crate::outcome::{report, GateError};
+use crate::outcome::{report, GateError, Progress};
+use crate::text;
 use crate::trust::TrustAnchors;
+use crate::workload::{self, WorkloadError, WorkloadId, WorkloadIdSource};
 
 /// When this binary was built (or `SOURCE_DATE_EPOCH`): a clock before it is certainly wrong.
 const BUILD_EPOCH: &str = env!("ENTITLEMENT_GATE_BUILD_EPOCH");
@@ -159,12 +164,21 @@ impl Diagnosis {
         }
         let count = |status| self.checks.iter().filter(|f| f.status == status).count();
         text.push_str(&format!(
-            "{} ok, {} warnings, {} failures\n",
+            "{} ok, {}, {}\n",
             count(Status::Ok),
-            count(Status::Warn),
-            count(Status::Fail)
+            counted(count(Status::Warn), "warning"),
+            counted(count(Status::Fail), "failure")
         ));
         text
+    }
+}
+
+/// `1 warning`, `2 warnings`.
+fn counted(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
     }
 }
 
@@ -173,7 +187,26 @@ pub async fn run(args: &DoctorArgs, anchors: &TrustAnchors) -> Diagnosis {
     let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
     let mut checks = vec![platform(env)];
 
-    let region = aws_identity::resolve_region(args.check.region.as_deref()).await;
+    // The SDK reads these files with blocking reads: a FIFO among them would hang the checks
+    // below, so they are only consulted when this passes.
+    let aws_files_usable = match aws_identity::check_aws_files(env) {
+        Ok(()) => {
+            checks.push(Finding::ok(
+                "aws-files",
+                "AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE and AWS_WEB_IDENTITY_TOKEN_FILE are \
+                 ordinary files or unset",
+            ));
+            true
+        }
+        Err(e) => {
+            checks.push(Finding::failed_with("aws-files", &e.into()));
+            false
+        }
+    };
+    let region = match aws_files_usable {
+        true => aws_identity::resolve_region(args.check.region.as_deref()).await,
+        false => None,
+    };
     checks.push(region_finding(region.as_ref()));
     match &region {
         Some(region) => {
@@ -187,11 +220,11 @@ pub async fn run(args: &DoctorArgs, anchors: &TrustAnchors) -> Diagnosis {
             "fix the Region first",
         )),
     }
-    checks.push(web_identity_token(env));
+    checks.push(web_identity_token(env, SystemTime::now()));
     match &region {
         Some(region) => {
             let endpoint = metering::endpoint_for(region.region.as_ref()).await;
-            checks.push(probe_endpoint(&endpoint, args.probe_timeout).await);
+            checks.push(probe_endpoint(&endpoint, &Matcher::from_env(), args.probe_timeout).await);
         }
         None => checks.push(Finding::fail(
             "endpoint",
@@ -199,6 +232,9 @@ pub async fn run(args: &DoctorArgs, anchors: &TrustAnchors) -> Diagnosis {
             "fix the Region first",
         )),
     }
+    checks.push(workload_finding(
+        workload::resolve(env, args.probe_timeout).await,
+    ));
     checks.push(match args.check.product.product_code(anchors) {
         Ok(code) if anchors.product_codes.is_some() => Finding::ok(
             "product-code",
@@ -228,6 +264,27 @@ pub async fn run(args: &DoctorArgs, anchors: &TrustAnchors) -> Diagnosis {
         version: version(),
         called_register_usage: args.call,
         checks,
+    }
+}
+
+/// Which workload identity the nonce would be bound to, and how strong it is.
+fn workload_finding(workload: Result<WorkloadId, WorkloadError>) -> Finding {
+    match workload {
+        Ok(w) if w.source == WorkloadIdSource::Hostname => Finding::warn(
+            "workload",
+            format!("identified by {} ({})", w.source, text::quoted(&w.id)),
+            "set ENTITLEMENT_GATE_WORKLOAD_ID to the pod UID (the Helm chart does) in the gate and \
+             the app container; a hostname can be chosen by whoever writes the pod spec",
+        ),
+        Ok(w) => Finding::ok(
+            "workload",
+            format!("identified by {} ({})", w.source, text::quoted(&w.id)),
+        ),
+        Err(e) => Finding::fail(
+            "workload",
+            e.to_string(),
+            "set ENTITLEMENT_GATE_WORKLOAD_ID in the gate and the app container",
+        ),
     }
 }
 
@@ -295,68 +352,184 @@ fn credentials_finding(credentials: Result<ResolvedCredentials, GateError>) -> F
     }
 }
 
-fn web_identity_token(env: impl Fn(&str) -> Option<String>) -> Finding {
+/// The IRSA token file and role, checked as far as possible without calling STS: a readable
+/// regular file holding a service-account JWT meant for STS and not expired, and a well-formed
+/// role ARN. Whether the role trusts this service account only STS can tell (`--call`).
+fn web_identity_token(env: impl Fn(&str) -> Option<String>, now: SystemTime) -> Finding {
+    const CHECK: &str = "irsa-token";
     let Some(path) = env("AWS_WEB_IDENTITY_TOKEN_FILE") else {
         return if env("KUBERNETES_SERVICE_HOST").is_some() {
             Finding::warn(
-                "irsa-token",
+                CHECK,
                 "AWS_WEB_IDENTITY_TOKEN_FILE is not set",
                 "the EKS pod identity webhook sets it when the service account has eks.amazonaws.com/role-arn",
             )
         } else {
-            Finding::ok("irsa-token", "not used here (not on Kubernetes)")
+            Finding::ok(CHECK, "not used here (not on Kubernetes)")
         };
     };
-    match std::fs::read(&path) {
-        Ok(token) if token.is_empty() => Finding::fail(
-            "irsa-token",
-            format!("{path} is empty"),
-            "check the projected service-account token volume",
-        ),
-        Ok(token) => match env("AWS_ROLE_ARN") {
-            Some(role) => Finding::ok(
-                "irsa-token",
-                format!("{path} readable ({} bytes) for role {role}", token.len()),
+    let token = match files::read_limited_to_string(
+        std::path::Path::new(&path),
+        aws_identity::MAX_AWS_FILE_BYTES,
+    ) {
+        Ok(token) => token,
+        Err(e) => {
+            return Finding::fail(
+                CHECK,
+                format!("cannot read {path}: {e}"),
+                "check the projected service-account token volume and the container's user",
+            )
+        }
+    };
+    let claims =
+        match service_account_claims(token.trim()) {
+            Ok(claims) => claims,
+            Err(problem) => return Finding::fail(
+                CHECK,
+                format!("{path} is not a service-account token: {problem}"),
+                "the EKS pod identity webhook mounts a projected token there; do not replace it",
             ),
-            None => Finding::fail(
-                "irsa-token",
-                format!("{path} readable but AWS_ROLE_ARN is not set"),
+        };
+    let role = match env("AWS_ROLE_ARN") {
+        Some(role) if is_role_arn(&role) => role,
+        Some(role) => {
+            return Finding::fail(
+                CHECK,
+                format!(
+                    "AWS_ROLE_ARN {} is not an IAM role ARN",
+                    text::quoted(&role)
+                ),
+                "set eks.amazonaws.com/role-arn to arn:aws:iam::<account>:role/<name>",
+            )
+        }
+        None => {
+            return Finding::fail(
+                CHECK,
+                format!("{path} is readable but AWS_ROLE_ARN is not set"),
                 "annotate the service account with eks.amazonaws.com/role-arn",
-            ),
-        },
-        Err(e) => Finding::fail(
-            "irsa-token",
-            format!("cannot read {path}: {e}"),
-            "check the projected service-account token volume and the container's user",
+            )
+        }
+    };
+    let now = check::epoch_seconds(now);
+    let summary = format!(
+        "{path}: token for {} (audience {}), role {role}",
+        text::quoted(&claims.subject),
+        text::quoted(&claims.audiences.join(",")),
+    );
+    if !claims
+        .audiences
+        .iter()
+        .any(|aud| aud == "sts.amazonaws.com")
+    {
+        return Finding::fail(
+            CHECK,
+            summary,
+            "the token's audience must be sts.amazonaws.com; check the pod identity webhook",
+        );
+    }
+    match claims.expires_at {
+        Some(exp) if exp <= now => Finding::fail(
+            CHECK,
+            format!("{summary}; expired {} s ago", now - exp),
+            "the kubelet refreshes projected tokens; check the node's kubelet and clock",
         ),
+        Some(exp) => Finding::ok(
+            CHECK,
+            format!("{summary}; expires in {} s; only STS can tell whether the role trusts it (use --call)", exp - now),
+        ),
+        None => Finding::ok(CHECK, summary),
     }
 }
 
-/// DNS and TCP reachability of the metering endpoint, without sending a request.
-async fn probe_endpoint(url: &str, timeout: Duration) -> Finding {
-    let Some((host, port)) = host_and_port(url) else {
+/// The claims of a Kubernetes service-account token that IRSA depends on.
+struct ServiceAccountClaims {
+    subject: String,
+    audiences: Vec<String>,
+    expires_at: Option<u64>,
+}
+
+/// Reads (without verifying: only STS can) the payload of a service-account JWT.
+fn service_account_claims(token: &str) -> Result<ServiceAccountClaims, &'static str> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).ok_or("it is not a JWT")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| "its payload is not base64url")?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| "its payload is not JSON")?;
+    let subject = claims["sub"]
+        .as_str()
+        .ok_or("it has no subject")?
+        .to_owned();
+    let audiences = match &claims["aud"] {
+        serde_json::Value::String(aud) => vec![aud.clone()],
+        serde_json::Value::Array(auds) => auds
+            .iter()
+            .filter_map(|aud| aud.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(ServiceAccountClaims {
+        subject,
+        audiences,
+        expires_at: claims["exp"].as_u64(),
+    })
+}
+
+/// `arn:<partition>:iam::<12-digit account>:role/<path and name>`.
+fn is_role_arn(arn: &str) -> bool {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    matches!(parts.as_slice(), ["arn", partition, "iam", "", account, resource]
+        if partition.starts_with("aws")
+            && account.len() == 12
+            && account.bytes().all(|b| b.is_ascii_digit())
+            && resource.strip_prefix("role/").is_some_and(|name| !name.is_empty()))
+}
+
+/// DNS and TCP reachability of the metering endpoint, without sending a request; through the
+/// proxy the AWS SDK would use (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`, read by the same
+/// matcher the SDK's HTTP client uses), if any.
+async fn probe_endpoint(url: &str, proxies: &Matcher, timeout: Duration) -> Finding {
+    let Ok(uri) = url.parse::<hyper::Uri>() else {
         return Finding::fail(
             "endpoint",
-            url.to_owned(),
+            format!("{url} is not a URL the gate can reach"),
             "check AWS_REGION and any AWS_ENDPOINT_URL_MARKETPLACE_METERING",
         );
     };
-    let egress =
-        "check DNS and egress to the metering endpoint (security groups, NAT, VPC endpoint, proxy)";
+    let (target, via) = match proxies.intercept(&uri) {
+        Some(proxy) => (
+            proxy.uri().to_string(),
+            format!(" via proxy {}", proxy.uri()),
+        ),
+        None => (url.to_owned(), String::new()),
+    };
+    let Some((host, port)) = host_and_port(&target) else {
+        return Finding::fail(
+            "endpoint",
+            format!("{url}{via} is not a URL the gate can reach"),
+            "check AWS_REGION, any AWS_ENDPOINT_URL_MARKETPLACE_METERING, and HTTPS_PROXY",
+        );
+    };
+    let egress = if via.is_empty() {
+        "check DNS and egress to the metering endpoint (security groups, NAT, VPC endpoint, proxy)"
+    } else {
+        "check the proxy named by HTTPS_PROXY, or list the endpoint in NO_PROXY"
+    };
     let addresses =
         match tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port))).await {
             Ok(Ok(addresses)) => addresses.collect::<Vec<_>>(),
             Ok(Err(e)) => {
                 return Finding::fail(
                     "endpoint",
-                    format!("{url}: cannot resolve {host}: {e}"),
+                    format!("{url}{via}: cannot resolve {host}: {e}"),
                     egress,
                 )
             }
             Err(_) => {
                 return Finding::fail(
                     "endpoint",
-                    format!("{url}: resolving {host} took over {timeout:?}"),
+                    format!("{url}{via}: resolving {host} took over {timeout:?}"),
                     egress,
                 )
             }
@@ -364,7 +537,7 @@ async fn probe_endpoint(url: &str, timeout: Duration) -> Finding {
     let Some(address) = addresses.first() else {
         return Finding::fail(
             "endpoint",
-            format!("{url}: {host} has no addresses"),
+            format!("{url}{via}: {host} has no addresses"),
             egress,
         );
     };
@@ -373,19 +546,19 @@ async fn probe_endpoint(url: &str, timeout: Duration) -> Finding {
         Ok(Ok(_)) => Finding::ok(
             "endpoint",
             format!(
-                "{url}: {host} resolves to {}, TCP connect in {} ms",
+                "{url}{via}: {host} resolves to {}, TCP connect in {} ms",
                 address.ip(),
                 started.elapsed().as_millis()
             ),
         ),
         Ok(Err(e)) => Finding::fail(
             "endpoint",
-            format!("{url}: TCP connect to {address} failed: {e}"),
+            format!("{url}{via}: TCP connect to {address} failed: {e}"),
             egress,
         ),
         Err(_) => Finding::fail(
             "endpoint",
-            format!("{url}: TCP connect to {address} took over {timeout:?}"),
+            format!("{url}{via}: TCP connect to {address} took over {timeout:?}"),
             egress,
         ),
     }
@@ -450,7 +623,7 @@ async fn register_usage(args: &CheckArgs, anchors: &TrustAnchors) -> Finding {
             )
         }
     };
-    match check::run(&config).await {
+    match check::run(&config, &Progress::default()).await {
         Ok(entitlement) => {
             let now = entitlement
                 .verified_at
@@ -543,34 +716,117 @@ mod tests {
         assert_eq!(long_term.status, Status::Warn);
         assert!(long_term.detail.contains("long-term"));
         let none = credentials_finding(Err(GateError::NoCredentials {
-            detail: "tried all".into(),
+            tried: vec![CredentialSource::Environment],
+            web_identity_configured: false,
         }));
         assert_eq!(none.status, Status::Fail);
     }
 
+    /// A service-account token as the kubelet projects it (the signature is not checked here).
+    fn service_account_token(claims: serde_json::Value) -> String {
+        use base64::Engine as _;
+        let encode = |value: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+        };
+        format!(
+            "{}.{}.c2lnbmF0dXJl",
+            encode(serde_json::json!({ "alg": "RS256" })),
+            encode(claims)
+        )
+    }
+
     #[test]
-    fn web_identity_token_file_must_be_readable_with_a_role() {
+    fn the_irsa_line_checks_the_token_file_its_claims_and_the_role() {
+        const NOW: u64 = 1_800_000_000;
+        let now = UNIX_EPOCH + Duration::from_secs(NOW);
         let dir = tempfile::tempdir().unwrap();
-        let token = dir.path().join("token");
-        std::fs::write(&token, "eyJ...").unwrap();
-        let path: &'static str = token.to_str().unwrap().to_owned().leak();
-        assert_eq!(web_identity_token(env_of(&[])).status, Status::Ok);
-        assert_eq!(
-            web_identity_token(env_of(&[("KUBERNETES_SERVICE_HOST", "h")])).status,
-            Status::Warn
+        let write = |name: &str, content: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        let good = write(
+            "good",
+            service_account_token(serde_json::json!({
+                "sub": "system:serviceaccount:shop:product", "aud": ["sts.amazonaws.com"], "exp": NOW + 3600
+            })),
         );
-        let leaked: &'static [(&str, &str)] = Box::leak(Box::new([
-            ("AWS_WEB_IDENTITY_TOKEN_FILE", path),
-            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/r"),
-        ]));
-        assert_eq!(web_identity_token(env_of(leaked)).status, Status::Ok);
-        let no_role: &'static [(&str, &str)] =
-            Box::leak(Box::new([("AWS_WEB_IDENTITY_TOKEN_FILE", path)]));
-        assert_eq!(web_identity_token(env_of(no_role)).status, Status::Fail);
+        let expired = write(
+            "expired",
+            service_account_token(serde_json::json!({
+                "sub": "system:serviceaccount:shop:product", "aud": "sts.amazonaws.com", "exp": NOW - 1
+            })),
+        );
+        let wrong_audience = write(
+            "audience",
+            service_account_token(
+                serde_json::json!({ "sub": "s", "aud": "https://kubernetes.default.svc" }),
+            ),
+        );
+        let garbage = write("garbage", "eyJ...".to_owned());
+        let role = "arn:aws:iam::111122223333:role/gate";
+        let check = |vars: Vec<(&'static str, String)>| {
+            web_identity_token(
+                move |name| {
+                    vars.iter()
+                        .find(|(k, _)| *k == name)
+                        .map(|(_, v)| v.clone())
+                },
+                now,
+            )
+        };
+        let token = |path: &str| ("AWS_WEB_IDENTITY_TOKEN_FILE", path.to_owned());
+        let role_of = |arn: &str| ("AWS_ROLE_ARN", arn.to_owned());
+
+        let ok = check(vec![token(&good), role_of(role)]);
+        assert_eq!(ok.status, Status::Ok, "{ok:?}");
+        assert!(ok.detail.contains("system:serviceaccount:shop:product"));
+        assert!(ok.detail.contains("expires in 3600 s"));
         assert_eq!(
-            web_identity_token(env_of(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/nonexistent")])).status,
+            check(vec![token(&expired), role_of(role)]).status,
             Status::Fail
         );
+        assert_eq!(
+            check(vec![token(&wrong_audience), role_of(role)]).status,
+            Status::Fail
+        );
+        assert_eq!(
+            check(vec![token(&garbage), role_of(role)]).status,
+            Status::Fail
+        );
+        assert_eq!(check(vec![token(&good)]).status, Status::Fail);
+        assert_eq!(
+            check(vec![token(&good), role_of("arn:aws:iam::1:role/r")]).status,
+            Status::Fail
+        );
+        assert_eq!(
+            check(vec![token("/nonexistent"), role_of(role)]).status,
+            Status::Fail
+        );
+        assert_eq!(
+            check(vec![token("/dev/zero"), role_of(role)]).status,
+            Status::Fail
+        );
+        assert_eq!(check(vec![]).status, Status::Ok);
+        assert_eq!(
+            check(vec![("KUBERNETES_SERVICE_HOST", "h".to_owned())]).status,
+            Status::Warn
+        );
+    }
+
+    #[test]
+    fn role_arns_need_a_partition_an_account_and_a_role_name() {
+        assert!(is_role_arn("arn:aws:iam::111122223333:role/gate"));
+        assert!(is_role_arn("arn:aws-cn:iam::111122223333:role/path/gate"));
+        for bad in [
+            "arn:aws:iam::1:role/r",
+            "arn:aws:iam::111122223333:user/u",
+            "arn:aws:iam::111122223333:role/",
+            "arn:aws:sts::111122223333:role/r",
+            "role/r",
+        ] {
+            assert!(!is_role_arn(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -76,9 +76,13 @@ fn kind_of(file_type: std::fs::FileType) -> &'static str {
     }
 }
 
-fn ensure_regular(file: &File) -> Result<(), FileError> {
-    let file_type = file.metadata()?.file_type();
-    if file_type.is_file() {
+/// Whether `metadata` is a regular file, or the null device (`AWS_CONFIG_FILE=/dev/null` is a
+/// common way to say "no config file": it never blocks and is always empty).
+fn regular_or_null(metadata: &std::fs::Metadata) -> Result<(), FileError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let file_type = metadata.file_type();
+    if file_type.is_file() || (file_type.is_char_device() && metadata.rdev() == libc::makedev(1, 3))
+    {
         Ok(())
     } else {
         Err(FileError::NotRegular {
@@ -87,8 +91,13 @@ fn ensure_regular(file: &File) -> Result<(), FileError> {
     }
 }
 
-/// Reads a regular file of at most `limit` bytes. Symlinks are followed (Kubernetes mounts
-/// ConfigMaps and Secrets through them); FIFOs and devices are refused without blocking.
+fn ensure_regular(file: &File) -> Result<(), FileError> {
+    regular_or_null(&file.metadata()?)
+}
+
+/// Reads a regular file (or `/dev/null`) of at most `limit` bytes. Symlinks are followed
+/// (Kubernetes mounts ConfigMaps and Secrets through them); FIFOs and devices are refused
+/// without blocking.
 pub fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, FileError> {
     let file = OpenOptions::new()
         .read(true)
@@ -114,11 +123,7 @@ pub fn read_limited_to_string(path: &Path, limit: usize) -> Result<String, FileE
 /// files whole and with blocking reads).
 pub fn check_regular(path: &Path, limit: usize) -> Result<(), FileError> {
     let metadata = std::fs::metadata(path)?;
-    if !metadata.is_file() {
-        return Err(FileError::NotRegular {
-            kind: kind_of(metadata.file_type()),
-        });
-    }
+    regular_or_null(&metadata)?;
     if metadata.len() > limit as u64 {
         return Err(FileError::TooLarge { limit });
     }
@@ -140,6 +145,12 @@ pub fn overwrite_regular(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     file.set_len(0)?;
     file.write_all(bytes)?;
     Ok(())
+}
+
+/// This process's effective user and group IDs, for messages about permissions.
+pub fn effective_ids() -> (u32, u32) {
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
 }
 
 #[cfg(test)]
@@ -192,6 +203,9 @@ mod tests {
             check_regular(&fifo, 64),
             Err(FileError::NotRegular { kind: "FIFO" })
         ));
+        // The null device is the one device allowed: it never blocks and is empty.
+        assert!(check_regular(Path::new("/dev/null"), 64).is_ok());
+        assert_eq!(read_limited(Path::new("/dev/null"), 64).unwrap(), b"");
         assert!(read_limited(&dir.path().join("missing"), 64)
             .unwrap_err()
             .is_not_found());
@@ -232,7 +246,7 @@ mod tests {
         // No reader: the non-blocking open fails at once instead of waiting for one.
         assert!(overwrite_regular(&fifo, b"x").is_err());
         assert!(matches!(
-            overwrite_regular(Path::new("/dev/null"), b"x"),
+            overwrite_regular(Path::new("/dev/full"), b"x"),
             Err(FileError::NotRegular { .. })
         ));
     }

@@ -3,11 +3,14 @@
 
 use std::fs;
 use std::io::{self, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use aws_sdk_marketplacemetering::primitives::{DateTime, DateTimeFormat};
 use serde::{Deserialize, Serialize};
+
+use crate::files::{self, FileError};
 
 pub const FILE_NAME: &str = "entitlement.json";
 
@@ -29,13 +32,21 @@ pub struct Handoff {
     /// Epoch seconds, present only when AWS sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key_rotation_timestamp: Option<i64>,
+    /// Where the workload identity the nonce is bound to came from (`configured`,
+    /// `ecs-task-arn`, `hostname`), for diagnosis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_id_source: Option<String>,
 }
 
 pub fn path_in(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
 }
 
-/// Removes a handoff left by an earlier run, so a failing run leaves nothing behind.
+/// The largest handoff read; real ones are about 1.5 KiB.
+pub const MAX_HANDOFF_BYTES: usize = 64 * 1024;
+
+/// Removes a handoff left by an earlier run, so a failing run leaves nothing behind. A symlink
+/// at that name is removed itself (unlink never follows it), never its target.
 pub fn remove_stale(dir: &Path) -> io::Result<()> {
     match fs::remove_file(path_in(dir)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -43,28 +54,28 @@ pub fn remove_stale(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Writes `handoff` to `dir/entitlement.json` via a temporary file and a rename, so a reader
-/// sees either no file or the whole file.
+/// Writes `handoff` to `dir/entitlement.json` via a temporary file (created with O_EXCL under
+/// an unpredictable name, so nothing planted in the directory is followed or overwritten) and a
+/// rename, so a reader sees either no file or the whole file.
 pub fn write(dir: &Path, handoff: &Handoff) -> io::Result<PathBuf> {
     let path = path_in(dir);
-    let temp = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = fs::File::create(&temp)?;
-        serde_json::to_writer_pretty(&mut file, handoff)?;
-        file.write_all(b"\n")?;
-        file.sync_all()?;
-        fs::rename(&temp, &path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result.map(|()| path)
+    let mut temp = tempfile::Builder::new()
+        .prefix(&format!(".{FILE_NAME}."))
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)?;
+    serde_json::to_writer_pretty(&mut temp, handoff)?;
+    temp.write_all(b"\n")?;
+    temp.as_file().sync_all()?;
+    temp.persist(&path).map_err(|e| e.error)?;
+    Ok(path)
 }
 
-/// Reads and parses a handoff file.
-pub fn read(path: &Path) -> io::Result<Handoff> {
-    let text = fs::read_to_string(path)?;
-    serde_json::from_str(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+/// Reads and parses a handoff file: a regular file of at most [`MAX_HANDOFF_BYTES`].
+pub fn read(path: &Path) -> Result<Handoff, FileError> {
+    let bytes = files::read_limited(path, MAX_HANDOFF_BYTES)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| FileError::Io(io::Error::new(io::ErrorKind::InvalidData, e)))
 }
 
 /// RFC 3339 in UTC, e.g. `2026-11-23T10:00:00Z`.
@@ -91,6 +102,7 @@ mod tests {
             region: "us-east-1".into(),
             gate_version: "0.1.0".into(),
             public_key_rotation_timestamp: None,
+            workload_id_source: Some("configured".into()),
         }
     }
 
@@ -108,6 +120,8 @@ mod tests {
         assert_eq!(read(&path).unwrap(), sample());
         // No temporary file is left beside it.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "readable by the app container's user");
     }
 
     #[test]
@@ -129,6 +143,32 @@ mod tests {
         let missing = dir.path().join("gone");
         assert!(write(&missing, &sample()).is_err());
         assert!(!missing.exists());
+    }
+
+    #[test]
+    fn write_never_follows_a_symlink_planted_where_a_temporary_file_could_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let precious = dir.path().join("precious");
+        fs::write(&precious, "keep me").unwrap();
+        // The predictable name earlier versions used for their temporary file.
+        let planted = dir
+            .path()
+            .join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&precious, &planted).unwrap();
+        write(dir.path(), &sample()).unwrap();
+        assert_eq!(fs::read_to_string(&precious).unwrap(), "keep me");
+        assert_eq!(read(&path_in(dir.path())).unwrap(), sample());
+    }
+
+    #[test]
+    fn remove_stale_removes_a_symlink_never_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let precious = dir.path().join("precious");
+        fs::write(&precious, "keep me").unwrap();
+        std::os::unix::fs::symlink(&precious, path_in(dir.path())).unwrap();
+        remove_stale(dir.path()).unwrap();
+        assert!(!path_in(dir.path()).exists());
+        assert_eq!(fs::read_to_string(&precious).unwrap(), "keep me");
     }
 
     #[test]

@@ -29,10 +29,12 @@ pub mod logging;
 pub mod metering;
 pub mod nonce;
 pub mod outcome;
+pub mod sources;
 pub mod text;
 pub mod token;
 pub mod trust;
 pub mod verify;
+pub mod workload;
 
 /// The README's Rust examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -1,72 +1,170 @@
-//! `entitlement-gate`: parse, log, run the command, report. The logic lives in the library.
+//! `entitlement-gate`: supervise, parse, log, run the command, report. The logic lives in the
+//! library.
 
+mod supervisor;
+mod usage;
+
+use std::ffi::OsString;
 use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use entitlement_gate::cli::{Cli, Command};
+use entitlement_gate::cli::{Cli, Command, LogFormat, DEFAULT_TERMINATION_LOG};
 use entitlement_gate::config::ConfigError;
-use entitlement_gate::outcome::{self, GateError};
+use entitlement_gate::outcome::{GateError, Phase, Progress};
 use entitlement_gate::trust::TrustAnchors;
-use entitlement_gate::{check, doctor, exec, logging, verify};
+use entitlement_gate::{check, doctor, exec, handoff, logging, verify};
+
+use supervisor::Supervisor;
 
 const ANCHORS: TrustAnchors = TrustAnchors::EMBEDDED;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse_args(std::env::args_os()) {
+    // First: until this runs, SIGTERM kills the process without a word.
+    let supervisor = Supervisor::install();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let termination_log = usage::flag_value(&args, "--termination-log")
+        .map(PathBuf::from)
+        .or_else(|| env("ENTITLEMENT_GATE_TERMINATION_LOG").map(PathBuf::from));
+    supervisor.set_termination_log(termination_log_path(termination_log));
+    if matches!(usage::subcommand(&args), Some("check" | "exec")) {
+        // As early as the directory is known, so that no failure, not even a usage error, leaves
+        // an earlier run's proof for `verify` to accept. The run reports what cannot be removed.
+        let dir = usage::flag_value(&args, "--handoff-dir")
+            .map(PathBuf::from)
+            .or_else(|| env("ENTITLEMENT_GATE_HANDOFF_DIR").map(PathBuf::from));
+        if let Some(dir) = dir {
+            let _ = handoff::remove_stale(&dir);
+        }
+    }
+
+    // Before parsing, so that a usage error is logged in the format the operator chose.
+    let log_format = usage::flag_value(&args, "--log-format")
+        .and_then(|value| value.into_string().ok())
+        .or_else(|| env("ENTITLEMENT_GATE_LOG_FORMAT"));
+    logging::init(match log_format.as_deref() {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    });
+
+    let cli = match Cli::try_parse_args(&args) {
         Ok(cli) => cli,
-        Err(error) if !error.use_stderr() => error.exit(), // --help, --version
-        Err(error) => return usage_error(&error),
+        Err(error) if !error.use_stderr() => {
+            // --help and --version; a closed stdout is not a reason to fail.
+            let _ = error.print();
+            return ExitCode::from(error.exit_code() as u8);
+        }
+        Err(error) => {
+            let usage = usage::describe(&error, &args, env);
+            let error = GateError::Config(ConfigError::InvalidArgument {
+                detail: usage.detail,
+                help: usage.help,
+            });
+            return ExitCode::from(supervisor.conclude(&error));
+        }
     };
-    logging::init(cli.log_format);
-    let termination_log = Cli::termination_log_path(cli.termination_log);
-    let result = match cli.command {
-        Command::Check(args) => block_on(check::command(&args, &ANCHORS)).map(drop),
-        Command::Exec(args) => block_on(check::command(&args.check, &ANCHORS))
-            .and_then(|_| Err(exec::replace_process(&args.program).into())),
-        Command::Verify(args) => verify::command(&args, &ANCHORS).map(drop),
-        Command::Doctor(args) => {
-            return match block_on(async { Ok(doctor::run(&args, &ANCHORS).await) }) {
-                Ok(diagnosis) => {
-                    let _ = std::io::stdout().write_all(diagnosis.render(args.format).as_bytes());
-                    ExitCode::from(diagnosis.exit_code())
+    ExitCode::from(run(&supervisor, cli.command))
+}
+
+/// Runs `command` to its exit code.
+fn run(supervisor: &Supervisor, command: Command) -> u8 {
+    let progress = Progress::default();
+    let result = match command {
+        Command::Check(args) => {
+            supervisor.arm_watchdog(args.deadline, progress.clone());
+            args.validate(&ANCHORS)
+                .map_err(GateError::from)
+                .and_then(|config| {
+                    block_on(check::run_until(&config, &progress, supervisor.stopped())).map(drop)
+                })
+        }
+        Command::Exec(args) => {
+            supervisor.arm_watchdog(args.check.deadline, progress.clone());
+            return exec_command(supervisor, &args, &progress);
+        }
+        Command::Verify(args) => {
+            supervisor.arm_watchdog(args.deadline, progress.clone());
+            block_on(async {
+                tokio::select! {
+                    result = verify::command(&args, &ANCHORS) => result.map(drop),
+                    signal = supervisor.stopped() => Err(GateError::Interrupted { signal }),
                 }
-                Err(error) => ExitCode::from(outcome::conclude(&error, None)),
-            }
+            })
+        }
+        Command::Doctor(args) => {
+            supervisor.arm_watchdog(args.check.deadline, progress.clone());
+            return match block_on(async { Ok(doctor::run(&args, &ANCHORS).await) }) {
+                Ok(diagnosis) => match supervisor.conclude_success() {
+                    Ok(()) => {
+                        let _ =
+                            std::io::stdout().write_all(diagnosis.render(args.format).as_bytes());
+                        diagnosis.exit_code()
+                    }
+                    Err(code) => code,
+                },
+                Err(error) => supervisor.conclude(&error),
+            };
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => ExitCode::from(outcome::conclude(&error, termination_log.as_deref())),
+        Ok(()) => supervisor.conclude_success().err().unwrap_or(0),
+        Err(error) => supervisor.conclude(&error),
     }
 }
 
-/// Runs a command's future; the gate makes one call at a time, so one thread is all it needs.
+/// `exec`: the program is found before any metered call, the check runs, and only an entitled
+/// run that was not asked to stop becomes the program.
+fn exec_command(supervisor: &Supervisor, args: &exec::ExecArgs, progress: &Progress) -> u8 {
+    let Some((name, program_args)) = args.program.split_first() else {
+        return supervisor.conclude(&GateError::Config(ConfigError::InvalidArgument {
+            detail: "exec needs the program to run after --".to_owned(),
+            help: "entitlement-gate exec --help".to_owned(),
+        }));
+    };
+    progress.enter(Phase::Configuration);
+    let program = match exec::resolve_program(name, std::env::var_os("PATH").as_deref()) {
+        Ok(program) => program,
+        Err(error) => return supervisor.conclude(&error.into()),
+    };
+    let checked = args
+        .check
+        .validate(&ANCHORS)
+        .map_err(GateError::from)
+        .and_then(|config| block_on(check::run_until(&config, progress, supervisor.stopped())));
+    if let Err(error) = checked {
+        return supervisor.conclude(&error);
+    }
+    if let Some(signal) = supervisor.stop_requested() {
+        return supervisor.conclude(&GateError::Interrupted { signal });
+    }
+    // From here the process belongs to the program: neither the watchdog nor the signal
+    // thread may end it (a signal in the instant before execve is the only one it misses).
+    if let Err(code) = supervisor.hand_over() {
+        return code;
+    }
+    let error = exec::replace_process(&program, name, program_args);
+    supervisor.hand_over_failed(&error.into())
+}
+
+/// The termination log to write: the configured path, else the Kubernetes default if the
+/// platform created it (the gate never creates files under /dev).
+fn termination_log_path(configured: Option<PathBuf>) -> Option<PathBuf> {
+    configured.or_else(|| {
+        let default = PathBuf::from(DEFAULT_TERMINATION_LOG);
+        default.exists().then_some(default)
+    })
+}
+
+/// Runs a command's future on a single thread (the gate makes one call at a time), then drops
+/// the runtime without waiting for blocking work a deadline already abandoned.
 fn block_on<T>(future: impl Future<Output = Result<T, GateError>>) -> Result<T, GateError> {
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| GateError::Internal(format!("cannot start the async runtime: {e}")))?
-        .block_on(future)
-}
-
-/// Command-line errors exit 2 like every configuration error, and reach the termination log.
-fn usage_error(error: &clap::Error) -> ExitCode {
-    let _ = error.print();
-    // clap's first line names the flag and the problem, e.g. "invalid value 'soon' for '--deadline'".
-    let rendered = error.to_string();
-    let detail = rendered
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("error: ")
-        .to_owned();
-    let report = outcome::report(&GateError::Config(ConfigError::InvalidArgument(detail)));
-    eprintln!("{}", report.message);
-    let configured = std::env::var_os("ENTITLEMENT_GATE_TERMINATION_LOG").map(PathBuf::from);
-    if let Some(path) = Cli::termination_log_path(configured) {
-        let _ = outcome::write_termination_log(&path, &report.message);
-    }
-    ExitCode::from(report.exit_code)
+        .map_err(|e| GateError::Internal(format!("cannot start the async runtime: {e}")))?;
+    let result = runtime.block_on(future);
+    runtime.shutdown_background();
+    result
 }

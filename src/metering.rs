@@ -22,9 +22,13 @@ use rand::rngs::OsRng;
 use rand::{Rng as _, TryRngCore as _};
 use tokio::time::Instant;
 
+use aws_sdk_marketplacemetering::operation::RequestId as _;
+
 use crate::aws_identity::error_chain;
 use crate::config::ConfigError;
-use crate::outcome::{CallContext, GateError, SetupRefusal};
+use crate::outcome::{CallContext, GateError, SetupRefusal, TransientFailure, TransientKind};
+use crate::sources::CredentialSource;
+use crate::text;
 use crate::token::TokenError;
 
 /// How long to wait between attempts: exponential backoff with full jitter, i.e. a uniform draw
@@ -56,7 +60,7 @@ impl Backoff {
 pub struct RegisterUsageCall<'a> {
     pub context: &'a CallContext,
     pub nonce: &'a str,
-    pub credentials_from: String,
+    pub credentials_from: CredentialSource,
     pub endpoint: String,
     pub attempt_timeout: Duration,
     pub backoff: Backoff,
@@ -68,13 +72,17 @@ pub struct RegisterUsageAnswer {
     pub signature: String,
     /// Epoch seconds; AWS sends it when the public key version has expired.
     pub public_key_rotation_timestamp: Option<i64>,
+    pub request_id: Option<String>,
 }
 
 /// How one failed attempt should be handled.
 #[derive(Debug)]
 pub enum AttemptFailure {
     /// Throttling, 5xx, timeouts, connection failures: try again if time allows.
-    Transient(String),
+    Transient {
+        failure: TransientFailure,
+        request_id: Option<String>,
+    },
     /// Anything else ends the run.
     Final(GateError),
 }
@@ -160,16 +168,25 @@ async fn endpoint_with(region: &str, env: impl Fn(&str) -> Option<String>) -> St
     resolved.unwrap_or_else(|e| format!("(no metering endpoint for Region {region}: {e})"))
 }
 
-/// Calls RegisterUsage until it answers, fails for good, or no attempt fits before `deadline`.
+/// The smallest share of the attempt timeout worth starting an attempt with: one that would be
+/// cut short by the deadline mostly reports its own timeout instead of the service's answer.
+const MIN_ATTEMPT_SHARE: u32 = 2;
+
+/// Calls RegisterUsage until it answers, fails for good, or no useful attempt fits before
+/// `deadline`.
 pub async fn register_usage(
     client: &Client,
     call: &RegisterUsageCall<'_>,
     deadline: Instant,
 ) -> Result<RegisterUsageAnswer, GateError> {
     let started = Instant::now();
+    let useful_attempt = call.attempt_timeout / MIN_ATTEMPT_SHARE;
     let mut attempts = 0u32;
+    let mut last: Option<(TransientFailure, Option<String>)> = None;
     loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let budget = call
+            .attempt_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
         let attempt = client
             .register_usage()
             .product_code(&call.context.product_code)
@@ -177,37 +194,63 @@ pub async fn register_usage(
             .nonce(call.nonce)
             .send();
         attempts += 1;
-        let last_error =
-            match tokio::time::timeout(call.attempt_timeout.min(remaining), attempt).await {
-                Ok(Ok(output)) => {
-                    return Ok(RegisterUsageAnswer {
-                        signature: output
-                            .signature
-                            .ok_or(GateError::Token(TokenError::Missing))?,
-                        public_key_rotation_timestamp: output
-                            .public_key_rotation_timestamp
-                            .map(|time| time.secs()),
-                    })
-                }
-                Ok(Err(error)) => match classify(&error, call) {
-                    AttemptFailure::Final(error) => return Err(error),
-                    AttemptFailure::Transient(reason) => reason,
+        let (failure, request_id) = match tokio::time::timeout(budget, attempt).await {
+            Ok(Ok(output)) => {
+                return Ok(RegisterUsageAnswer {
+                    request_id: output.request_id().map(text::quoted),
+                    signature: output
+                        .signature
+                        .ok_or(GateError::Token(TokenError::Missing))?,
+                    public_key_rotation_timestamp: output
+                        .public_key_rotation_timestamp
+                        .map(|time| time.secs()),
+                })
+            }
+            Ok(Err(error)) => match classify(&error, call) {
+                AttemptFailure::Final(error) => return Err(error),
+                AttemptFailure::Transient {
+                    failure,
+                    request_id,
+                } => (failure, request_id),
+            },
+            Err(_) => (
+                TransientFailure {
+                    kind: TransientKind::Timeout,
+                    detail: format!("no answer within {}", seconds(budget)),
                 },
-                Err(_) => format!("no answer within {:?}", call.attempt_timeout.min(remaining)),
-            };
+                None,
+            ),
+        };
+        // A timeout says less than what an earlier attempt heard from AWS: keep that instead.
+        let keeps_earlier = failure.kind == TransientKind::Timeout
+            && last
+                .as_ref()
+                .is_some_and(|(earlier, _)| earlier.kind != TransientKind::Timeout);
+        if !keeps_earlier {
+            last = Some((failure, request_id));
+        }
+        let (failure, _) = last.as_ref().expect("set above");
         let delay = call.backoff.delay(attempts - 1);
-        tracing::warn!(attempt = attempts, error = %last_error, retry_in_ms = delay.as_millis() as u64,
-            "RegisterUsage attempt failed; retrying");
-        if Instant::now() + delay >= deadline {
+        let next_attempt_gets = deadline.saturating_duration_since(Instant::now() + delay);
+        if next_attempt_gets < useful_attempt {
+            let (last, request_id) = last.expect("set above");
             return Err(GateError::Unreachable {
                 attempts,
                 elapsed: started.elapsed(),
-                last_error,
+                last,
                 endpoint: call.endpoint.clone(),
+                request_id,
             });
         }
+        tracing::warn!(attempt = attempts, error = %failure.detail, retry_in_ms = delay.as_millis() as u64,
+            "RegisterUsage attempt failed; retrying");
         tokio::time::sleep(delay).await;
     }
+}
+
+/// `1.5 s`, `10 s`: durations as operators read them.
+fn seconds(duration: Duration) -> String {
+    format!("{} s", (duration.as_secs_f64() * 1000.0).round() / 1000.0)
 }
 
 /// Codes that mean the credentials or their permissions are wrong, wherever AWS reports them.
@@ -238,42 +281,101 @@ const THROTTLING_CODES: &[&str] = &[
     "SlowDown",
 ];
 
-/// Sorts a failed attempt into retry-or-stop, with the error that ends the run.
+/// Sorts a failed attempt into retry-or-stop, with the error that ends the run. A documented
+/// error code decides first; otherwise the HTTP status does, before anything in the body.
 pub fn classify(
     error: &SdkError<RegisterUsageError>,
     call: &RegisterUsageCall<'_>,
 ) -> AttemptFailure {
-    match error {
-        SdkError::ServiceError(service) => {
-            let status = service.raw().status().as_u16();
-            classify_service_error(service.err(), status, call)
-        }
-        SdkError::TimeoutError(_) => AttemptFailure::Transient("the attempt timed out".to_owned()),
-        SdkError::DispatchFailure(failure) if failure.is_user() => AttemptFailure::Final(
-            GateError::Config(ConfigError::RequestNotBuilt(error_chain(error))),
+    let request_id = error.request_id().map(text::quoted);
+    let transient = |kind, detail| AttemptFailure::Transient {
+        failure: TransientFailure { kind, detail },
+        request_id: request_id.clone(),
+    };
+    let Some(response) = error.raw_response() else {
+        return match error {
+            SdkError::TimeoutError(_) => {
+                transient(TransientKind::Timeout, "the attempt timed out".to_owned())
+            }
+            SdkError::DispatchFailure(failure) if failure.is_user() => AttemptFailure::Final(
+                GateError::Config(ConfigError::RequestNotBuilt(error_chain(error))),
+            ),
+            // Connection refused or reset, DNS, TLS.
+            SdkError::DispatchFailure(_) => {
+                transient(TransientKind::Network, text::quoted(&error_chain(error)))
+            }
+            SdkError::ConstructionFailure(_) => AttemptFailure::Final(GateError::Config(
+                ConfigError::RequestNotBuilt(error_chain(error)),
+            )),
+            _ => AttemptFailure::Final(GateError::Internal(error_chain(error))),
+        };
+    };
+    let status = response.status().as_u16();
+    let (code, aws_message) = match error {
+        SdkError::ServiceError(service) => (
+            text::quoted(service.err().code().unwrap_or("")),
+            text::quoted(service.err().message().unwrap_or("no message")),
         ),
-        SdkError::ResponseError(_) if caused_by::<LengthLimitError>(error) => {
-            AttemptFailure::Final(GateError::Token(TokenError::ResponseTooLarge {
-                limit: MAX_RESPONSE_BYTES,
-            }))
+        _ => (String::new(), "no message".to_owned()),
+    };
+    if let SdkError::ServiceError(service) = error {
+        if let Some(decision) =
+            classify_documented(service.err(), &code, &aws_message, call, &request_id)
+        {
+            return decision;
         }
-        // The SDK read the whole body (it is kept) but could not parse it: a success status with
-        // a body that is not a RegisterUsage answer, such as a proxy's HTML page. Not transient.
-        SdkError::ResponseError(response) if response.raw().body().bytes().is_some() => {
-            AttemptFailure::Final(GateError::Token(TokenError::Malformed(format!(
-                "RegisterUsage answered HTTP {} with a body that is not its JSON ({})",
-                response.raw().status().as_u16(),
-                error_chain(error)
-            ))))
+    }
+    let named = |code: &str| {
+        if code.is_empty() {
+            format!("HTTP {status} without an AWS error code")
+        } else {
+            format!("HTTP {status} {code}")
         }
-        // Connection refused or reset, DNS, TLS, or a response cut off mid-body.
-        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            AttemptFailure::Transient(error_chain(error))
-        }
-        SdkError::ConstructionFailure(_) => AttemptFailure::Final(GateError::Config(
-            ConfigError::RequestNotBuilt(error_chain(error)),
-        )),
-        _ => AttemptFailure::Final(GateError::Internal(error_chain(error))),
+    };
+    match status {
+        429 => transient(TransientKind::Throttled, named(&code)),
+        500 | 502 | 503 | 504 => transient(
+            TransientKind::ServerError,
+            match aws_message.as_str() {
+                "no message" => named(&code),
+                message => format!("{}: {message}", named(&code)),
+            },
+        ),
+        200..=299 => classify_unreadable_success(error, status, transient),
+        _ => AttemptFailure::Final(GateError::UnexpectedResponse {
+            status,
+            code: if code.is_empty() {
+                "(no error code)".to_owned()
+            } else {
+                code
+            },
+            aws_message,
+            request_id,
+        }),
+    }
+}
+
+/// A success status whose body is not a RegisterUsage answer.
+fn classify_unreadable_success(
+    error: &SdkError<RegisterUsageError>,
+    status: u16,
+    transient: impl Fn(TransientKind, String) -> AttemptFailure,
+) -> AttemptFailure {
+    if caused_by::<LengthLimitError>(error) {
+        return AttemptFailure::Final(GateError::Token(TokenError::ResponseTooLarge {
+            limit: MAX_RESPONSE_BYTES,
+        }));
+    }
+    match error {
+        // The SDK kept the whole body but could not parse it (a proxy's page, broken JSON).
+        SdkError::ResponseError(response) if response.raw().body().bytes().is_none() => transient(
+            TransientKind::Network,
+            format!("the answer was cut off ({})", error_chain(error)),
+        ),
+        _ => AttemptFailure::Final(GateError::Token(TokenError::Malformed(format!(
+            "RegisterUsage answered HTTP {status} with a body that is not its JSON ({})",
+            text::quoted(&error_chain(error))
+        )))),
     }
 }
 
@@ -289,84 +391,72 @@ fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
     false
 }
 
-fn classify_service_error(
+/// The decision for an error AWS documents by its code, or `None` for an undocumented one.
+fn classify_documented(
     error: &RegisterUsageError,
-    status: u16,
+    code: &str,
+    aws_message: &str,
     call: &RegisterUsageCall<'_>,
-) -> AttemptFailure {
-    let code = error.code().unwrap_or("");
-    let aws_message = error.message().unwrap_or("no message").to_owned();
+    request_id: &Option<String>,
+) -> Option<AttemptFailure> {
     let refused = |refusal| {
         AttemptFailure::Final(GateError::SetupRefused {
             refusal,
             context: call.context.clone(),
-            aws_message: aws_message.clone(),
+            aws_message: aws_message.to_owned(),
+            request_id: request_id.clone(),
         })
     };
-    match error {
+    let transient = |kind| AttemptFailure::Transient {
+        failure: TransientFailure {
+            kind,
+            detail: format!("{code}: {aws_message}"),
+        },
+        request_id: request_id.clone(),
+    };
+    Some(match error {
         RegisterUsageError::CustomerNotEntitledException(_) => {
-            return AttemptFailure::Final(GateError::NotEntitled {
+            AttemptFailure::Final(GateError::NotEntitled {
                 context: call.context.clone(),
-                aws_message,
+                aws_message: aws_message.to_owned(),
+                request_id: request_id.clone(),
             })
         }
         RegisterUsageError::PlatformNotSupportedException(_) => {
-            return refused(SetupRefusal::PlatformNotSupported)
+            refused(SetupRefusal::PlatformNotSupported)
         }
-        RegisterUsageError::InvalidRegionException(_) => {
-            return refused(SetupRefusal::InvalidRegion)
-        }
+        RegisterUsageError::InvalidRegionException(_) => refused(SetupRefusal::InvalidRegion),
         RegisterUsageError::InvalidProductCodeException(_) => {
-            return refused(SetupRefusal::InvalidProductCode)
+            refused(SetupRefusal::InvalidProductCode)
         }
         RegisterUsageError::InvalidPublicKeyVersionException(_) => {
-            return refused(SetupRefusal::InvalidPublicKeyVersion)
+            refused(SetupRefusal::InvalidPublicKeyVersion)
         }
-        RegisterUsageError::DisabledApiException(_) => return refused(SetupRefusal::DisabledApi),
-        RegisterUsageError::ThrottlingException(_)
-        | RegisterUsageError::InternalServiceErrorException(_) => {
-            return AttemptFailure::Transient(format!("{code}: {aws_message}"))
+        RegisterUsageError::DisabledApiException(_) => refused(SetupRefusal::DisabledApi),
+        RegisterUsageError::ThrottlingException(_) => transient(TransientKind::Throttled),
+        RegisterUsageError::InternalServiceErrorException(_) => {
+            transient(TransientKind::ServerError)
         }
-        _ => {}
-    }
-    if (200..300).contains(&status) {
-        // A success status whose body is not a RegisterUsage answer.
-        return AttemptFailure::Final(GateError::Token(TokenError::Malformed(format!(
-            "RegisterUsage answered HTTP {status} with an unreadable body ({})",
-            error_chain(error)
-        ))));
-    }
-    if CREDENTIAL_ERROR_CODES.contains(&code) {
-        return AttemptFailure::Final(GateError::AccessDenied {
-            code: code.to_owned(),
-            aws_message,
-            credentials_from: call.credentials_from.clone(),
-        });
-    }
-    if status >= 500 || status == 429 || THROTTLING_CODES.contains(&code) {
-        let code = if code.is_empty() {
-            "no error code"
-        } else {
-            code
-        };
-        return AttemptFailure::Transient(format!("HTTP {status} {code}: {aws_message}"));
-    }
-    AttemptFailure::Final(GateError::UnexpectedResponse {
-        status,
-        code: if code.is_empty() {
-            "(no error code)".to_owned()
-        } else {
-            code.to_owned()
-        },
-        aws_message,
+        _ if THROTTLING_CODES.contains(&code) => transient(TransientKind::Throttled),
+        _ if CREDENTIAL_ERROR_CODES.contains(&code) => {
+            AttemptFailure::Final(GateError::AccessDenied {
+                code: code.to_owned(),
+                aws_message: aws_message.to_owned(),
+                credentials_from: call.credentials_from,
+                request_id: request_id.clone(),
+            })
+        }
+        _ => return None,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_marketplacemetering::config::http::HttpResponse;
     use aws_sdk_marketplacemetering::error::ErrorMetadata;
     use aws_sdk_marketplacemetering::types::error as model;
+    use aws_smithy_runtime_api::http::StatusCode;
 
     fn context() -> CallContext {
         CallContext {
@@ -381,7 +471,7 @@ mod tests {
         let call = RegisterUsageCall {
             context: &context,
             nonce: "n",
-            credentials_from: "web identity token (IRSA)".into(),
+            credentials_from: CredentialSource::WebIdentityToken,
             endpoint: "http://127.0.0.1:1".into(),
             attempt_timeout: Duration::from_secs(1),
             backoff: Backoff {
@@ -396,11 +486,106 @@ mod tests {
         RegisterUsageError::generic(ErrorMetadata::builder().code(code).message("m").build())
     }
 
-    fn exit_code_of(error: RegisterUsageError, status: u16) -> Option<u8> {
-        with_call(|call| match classify_service_error(&error, status, call) {
-            AttemptFailure::Transient(_) => None,
-            AttemptFailure::Final(error) => Some(crate::outcome::report(&error).exit_code),
+    fn response(status: u16, body: &str) -> HttpResponse {
+        HttpResponse::new(
+            StatusCode::try_from(status).unwrap(),
+            SdkBody::from(body.to_owned()),
+        )
+    }
+
+    /// The exit code a failed attempt ends with, or `None` when it is retried.
+    fn decide(error: SdkError<RegisterUsageError>) -> Result<u8, TransientKind> {
+        with_call(|call| match classify(&error, call) {
+            AttemptFailure::Transient { failure, .. } => Err(failure.kind),
+            AttemptFailure::Final(error) => Ok(crate::outcome::report(&error).exit_code),
         })
+    }
+
+    fn exit_code_of(error: RegisterUsageError, status: u16) -> Option<u8> {
+        decide(SdkError::service_error(error, response(status, "{}"))).ok()
+    }
+
+    /// An answer the SDK could not parse at all (a proxy's page, an empty body).
+    fn unparseable(status: u16, body: &str) -> SdkError<RegisterUsageError> {
+        SdkError::response_error("not the service's JSON", response(status, body))
+    }
+
+    #[test]
+    fn the_http_status_decides_when_no_documented_code_does() {
+        use TransientKind::*;
+        let cases: Vec<(
+            &str,
+            SdkError<RegisterUsageError>,
+            Result<u8, TransientKind>,
+        )> = vec![
+            ("empty 500", unparseable(500, ""), Err(ServerError)),
+            (
+                "500 with a body",
+                unparseable(500, "oops"),
+                Err(ServerError),
+            ),
+            (
+                "proxy's 502 page",
+                unparseable(502, "<html>Bad Gateway</html>"),
+                Err(ServerError),
+            ),
+            (
+                "503 with a message only",
+                SdkError::service_error(
+                    RegisterUsageError::generic(
+                        ErrorMetadata::builder().message("slow down").build(),
+                    ),
+                    response(503, r#"{"message":"slow down"}"#),
+                ),
+                Err(ServerError),
+            ),
+            ("504", unparseable(504, ""), Err(ServerError)),
+            ("bare 429", unparseable(429, ""), Err(Throttled)),
+            ("302 redirect", unparseable(302, ""), Ok(1)),
+            (
+                "404 page",
+                unparseable(404, "<html>not found</html>"),
+                Ok(1),
+            ),
+            (
+                "400 without a code",
+                exit_code_source(generic(""), 400),
+                Ok(1),
+            ),
+            ("501", unparseable(501, ""), Ok(1)),
+            (
+                "200 that is not JSON",
+                unparseable(200, "<html>login</html>"),
+                Ok(4),
+            ),
+        ];
+        for (name, error, expected) in cases {
+            assert_eq!(decide(error), expected, "{name}");
+        }
+    }
+
+    fn exit_code_source(error: RegisterUsageError, status: u16) -> SdkError<RegisterUsageError> {
+        SdkError::service_error(error, response(status, "{}"))
+    }
+
+    #[test]
+    fn network_text_is_escaped_in_what_ends_up_in_the_sentence() {
+        let error = RegisterUsageError::generic(
+            ErrorMetadata::builder()
+                .code("AccessDeniedException")
+                .message("denied\n2026-11-23T00:00:00Z  INFO entitled: forged line")
+                .build(),
+        );
+        let Err(GateError::AccessDenied { aws_message, .. }) =
+            with_call(|call| match classify(&exit_code_source(error, 403), call) {
+                AttemptFailure::Final(error) => Err(error),
+                AttemptFailure::Transient { .. } => Ok(()),
+            })
+        else {
+            panic!("expected an access denial");
+        };
+        assert!(!aws_message.contains('\n'), "{aws_message:?}");
+        assert!(aws_message.contains("denied\\n2026"), "{aws_message:?}");
     }
 
     #[test]

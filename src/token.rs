@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::VerifyingKey;
+use crate::workload::WorkloadIdSource;
 
 /// Tokens larger than this are refused before any decoding. Real ones are well under 1 KiB.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -93,6 +94,12 @@ pub enum TokenError {
         max_age_secs: u64,
         now: u64,
     },
+    #[error(
+        "the token's nonce is not bound to a workload, as the gate binds every nonce it makes"
+    )]
+    NonceNotWorkloadBound,
+    #[error("the token was obtained by another workload's gate, not this one's (identified by {identified_by})")]
+    NonceForOtherWorkload { identified_by: WorkloadIdSource },
     #[error("no readable handoff at {} ({reason}); the gate has not verified an entitlement for this workload", path.display())]
     NoHandoff {
         path: std::path::PathBuf,

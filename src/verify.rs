@@ -5,12 +5,20 @@
 //! use std::time::{Duration, SystemTime};
 //! use entitlement_gate::config::{KeySource, ProductCode, VerifyingKey};
 //! use entitlement_gate::verify::Requirements;
+//! use entitlement_gate::workload;
 //!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn check() -> Result<(), Box<dyn std::error::Error>> {
 //! let pem = std::fs::read_to_string("/etc/my-product/marketplace-key.pem")?;
 //! let product_code = ProductCode::parse("abc123xyz")?;
 //! let key = VerifyingKey::from_pem(&pem, 1, KeySource::Inline)?;
-//! let requirements = Requirements { product_code: &product_code, key: &key, max_age: Some(Duration::from_secs(3600)) };
+//! // The pod or task this process runs in: the gate bound its token to the same one.
+//! let workload = workload::resolve(|name| std::env::var(name).ok(), Duration::from_secs(2)).await?;
+//! let requirements = Requirements {
+//!     product_code: &product_code,
+//!     key: &key,
+//!     workload: &workload,
+//!     max_age: Some(Duration::from_secs(3600)),
+//! };
 //! let token = requirements.verify_handoff_file(
 //!     "/var/run/entitlement-gate/entitlement.json".as_ref(),
 //!     SystemTime::now(),
@@ -21,40 +29,53 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use clap::Args;
 
+use crate::check::epoch_seconds;
 use crate::config::{parse_duration, ConfigError, ProductArgs, ProductCode, VerifyingKey};
 use crate::handoff::{self, Handoff};
+use crate::nonce::{self, NonceProblem};
 use crate::outcome::GateError;
 use crate::token::{self, Expected, TokenError, VerifiedToken, MAX_TOKEN_BYTES};
 use crate::trust::TrustAnchors;
+use crate::workload::{self, WorkloadId};
 
-/// What a re-check demands of a token: the same rules as `check`, plus an optional age limit.
+/// What a re-check demands of a token: the same rules as `check`, a nonce bound to this
+/// workload, and an optional age limit.
 #[derive(Debug, Clone, Copy)]
 pub struct Requirements<'a> {
     pub product_code: &'a ProductCode,
     pub key: &'a VerifyingKey,
+    /// The workload this process runs in: the token's nonce must be bound to it.
+    pub workload: &'a WorkloadId,
     /// Refuse tokens whose `iat` is older than this.
     pub max_age: Option<Duration>,
 }
 
 impl Requirements<'_> {
-    /// Verifies a token against the nonce it was issued for.
+    /// Verifies a token against the nonce it was issued for, and that nonce against this
+    /// workload.
     pub fn verify_token(
         &self,
         token: &str,
         nonce: &str,
         now: SystemTime,
     ) -> Result<VerifiedToken, TokenError> {
-        let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = epoch_seconds(now);
         let expected = Expected {
             product_code: self.product_code.as_str(),
             nonce,
             public_key_version: self.key.version,
         };
         let verified = token::verify(token, self.key, &expected, now)?;
+        nonce::check_binding(&verified.nonce, self.workload).map_err(|problem| match problem {
+            NonceProblem::NotWorkloadBound => TokenError::NonceNotWorkloadBound,
+            NonceProblem::OtherWorkload => TokenError::NonceForOtherWorkload {
+                identified_by: self.workload.source,
+            },
+        })?;
         if let Some(max_age) = self.max_age {
             if verified.issued_at.saturating_add(max_age.as_secs()) < now {
                 return Err(TokenError::TooOld {
@@ -113,6 +134,11 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub nonce: Option<String>,
 
+    /// Bound on the whole re-check (including the ECS task metadata lookup on ECS).
+    #[arg(long, env = "ENTITLEMENT_GATE_DEADLINE", default_value = "10s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub deadline: Duration,
+
     /// Refuse tokens issued longer ago than this (e.g. 1h).
     #[arg(long, env = "ENTITLEMENT_GATE_MAX_AGE", value_parser = parse_duration, value_name = "DURATION")]
     pub max_age: Option<Duration>,
@@ -148,8 +174,9 @@ fn read_token(stdin: impl Read) -> Result<String, ConfigError> {
     stdin
         .take(MAX_TOKEN_BYTES as u64 + 2)
         .read_to_string(&mut text)
-        .map_err(|e| {
-            ConfigError::InvalidArgument(format!("cannot read a token from stdin: {e}"))
+        .map_err(|e| ConfigError::InvalidArgument {
+            detail: format!("cannot read a token from stdin: {e}"),
+            help: "entitlement-gate verify --help".to_owned(),
         })?;
     let token = text.trim();
     if token.is_empty() {
@@ -158,12 +185,23 @@ fn read_token(stdin: impl Read) -> Result<String, ConfigError> {
     Ok(token.to_owned())
 }
 
-/// `entitlement-gate verify`: checks the evidence, offline.
-pub fn command(args: &VerifyArgs, anchors: &TrustAnchors) -> Result<VerifiedToken, GateError> {
+/// How long the ECS task metadata endpoint may take when `verify` resolves the workload.
+const TASK_METADATA_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `entitlement-gate verify`: checks the evidence without calling AWS.
+pub async fn command(
+    args: &VerifyArgs,
+    anchors: &TrustAnchors,
+) -> Result<VerifiedToken, GateError> {
     let (product_code, key) = args.product.resolve(anchors)?;
+    let workload = workload::resolve(|name| std::env::var(name).ok(), TASK_METADATA_TIMEOUT)
+        .await
+        .map_err(|e| GateError::Internal(e.to_string()))?;
+    tracing::debug!(source = %workload.source, "resolved the workload identity");
     let requirements = Requirements {
         product_code: &product_code,
         key: &key,
+        workload: &workload,
         max_age: args.max_age,
     };
     let evidence = args.evidence(std::io::stdin().lock())?;
@@ -181,8 +219,11 @@ pub fn command(args: &VerifyArgs, anchors: &TrustAnchors) -> Result<VerifiedToke
 mod tests {
     use super::*;
     use crate::config::KeySource;
+    use crate::nonce::Nonce;
+    use crate::workload::WorkloadIdSource;
     use metering_emulator::keys::shared_2048;
     use serde_json::json;
+    use std::time::UNIX_EPOCH;
 
     const NOW: u64 = 1_800_000_000;
 
@@ -196,44 +237,57 @@ mod tests {
         (ProductCode::parse("prod").unwrap(), key)
     }
 
-    fn token(iat: u64) -> String {
+    fn pod(id: &str) -> WorkloadId {
+        WorkloadId {
+            id: id.to_owned(),
+            source: WorkloadIdSource::Configured,
+        }
+    }
+
+    fn token(nonce: &str, iat: u64) -> String {
         let claims =
-            json!({ "productCode": "prod", "nonce": "n-1", "publicKeyVersion": 1, "iat": iat });
+            json!({ "productCode": "prod", "nonce": nonce, "publicKeyVersion": 1, "iat": iat });
         shared_2048().sign_jwt(&json!({ "alg": "PS256" }), &claims)
     }
 
-    fn handoff(iat: u64) -> Handoff {
+    /// A genuine handoff made by the gate of workload `made_in`.
+    fn handoff(made_in: &WorkloadId, iat: u64) -> Handoff {
+        let nonce = Nonce::generate(made_in).unwrap().as_str().to_owned();
         Handoff {
             product_code: "prod".into(),
             public_key_version: 1,
-            nonce: "n-1".into(),
-            signature: token(iat),
+            signature: token(&nonce, iat),
+            nonce,
             issued_at: iat,
             verified_at: "2027-01-15T08:00:00Z".into(),
             region: "us-east-1".into(),
             gate_version: "0.1.0".into(),
             public_key_rotation_timestamp: None,
+            workload_id_source: Some("configured".into()),
         }
     }
 
     #[test]
-    fn a_handoff_verifies_against_its_recorded_nonce() {
+    fn a_handoff_verifies_against_its_recorded_nonce_in_its_own_workload() {
         let (code, key) = fixture();
+        let this_pod = pod("pod-a");
         let requirements = Requirements {
             product_code: &code,
             key: &key,
+            workload: &this_pod,
             max_age: None,
         };
+        let genuine = handoff(&this_pod, NOW - 10);
         assert_eq!(
             requirements
-                .verify_handoff(&handoff(NOW - 10), at(NOW))
+                .verify_handoff(&genuine, at(NOW))
                 .unwrap()
                 .nonce,
-            "n-1"
+            genuine.nonce
         );
         let swapped = Handoff {
-            nonce: "n-2".into(),
-            ..handoff(NOW)
+            nonce: Nonce::generate(&this_pod).unwrap().as_str().to_owned(),
+            ..genuine
         };
         assert!(matches!(
             requirements.verify_handoff(&swapped, at(NOW)),
@@ -242,18 +296,44 @@ mod tests {
     }
 
     #[test]
-    fn max_age_refuses_old_tokens() {
+    fn a_genuine_handoff_from_another_workload_is_refused() {
         let (code, key) = fixture();
+        let this_pod = pod("pod-a");
         let requirements = Requirements {
             product_code: &code,
             key: &key,
+            workload: &this_pod,
+            max_age: None,
+        };
+        let copied = handoff(&pod("pod-b"), NOW - 10);
+        assert_eq!(
+            requirements.verify_handoff(&copied, at(NOW)),
+            Err(TokenError::NonceForOtherWorkload {
+                identified_by: WorkloadIdSource::Configured
+            })
+        );
+        let unbound = token("n-1", NOW - 10);
+        assert_eq!(
+            requirements.verify_token(&unbound, "n-1", at(NOW)),
+            Err(TokenError::NonceNotWorkloadBound)
+        );
+    }
+
+    #[test]
+    fn max_age_refuses_old_tokens() {
+        let (code, key) = fixture();
+        let this_pod = pod("pod-a");
+        let requirements = Requirements {
+            product_code: &code,
+            key: &key,
+            workload: &this_pod,
             max_age: Some(Duration::from_secs(60)),
         };
         assert!(requirements
-            .verify_token(&token(NOW - 60), "n-1", at(NOW))
+            .verify_handoff(&handoff(&this_pod, NOW - 60), at(NOW))
             .is_ok());
         assert_eq!(
-            requirements.verify_token(&token(NOW - 61), "n-1", at(NOW)),
+            requirements.verify_handoff(&handoff(&this_pod, NOW - 61), at(NOW)),
             Err(TokenError::TooOld {
                 iat: NOW - 61,
                 max_age_secs: 60,
@@ -265,9 +345,11 @@ mod tests {
     #[test]
     fn a_missing_handoff_file_is_a_refusal() {
         let (code, key) = fixture();
+        let this_pod = pod("pod-a");
         let requirements = Requirements {
             product_code: &code,
             key: &key,
+            workload: &this_pod,
             max_age: None,
         };
         let result =
@@ -282,6 +364,7 @@ mod tests {
             handoff_dir: None,
             token: None,
             nonce: None,
+            deadline: Duration::from_secs(10),
             max_age: None,
         }
     }

@@ -134,9 +134,9 @@ fn configuration_errors_exit_2_before_any_call() {
             "--deadline",
         ),
         (
-            "key version 0",
+            "key version 0 from the environment",
             Gate::check(&emulator).env("ENTITLEMENT_GATE_PUBLIC_KEY_VERSION", "0"),
-            "public-key-version",
+            "ENTITLEMENT_GATE_PUBLIC_KEY_VERSION (Helm value entitlementGate.publicKeyVersion) is \"0\"",
         ),
         (
             "unknown flag",
@@ -323,8 +323,12 @@ fn a_service_that_keeps_failing_exits_7_at_the_deadline() {
     let run = Gate::check(&throttled).args(["--deadline", "2s"]).run();
     run.expect_code(7);
     let reason = run.reason();
+    // Throttling is the account's quota, not the network: the sentence says so.
     assert!(
-        reason.contains("ThrottlingException") && reason.contains("egress"),
+        reason.contains("ThrottlingException")
+            && reason.contains("5 RegisterUsage calls per second")
+            && reason.contains("--deadline")
+            && !reason.contains("egress"),
         "{reason}"
     );
     assert!(

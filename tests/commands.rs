@@ -190,24 +190,25 @@ fn verify_refuses_expired_and_too_old_tokens() {
         .unwrap()
         .as_secs();
     let sign = |claims: Value| shared_2048().sign_jwt(&json!({ "alg": "PS256" }), &claims);
+    let nonce = bound_nonce(WORKLOAD);
     let expired = sign(
-        json!({ "productCode": PAID, "nonce": "n", "publicKeyVersion": 1, "iat": now - 100, "exp": now - 10 }),
+        json!({ "productCode": PAID, "nonce": nonce, "publicKeyVersion": 1, "iat": now - 100, "exp": now - 10 }),
     );
     let run = Gate::subcommand(&emulator, "verify")
-        .args(["--nonce", "n", "--token", &expired])
+        .args(["--nonce", &nonce, "--token", &expired])
         .run();
     run.expect_code(4);
     assert!(run.reason().contains("expired"));
 
     let old = sign(
-        json!({ "productCode": PAID, "nonce": "n", "publicKeyVersion": 1, "iat": now - 7200 }),
+        json!({ "productCode": PAID, "nonce": nonce, "publicKeyVersion": 1, "iat": now - 7200 }),
     );
     Gate::subcommand(&emulator, "verify")
-        .args(["--nonce", "n", "--token", &old])
+        .args(["--nonce", &nonce, "--token", &old])
         .run()
         .expect_code(0);
     let run = Gate::subcommand(&emulator, "verify")
-        .args(["--nonce", "n", "--max-age", "1h", "--token", &old])
+        .args(["--nonce", &nonce, "--max-age", "1h", "--token", &old])
         .run();
     run.expect_code(4);
     assert!(run.reason().contains("--max-age"));
@@ -257,6 +258,7 @@ fn the_library_example_verifies_the_handoff_in_process() {
         std::process::Command::new(&example)
             .env_clear()
             .env("ENTITLEMENT_GATE_HANDOFF_DIR", handoff.path())
+            .env("ENTITLEMENT_GATE_WORKLOAD_ID", WORKLOAD)
             .env("ENTITLEMENT_GATE_PRODUCT_CODE", product)
             .env("ENTITLEMENT_GATE_PUBLIC_KEY_FILE", &key)
             .output()
@@ -439,7 +441,7 @@ fn doctor_text_report_has_one_line_per_check() {
     assert!(product.starts_with("fail "), "{product}");
     assert!(run.stdout.contains("add --call"));
     assert!(
-        lines.last().unwrap().ends_with("1 failures"),
+        lines.last().unwrap().ends_with(", 1 failure"),
         "{}",
         run.stdout
     );

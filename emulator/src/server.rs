@@ -137,7 +137,11 @@ async fn handle(
     );
     let response = match answer {
         Answer::Drop => return Err(Dropped),
-        Answer::Json { status, body } => return Ok(json_response(status, &body)),
+        // Every AWS answer names its request, errors included; clients log the ID.
+        Answer::Json { status, body } => response
+            .status(status)
+            .header("content-type", "application/x-amz-json-1.1")
+            .body(full(body.to_string())),
         Answer::ErrorHeader { status, code } => response
             .status(status)
             .header("content-type", "application/x-amz-json-1.1")

@@ -21,6 +21,7 @@ use entitlement_gate::metering::{
     classify, client_from, AttemptFailure, Backoff, RegisterUsageCall,
 };
 use entitlement_gate::outcome::{report, CallContext};
+use entitlement_gate::sources::CredentialSource;
 use entitlement_gate::token::{verify, Expected};
 use libfuzzer_sys::fuzz_target;
 
@@ -144,7 +145,7 @@ fuzz_target!(|data: &[u8]| {
             let call = RegisterUsageCall {
                 context: &context,
                 nonce: "nonce-123",
-                credentials_from: "fuzz".into(),
+                credentials_from: CredentialSource::WebIdentityToken,
                 endpoint: "http://fuzz".into(),
                 attempt_timeout: Duration::from_secs(1),
                 backoff: Backoff {
@@ -152,16 +153,20 @@ fuzz_target!(|data: &[u8]| {
                     cap: Duration::from_millis(1),
                 },
             };
+            // Nothing an answer carries may reach a log line unescaped.
+            let escaped = |text: &str| !text.contains(['\n', '\r', '\u{1b}']);
             match classify(&error, &call) {
-                AttemptFailure::Transient(reason) => {
+                AttemptFailure::Transient { failure, .. } => {
                     assert!(
                         status >= 429 || !(200..300).contains(&status),
-                        "a {status} answer was deemed transient: {reason}"
+                        "a {status} answer was deemed transient: {failure:?}"
                     );
+                    assert!(escaped(&failure.detail), "{failure:?}");
                 }
                 AttemptFailure::Final(error) => {
                     let report = report(&error);
                     assert!(report.exit_code != 0 && !report.message.is_empty());
+                    assert!(escaped(&report.message), "{}", report.message);
                 }
             }
         }

@@ -13,6 +13,9 @@ use serde_json::Value;
 
 pub const PAID: &str = "prod-paid";
 pub const UNPAID: &str = "prod-unpaid";
+/// The workload identity every gate and `verify` run gets unless a test says otherwise, as the
+/// Helm chart sets the pod UID in both containers.
+pub const WORKLOAD: &str = "test-pod-uid";
 
 /// An emulator where `prod-paid` is entitled and `prod-unpaid` is not.
 pub fn emulator_config() -> Config {
@@ -69,6 +72,7 @@ impl Gate {
             )
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ENDPOINT_URL_MARKETPLACE_METERING", endpoint)
+            .env("ENTITLEMENT_GATE_WORKLOAD_ID", WORKLOAD)
             .env("ENTITLEMENT_GATE_PRODUCT_CODE", PAID)
             .env("ENTITLEMENT_GATE_PUBLIC_KEY_FILE", &key)
             .env(
@@ -104,6 +108,12 @@ impl Gate {
         self
     }
 
+    /// Sends stderr to `file` (e.g. `/dev/full`) instead of capturing it.
+    pub fn stderr_to(mut self, file: std::fs::File) -> Self {
+        self.command.stderr(file);
+        self
+    }
+
     pub fn product(self, code: &str) -> Self {
         self.env("ENTITLEMENT_GATE_PRODUCT_CODE", code)
     }
@@ -135,6 +145,20 @@ impl Gate {
         Finished::new(self.dir, output, started.elapsed())
     }
 
+    /// Starts with a stdin pipe that stays open (and empty) until the run ends.
+    pub fn spawn_with_open_stdin(mut self) -> (Running, std::process::ChildStdin) {
+        self.command.stdin(Stdio::piped());
+        let mut child = self.command.spawn().expect("spawn entitlement-gate");
+        let stdin = child.stdin.take().expect("stdin");
+        (
+            Running {
+                dir: self.dir,
+                child,
+            },
+            stdin,
+        )
+    }
+
     /// Starts without waiting.
     pub fn spawn(mut self) -> Running {
         let child = self.command.spawn().expect("spawn entitlement-gate");
@@ -151,6 +175,27 @@ pub struct Running {
 }
 
 impl Running {
+    /// Waits until the process catches SIGTERM, i.e. has installed its handlers (read from
+    /// `SigCgt` in /proc, so no guess about how long start-up takes).
+    pub fn wait_for_signal_handlers(&self) {
+        let status = format!("/proc/{}/status", self.child.id());
+        let catches_sigterm = || {
+            std::fs::read_to_string(&status)
+                .ok()
+                .and_then(|text| {
+                    text.lines().find_map(|line| {
+                        line.strip_prefix("SigCgt:")
+                            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+                    })
+                })
+                .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+        };
+        assert!(
+            wait_until(Duration::from_secs(30), catches_sigterm),
+            "the process never installed its signal handlers"
+        );
+    }
+
     pub fn signal(&self, signal: i32) {
         let pid = self.child.id() as i32;
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill failed");
@@ -233,4 +278,71 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
         std::thread::sleep(Duration::from_millis(10));
     }
     condition()
+}
+
+/// A nonce the gate of workload `id` would have made.
+pub fn bound_nonce(id: &str) -> String {
+    let workload = entitlement_gate::workload::WorkloadId {
+        id: id.to_owned(),
+        source: entitlement_gate::workload::WorkloadIdSource::Configured,
+    };
+    entitlement_gate::nonce::Nonce::generate(&workload)
+        .expect("OS randomness")
+        .as_str()
+        .to_owned()
+}
+
+/// Creates a FIFO at `path`.
+pub fn mkfifo(path: &Path) {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// A loopback HTTP server that answers every request with the same raw response, for answers
+/// no emulator gives (redirects, hostile text) and for the ECS task metadata endpoint.
+pub struct CannedServer {
+    addr: std::net::SocketAddr,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CannedServer {
+    /// Answers with `status` (e.g. `302 Found`), `content_type` and `body`, then closes.
+    pub fn start(status: &str, content_type: &str, body: &str) -> Self {
+        use std::io::{BufRead as _, Read as _, Write as _};
+        let response = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-amzn-requestid: canned-request\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut reader = std::io::BufReader::new(stream);
+                let mut content_length = 0usize;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        content_length = value.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; content_length];
+                let _ = reader.read_exact(&mut body);
+                let _ = reader.get_mut().write_all(response.as_bytes());
+            }
+        });
+        Self { addr, hits }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
