@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-#[path = "src/anchor_rules.rs"]
+#[path = "src/domain/anchor_rules.rs"]
 mod anchor_rules;
 
 const CODES_VAR: &str = "ENTITLEMENT_GATE_TRUSTED_PRODUCT_CODES";
@@ -17,7 +17,7 @@ const KEYS_VAR: &str = "ENTITLEMENT_GATE_TRUSTED_KEYS_DIR";
 
 fn main() {
     println!("cargo:rerun-if-env-changed={CODES_VAR}");
-    println!("cargo:rerun-if-changed=src/anchor_rules.rs");
+    println!("cargo:rerun-if-changed=src/domain/anchor_rules.rs");
     println!("cargo:rerun-if-env-changed={KEYS_VAR}");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     // A lower bound on the time for `doctor`'s clock check; SOURCE_DATE_EPOCH keeps builds

@@ -13,9 +13,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use entitlement_gate::config::{KeySource, ProductCode, VerifyingKey};
-use entitlement_gate::verify::Requirements;
-use entitlement_gate::{handoff, workload};
+use entitlement_gate::aws::workload;
+use entitlement_gate::domain::handoff;
+use entitlement_gate::domain::key::{KeySource, VerifyingKey};
+use entitlement_gate::domain::product_code::ProductCode;
+use entitlement_gate::gate::verify::Requirements;
 
 fn main() -> ExitCode {
     let setting = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));

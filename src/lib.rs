@@ -1,40 +1,20 @@
 //! entitlement-gate: lets a paid AWS Marketplace container start only for entitled buyers.
 //!
-//! The `entitlement-gate` binary wires these modules together; a seller's Rust application can
-//! call the same library in-process, e.g. [`check::run`] at start-up.
+//! The `entitlement-gate` binary wires these layers together; a seller's Rust application can
+//! call the same library in-process, e.g. [`gate::check::run`] at start-up or
+//! [`gate::verify::Requirements`] in the main container. Dependencies point one way:
+//! `outcome -> gate -> aws -> domain` (and the binary's `cli` above them all).
 //!
-//! - [`config`]: flags and env vars into a validated [`config::CheckConfig`]
-//! - [`trust`]: product codes and keys embedded in a locked build
-//! - [`aws_identity`]: Region and credentials, and where each came from
-//! - [`nonce`]: the fresh random nonce that binds a token to one run
-//! - [`metering`]: the RegisterUsage call, its failure classes and retry
-//! - [`token`]: PS256 token verification
-//! - [`handoff`]: `entitlement.json` for the main container
-//! - [`outcome`]: errors, exit codes and operator messages
-//! - [`check`]: the whole run
-//! - [`exec`]: becoming the paid program once entitled
-//! - [`verify`]: offline re-verification of a handoff or token, for the main container
-//! - [`doctor`]: a read-only diagnosis of the setup
+//! - [`domain`]: product code, keys, trust anchors, workload-bound nonce, token verification,
+//!   handoff, time; no AWS, no command line
+//! - [`aws`]: Region, credentials and workload identity; endpoint; retries; the API clients
+//! - [`gate`]: the use cases `check`, `verify` and `doctor`, each with its own error type
+//! - [`outcome`]: every error to an exit code, a reason and one operator sentence
 
-mod anchor_rules;
-pub mod aws_identity;
-pub mod check;
-pub mod cli;
-pub mod config;
-pub mod doctor;
-pub mod exec;
-pub mod files;
-pub mod handoff;
-pub mod logging;
-pub mod metering;
-pub mod nonce;
+pub mod aws;
+pub mod domain;
+pub mod gate;
 pub mod outcome;
-pub mod sources;
-pub mod text;
-pub mod token;
-pub mod trust;
-pub mod verify;
-pub mod workload;
 
 /// The README's Rust examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -1,24 +1,28 @@
 //! `entitlement-gate`: supervise, parse, log, run the command, report. The logic lives in the
-//! library.
+//! library; this binary owns the command line and the process.
 
-mod supervisor;
-mod usage;
+mod cli;
 
 use std::ffi::OsString;
 use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
 
-use entitlement_gate::cli::{Cli, Command, LogFormat, DEFAULT_TERMINATION_LOG};
-use entitlement_gate::config::ConfigError;
-use entitlement_gate::outcome::{GateError, Phase, Progress};
-use entitlement_gate::trust::TrustAnchors;
-use entitlement_gate::{check, doctor, exec, handoff, logging, verify};
+use entitlement_gate::aws::workload;
+use entitlement_gate::domain::handoff;
+use entitlement_gate::gate::check::{self, Phase, Progress};
+use entitlement_gate::gate::doctor;
+use entitlement_gate::gate::verify::{Evidence, Requirements, VerifyError};
+use entitlement_gate::outcome::{self, GateError};
 
-use supervisor::Supervisor;
+use cli::args::{ExecArgs, ReportFormat, VerifyArgs};
+use cli::supervisor::Supervisor;
+use cli::{exec, logging, usage, Cli, Command, LogFormat, ANCHORS, DEFAULT_TERMINATION_LOG};
 
-const ANCHORS: TrustAnchors = TrustAnchors::EMBEDDED;
+/// How long the ECS task metadata endpoint may take when `verify` resolves the workload.
+const TASK_METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     // First: until this runs, SIGTERM kills the process without a word.
@@ -39,7 +43,6 @@ fn main() -> ExitCode {
             let _ = handoff::remove_stale(&dir);
         }
     }
-
     // Before parsing, so that a usage error is logged in the format the operator chose.
     let log_format = usage::flag_value(&args, "--log-format")
         .and_then(|value| value.into_string().ok())
@@ -58,10 +61,10 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             let usage = usage::describe(&error, &args, env);
-            let error = GateError::Config(ConfigError::InvalidArgument {
+            let error = GateError::Usage {
                 detail: usage.detail,
                 help: usage.help,
-            });
+            };
             return ExitCode::from(supervisor.conclude(&error));
         }
     };
@@ -74,11 +77,9 @@ fn run(supervisor: &Supervisor, command: Command) -> u8 {
     let result = match command {
         Command::Check(args) => {
             supervisor.arm_watchdog(args.deadline, progress.clone());
-            args.validate(&ANCHORS)
-                .map_err(GateError::from)
-                .and_then(|config| {
-                    block_on(check::run_until(&config, &progress, supervisor.stopped())).map(drop)
-                })
+            args.to_config(&ANCHORS).and_then(|config| {
+                block_on(supervisor.until_stopped(check::run(&config, &progress))).map(drop)
+            })
         }
         Command::Exec(args) => {
             supervisor.arm_watchdog(args.check.deadline, progress.clone());
@@ -86,21 +87,22 @@ fn run(supervisor: &Supervisor, command: Command) -> u8 {
         }
         Command::Verify(args) => {
             supervisor.arm_watchdog(args.deadline, progress.clone());
-            block_on(async {
-                tokio::select! {
-                    result = verify::command(&args, &ANCHORS) => result.map(drop),
-                    signal = supervisor.stopped() => Err(GateError::Interrupted { signal }),
-                }
-            })
+            block_on(supervisor.until_stopped(verify(&args)))
         }
         Command::Doctor(args) => {
             supervisor.arm_watchdog(args.check.deadline, progress.clone());
-            return match block_on(async { Ok(doctor::run(&args, &ANCHORS).await) }) {
-                Ok(diagnosis) => match supervisor.conclude_success() {
+            let diagnosis = block_on(async { Ok(doctor::run(&args.to_request(), &ANCHORS).await) });
+            return match diagnosis {
+                Ok(mut diagnosis) => match supervisor.conclude_success() {
                     Ok(()) => {
-                        let _ =
-                            std::io::stdout().write_all(diagnosis.render(args.format).as_bytes());
-                        diagnosis.exit_code()
+                        diagnosis
+                            .explain(|failure| outcome::report(&GateError::from(failure)).message);
+                        let report = match args.format {
+                            ReportFormat::Text => diagnosis.to_text(),
+                            ReportFormat::Json => diagnosis.to_json(),
+                        };
+                        let _ = std::io::stdout().write_all(report.as_bytes());
+                        outcome::doctor_exit_code(&diagnosis)
                     }
                     Err(code) => code,
                 },
@@ -114,25 +116,42 @@ fn run(supervisor: &Supervisor, command: Command) -> u8 {
     }
 }
 
+/// `verify`: the evidence, checked against this workload without calling AWS.
+async fn verify(args: &VerifyArgs) -> Result<(), GateError> {
+    let (product_code, key) = args.product.resolve(&ANCHORS)?;
+    let workload = workload::resolve(|name| std::env::var(name).ok(), TASK_METADATA_TIMEOUT)
+        .await
+        .map_err(VerifyError::from)?;
+    tracing::debug!(source = %workload.source, "resolved the workload identity");
+    let requirements = Requirements {
+        product_code: &product_code,
+        key: &key,
+        workload: &workload,
+        max_age: args.max_age,
+    };
+    let evidence = Evidence::choose(&args.evidence_request(), std::io::stdin().lock())?;
+    requirements.verify(&evidence, SystemTime::now())?;
+    Ok(())
+}
+
 /// `exec`: the program is found before any metered call, the check runs, and only an entitled
 /// run that was not asked to stop becomes the program.
-fn exec_command(supervisor: &Supervisor, args: &exec::ExecArgs, progress: &Progress) -> u8 {
+fn exec_command(supervisor: &Supervisor, args: &ExecArgs, progress: &Progress) -> u8 {
     let Some((name, program_args)) = args.program.split_first() else {
-        return supervisor.conclude(&GateError::Config(ConfigError::InvalidArgument {
+        return supervisor.conclude(&GateError::Usage {
             detail: "exec needs the program to run after --".to_owned(),
             help: "entitlement-gate exec --help".to_owned(),
-        }));
+        });
     };
     progress.enter(Phase::Configuration);
     let program = match exec::resolve_program(name, std::env::var_os("PATH").as_deref()) {
         Ok(program) => program,
-        Err(error) => return supervisor.conclude(&error.into()),
+        Err(error) => return supervisor.conclude(&error),
     };
     let checked = args
         .check
-        .validate(&ANCHORS)
-        .map_err(GateError::from)
-        .and_then(|config| block_on(check::run_until(&config, progress, supervisor.stopped())));
+        .to_config(&ANCHORS)
+        .and_then(|config| block_on(supervisor.until_stopped(check::run(&config, progress))));
     if let Err(error) = checked {
         return supervisor.conclude(&error);
     }
@@ -145,7 +164,7 @@ fn exec_command(supervisor: &Supervisor, args: &exec::ExecArgs, progress: &Progr
         return code;
     }
     let error = exec::replace_process(&program, name, program_args);
-    supervisor.hand_over_failed(&error.into())
+    supervisor.hand_over_failed(&error)
 }
 
 /// The termination log to write: the configured path, else the Kubernetes default if the

@@ -1,16 +1,20 @@
 //! Outcome: every way a run can end, its exit code, a stable reason identifier for machines,
 //! and the one sentence an operator reads in `kubectl describe pod` or the ECS stopped reason.
+//! This is the only place exit codes live: one `match` over every layer's errors.
 
-use std::fmt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::ConfigError;
-use crate::files::{self, FileError};
-use crate::sources::CredentialSource;
-use crate::token::TokenError;
+use crate::aws::identity::{CredentialSource, IdentityError};
+use crate::aws::metering::{MeteringError, Persisting, SetupRefusal};
+use crate::domain::files::{self, FileError};
+use crate::domain::handoff::HandoffError;
+use crate::domain::key::KeyError;
+use crate::domain::product_code::ProductCodeError;
+use crate::domain::token::TokenError;
+use crate::gate::check::{CheckError, Phase};
+use crate::gate::doctor::{Diagnosis, Failure};
+use crate::gate::verify::VerifyError;
 
 /// The termination log holds at most this many bytes (Kubernetes truncates beyond it).
 pub const TERMINATION_LOG_MAX_BYTES: usize = 4096;
@@ -27,192 +31,42 @@ pub mod exit_code {
     pub const INTERRUPTED: u8 = 8;
 }
 
-/// A setup problem AWS Marketplace reported; each has its own remedy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetupRefusal {
-    PlatformNotSupported,
-    InvalidRegion,
-    InvalidProductCode,
-    InvalidPublicKeyVersion,
-    DisabledApi,
-}
-
-impl SetupRefusal {
-    pub fn code(self) -> &'static str {
-        match self {
-            SetupRefusal::PlatformNotSupported => "PlatformNotSupportedException",
-            SetupRefusal::InvalidRegion => "InvalidRegionException",
-            SetupRefusal::InvalidProductCode => "InvalidProductCodeException",
-            SetupRefusal::InvalidPublicKeyVersion => "InvalidPublicKeyVersionException",
-            SetupRefusal::DisabledApi => "DisabledApiException",
-        }
-    }
-
-    fn reason(self) -> &'static str {
-        match self {
-            SetupRefusal::PlatformNotSupported => "platform_not_supported",
-            SetupRefusal::InvalidRegion => "invalid_region",
-            SetupRefusal::InvalidProductCode => "invalid_product_code",
-            SetupRefusal::InvalidPublicKeyVersion => "invalid_public_key_version",
-            SetupRefusal::DisabledApi => "disabled_api",
-        }
-    }
-}
-
-/// What a RegisterUsage call was about, for messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallContext {
-    pub product_code: String,
-    pub public_key_version: u32,
-    pub region: String,
-}
-
-/// What kind of failure is worth another attempt; the sentence at the deadline depends on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransientKind {
-    /// ThrottlingException, HTTP 429: the account's call quota.
-    Throttled,
-    /// HTTP 500, 502, 503, 504 or InternalServiceErrorException.
-    ServerError,
-    /// Connection refused or reset, DNS, TLS, a body cut off mid-way.
-    Network,
-    /// No answer within the attempt timeout.
-    Timeout,
-}
-
-/// One failed attempt that may be retried, described for the operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransientFailure {
-    pub kind: TransientKind,
-    pub detail: String,
-}
-
-/// Where a run was when its deadline passed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Phase {
-    Configuration,
-    Region,
-    Credentials,
-    Workload,
-    RegisterUsage,
-    Handoff,
-}
-
-impl Phase {
-    const ALL: [Phase; 6] = [
-        Phase::Configuration,
-        Phase::Region,
-        Phase::Credentials,
-        Phase::Workload,
-        Phase::RegisterUsage,
-        Phase::Handoff,
-    ];
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Phase::Configuration => "reading the configuration",
-            Phase::Region => "resolving the AWS Region",
-            Phase::Credentials => "resolving AWS credentials",
-            Phase::Workload => "resolving the workload identity",
-            Phase::RegisterUsage => "calling RegisterUsage",
-            Phase::Handoff => "writing the handoff",
-        })
-    }
-}
-
-/// The phase a run is in, shared with whoever must describe a run that stopped making progress
-/// (the binary's watchdog, which does not depend on the async runtime).
-#[derive(Debug, Clone, Default)]
-pub struct Progress(Arc<AtomicU8>);
-
-impl Progress {
-    pub fn enter(&self, phase: Phase) {
-        self.0.store(phase as u8, Ordering::SeqCst);
-    }
-
-    pub fn current(&self) -> Phase {
-        let value = self.0.load(Ordering::SeqCst);
-        Phase::ALL
-            .into_iter()
-            .find(|phase| *phase as u8 == value)
-            .unwrap_or(Phase::Configuration)
-    }
-}
-
-/// Every way a run can fail.
+/// Every way a run can fail, from every layer.
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("not entitled to {}: {aws_message}", context.product_code)]
-    NotEntitled {
-        context: CallContext,
-        aws_message: String,
-        request_id: Option<String>,
-    },
-    #[error(transparent)]
-    Token(#[from] TokenError),
-    #[error("{}: {aws_message}", refusal.code())]
-    SetupRefused {
-        refusal: SetupRefusal,
-        context: CallContext,
-        aws_message: String,
-        request_id: Option<String>,
-    },
-    #[error("no AWS credentials found")]
-    NoCredentials {
-        tried: Vec<CredentialSource>,
-        /// Whether `AWS_WEB_IDENTITY_TOKEN_FILE` is set, i.e. whether IRSA is configured at all.
-        web_identity_configured: bool,
-    },
-    #[error("the {provider} credential provider failed: {detail}")]
-    CredentialsFailed {
-        provider: CredentialSource,
+    /// The command line (or an environment variable standing in for a flag) is wrong.
+    #[error("invalid command line: {detail}")]
+    Usage {
         detail: String,
+        /// The `--help` that explains the command, e.g. `entitlement-gate check --help`.
+        help: String,
     },
-    #[error("{code}: {aws_message}")]
-    AccessDenied {
-        code: String,
-        aws_message: String,
-        credentials_from: CredentialSource,
-        request_id: Option<String>,
-    },
-    #[error("RegisterUsage kept failing ({attempts} attempts in {elapsed:?}); last error: {}", last.detail)]
-    Unreachable {
-        attempts: u32,
-        elapsed: Duration,
-        last: TransientFailure,
-        endpoint: String,
-        request_id: Option<String>,
-    },
+    #[error("cannot start {program}: {reason}")]
+    ProgramNotStarted { program: String, reason: String },
+    #[error(transparent)]
+    ProductCode(#[from] ProductCodeError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Check(#[from] CheckError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// The process's watchdog: the run was stuck past its deadline.
     #[error("the {deadline:?} deadline passed while {phase}")]
     DeadlineExceeded { phase: Phase, deadline: Duration },
     #[error("stopped by {signal}")]
     Interrupted { signal: &'static str },
-    #[error("RegisterUsage answered HTTP {status} {code}: {aws_message}")]
-    UnexpectedResponse {
-        status: u16,
-        code: String,
-        aws_message: String,
-        request_id: Option<String>,
-    },
     #[error("{0}")]
     Internal(String),
 }
 
-impl GateError {
-    /// The AWS request ID of the last answer that led here, when there was one.
-    pub fn request_id(&self) -> Option<&str> {
-        match self {
-            GateError::NotEntitled { request_id, .. }
-            | GateError::SetupRefused { request_id, .. }
-            | GateError::AccessDenied { request_id, .. }
-            | GateError::Unreachable { request_id, .. }
-            | GateError::UnexpectedResponse { request_id, .. } => request_id.as_deref(),
-            _ => None,
+impl From<Failure> for GateError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Identity(e) => GateError::Check(CheckError::Identity(e)),
+            Failure::ProductCode(e) => GateError::ProductCode(e),
+            Failure::Key(e) => GateError::Key(e),
+            Failure::Check(e) => GateError::Check(e),
         }
     }
 }
@@ -227,77 +81,125 @@ pub struct Report {
     pub request_id: Option<String>,
 }
 
+/// `doctor`'s exit code: 0 when no check failed, else 1.
+pub fn doctor_exit_code(diagnosis: &Diagnosis) -> u8 {
+    if diagnosis.failed() {
+        exit_code::INTERNAL
+    } else {
+        0
+    }
+}
+
 /// Maps an error to its exit code, reason and one actionable sentence: what happened, what to
 /// check.
 pub fn report(error: &GateError) -> Report {
     use exit_code::*;
+    use CheckError as C;
+    use GateError as G;
+    use MeteringError as M;
+    let token = |reason, e: &dyn std::fmt::Display, hint: &str| {
+        (
+            TOKEN_REJECTED,
+            reason,
+            format!("The RegisterUsage token failed verification: {e}; {hint}."),
+        )
+    };
+    const KEY_HINT: &str = "check that the configured public key is the one AWS Marketplace \
+                            issued for this key version, and that nothing between the workload \
+                            and the metering endpoint rewrites responses";
     let (exit_code, reason, message) = match error {
-        GateError::Config(e) => (CONFIG, e.reason(), config_message(e)),
-        GateError::NotEntitled {
-            context,
-            aws_message,
-            ..
-        } => (
-            NOT_ENTITLED,
-            "not_entitled",
-            format!(
-                "Not entitled: AWS Marketplace reports no active subscription to product {} for \
-                 this AWS account in {} ({aws_message}); the buyer must subscribe to the product \
-                 in AWS Marketplace with the account this workload runs in.",
-                context.product_code, context.region
+        G::Usage { help, .. } => (CONFIG, "usage", configuration(error, &format!("see {help}"))),
+        G::ProgramNotStarted { .. } => (
+            CONFIG,
+            "program_not_started",
+            configuration(
+                error,
+                "check the command after --: an absolute path or a program on PATH, executable \
+                 in this image",
             ),
         ),
-        GateError::Token(e) => {
+        G::ProductCode(e) => {
             let (reason, hint) = match e {
-                TokenError::NoHandoff { .. } => (
-                    "no_handoff",
-                    "check that the entitlement-gate init container ran with \
-                     ENTITLEMENT_GATE_HANDOFF_DIR on a volume this container also mounts",
+                ProductCodeError::Missing => (
+                    "missing_product_code",
+                    "set ENTITLEMENT_GATE_PRODUCT_CODE (or --product-code) to the product code \
+                     from the AWS Marketplace Management Portal",
                 ),
-                TokenError::NonceNotWorkloadBound => (
-                    "nonce_not_bound",
-                    "restart the workload so its gate checks the entitlement again (a handoff or \
-                     token made by hand, or by an older gate, is never accepted)",
+                ProductCodeError::Invalid { .. } => (
+                    "malformed_product_code",
+                    "copy the product code exactly from the AWS Marketplace Management Portal",
                 ),
-                TokenError::NonceForOtherWorkload { .. } => (
-                    "other_workload",
-                    "a handoff is valid only in the pod or task whose gate obtained it, so restart \
-                     this workload to let its own gate run, and give the gate and the app \
-                     container the same ENTITLEMENT_GATE_WORKLOAD_ID (the Helm chart sets the pod \
-                     UID)",
-                ),
-                TokenError::TooOld { .. } => (
-                    "token_too_old",
-                    "restart the workload so the gate checks the entitlement again, or raise \
-                     --max-age",
-                ),
-                _ => (
-                    "token_rejected",
-                    "check that the configured public key is the one AWS Marketplace issued for \
-                     this key version, and that nothing between the workload and the metering \
-                     endpoint rewrites responses",
+                ProductCodeError::Untrusted { .. } => (
+                    "untrusted_product_code",
+                    "this image only runs the product codes it was built for; use the seller's \
+                     chart values unchanged",
                 ),
             };
-            (
-                TOKEN_REJECTED,
-                reason,
-                format!("The RegisterUsage token failed verification: {e}; {hint}."),
-            )
+            (CONFIG, reason, configuration(error, hint))
         }
-        GateError::SetupRefused {
-            refusal,
-            context,
-            aws_message,
-            ..
-        } => (
-            SETUP_REFUSED,
-            refusal.reason(),
-            setup_message(*refusal, context, aws_message),
+        G::Key(e) => {
+            let (reason, hint) = match e {
+                KeyError::Missing => (
+                    "missing_key",
+                    "set ENTITLEMENT_GATE_PUBLIC_KEY_FILE (or ENTITLEMENT_GATE_PUBLIC_KEY) to the \
+                     public key AWS Marketplace Seller Operations issued for this key version",
+                ),
+                KeyError::Conflicting => (
+                    "conflicting_keys",
+                    "configure the public key once, as a file or as text",
+                ),
+                KeyError::RuntimeKeyRefused => (
+                    "runtime_key_refused",
+                    "unset ENTITLEMENT_GATE_PUBLIC_KEY and ENTITLEMENT_GATE_PUBLIC_KEY_FILE (the \
+                     Helm value entitlementGate.publicKey) for this image",
+                ),
+                KeyError::NoEmbeddedKey { .. } => (
+                    "no_embedded_key",
+                    "set ENTITLEMENT_GATE_PUBLIC_KEY_VERSION to an embedded version, or use an \
+                     image built with the new key",
+                ),
+                KeyError::Unreadable { .. } => (
+                    "unreadable_key",
+                    "check the file path and the volume that mounts it",
+                ),
+                KeyError::Invalid { .. } => (
+                    "invalid_key",
+                    "use the SPKI PEM (-----BEGIN PUBLIC KEY-----) AWS Marketplace issued",
+                ),
+                KeyError::Weak { .. } => (
+                    "weak_key",
+                    "use the RSA key AWS Marketplace issued for this product, never the 1024-bit \
+                     sample key from AWS's documentation",
+                ),
+                KeyError::Published { .. } => (
+                    "published_key",
+                    "anyone can sign tokens this key accepts; use the RSA key AWS Marketplace \
+                     issued for this product",
+                ),
+            };
+            (CONFIG, reason, configuration(error, hint))
+        }
+        G::Check(C::Identity(IdentityError::NoRegion)) => (
+            CONFIG,
+            "no_region",
+            configuration(
+                error,
+                "run on ECS or EKS, where the platform sets AWS_REGION, or set AWS_REGION yourself",
+            ),
         ),
-        GateError::NoCredentials {
+        G::Check(C::Identity(IdentityError::AwsFile { .. })) => (
+            CONFIG,
+            "aws_file",
+            configuration(
+                error,
+                "the AWS SDK reads this file whole, so point the variable at an ordinary file \
+                 (or unset it)",
+            ),
+        ),
+        G::Check(C::Identity(IdentityError::NoCredentials {
             tried,
             web_identity_configured,
-        } => {
+        })) => {
             let tried = tried
                 .iter()
                 .map(ToString::to_string)
@@ -320,7 +222,7 @@ pub fn report(error: &GateError) -> Report {
                 ),
             )
         }
-        GateError::CredentialsFailed { provider, detail } => (
+        G::Check(C::Identity(IdentityError::CredentialsFailed { provider, detail })) => (
             CREDENTIALS,
             "credentials_failed",
             format!(
@@ -328,12 +230,72 @@ pub fn report(error: &GateError) -> Report {
                 credential_remedy(*provider)
             ),
         ),
-        GateError::AccessDenied {
+        G::Check(C::Handoff(HandoffError::Directory { .. })) => (
+            CONFIG,
+            "handoff_dir",
+            configuration(
+                error,
+                "mount a writable volume (e.g. an emptyDir) at ENTITLEMENT_GATE_HANDOFF_DIR",
+            ),
+        ),
+        G::Check(C::Handoff(e)) => internal(e),
+        G::Check(C::Workload(e)) => (
+            INTERNAL,
+            "workload_unknown",
+            format!(
+                "The workload identity could not be determined ({e}); the gate binds its proof \
+                 to this workload, so set ENTITLEMENT_GATE_WORKLOAD_ID in the gate and the app \
+                 container (the Helm chart sets it to the pod UID)."
+            ),
+        ),
+        G::Verify(VerifyError::Workload(e)) => (
+            INTERNAL,
+            "workload_unknown",
+            format!(
+                "The workload identity could not be determined ({e}); verify checks that the \
+                 handoff was made in this workload, so set ENTITLEMENT_GATE_WORKLOAD_ID in the \
+                 gate and the app container (the Helm chart sets it to the pod UID)."
+            ),
+        ),
+        G::Check(C::Metering(M::NotEntitled {
+            product_code,
+            region,
+            aws_message,
+            ..
+        })) => (
+            NOT_ENTITLED,
+            "not_entitled",
+            format!(
+                "Not entitled: AWS Marketplace reports no active subscription to product \
+                 {product_code} for this AWS account in {region} ({aws_message}); the buyer must \
+                 subscribe to the product in AWS Marketplace with the account this workload runs \
+                 in."
+            ),
+        ),
+        G::Check(C::Metering(M::SetupRefused {
+            refusal,
+            product_code,
+            public_key_version,
+            region,
+            aws_message,
+            ..
+        })) => (
+            SETUP_REFUSED,
+            setup_reason(*refusal),
+            setup_message(
+                *refusal,
+                product_code,
+                *public_key_version,
+                region,
+                aws_message,
+            ),
+        ),
+        G::Check(C::Metering(M::AccessDenied {
             code,
             aws_message,
             credentials_from,
             ..
-        } => (
+        })) => (
             CREDENTIALS,
             "access_denied",
             format!(
@@ -343,72 +305,50 @@ pub fn report(error: &GateError) -> Report {
                  AWSMarketplaceMeteringRegisterUsage."
             ),
         ),
-        GateError::Unreachable {
-            attempts,
-            elapsed,
-            last,
-            endpoint,
-            ..
-        } => {
-            let seconds = elapsed.as_secs_f64();
-            let detail = &last.detail;
-            let (reason, message) = match last.kind {
-                TransientKind::Throttled => (
-                    "throttled",
-                    format!(
-                        "AWS Marketplace Metering throttled RegisterUsage for {seconds:.1} s over \
-                         {attempts} attempts (last: {detail}); every workload of this AWS account \
-                         in this Region shares a quota of 5 RegisterUsage calls per second, so \
-                         raise ENTITLEMENT_GATE_DEADLINE (--deadline) to give a large rollout \
-                         time, or start fewer pods at once."
-                    ),
-                ),
-                TransientKind::ServerError => (
-                    "service_unavailable",
-                    format!(
-                        "AWS Marketplace Metering at {endpoint} kept failing for {seconds:.1} s \
-                         over {attempts} attempts (last: {detail}); the service, or a proxy in \
-                         front of it, is failing: Kubernetes restarts the init container by \
-                         itself, raise ENTITLEMENT_GATE_DEADLINE to wait longer, and check the AWS \
-                         Health Dashboard and any proxy if it persists."
-                    ),
-                ),
-                TransientKind::Network | TransientKind::Timeout => (
-                    "unreachable",
-                    format!(
-                        "AWS Marketplace Metering at {endpoint} kept failing for {seconds:.1} s \
-                         over {attempts} attempts (last: {detail}); check network egress to the \
-                         metering endpoint (security groups, NAT, VPC endpoint, proxy) or raise \
-                         ENTITLEMENT_GATE_DEADLINE."
-                    ),
-                ),
-            };
-            (UNREACHABLE, reason, message)
-        }
-        GateError::DeadlineExceeded { phase, deadline } => (
+        G::Check(C::Metering(M::Throttled(Persisting { gave_up, .. }))) => (
             UNREACHABLE,
-            "deadline_exceeded",
+            "throttled",
             format!(
-                "The {} s deadline passed while {phase}; {}.",
-                deadline.as_secs_f64(),
-                deadline_remedy(*phase)
+                "AWS Marketplace Metering throttled RegisterUsage for {:.1} s over {} attempts \
+                 (last: {}); every workload of this AWS account in this Region shares a quota of \
+                 5 RegisterUsage calls per second, so raise ENTITLEMENT_GATE_DEADLINE \
+                 (--deadline) to give a large rollout time, or start fewer pods at once.",
+                gave_up.elapsed.as_secs_f64(),
+                gave_up.attempts,
+                gave_up.last.detail
             ),
         ),
-        GateError::Interrupted { signal } => (
-            INTERRUPTED,
-            "interrupted",
+        G::Check(C::Metering(M::ServiceUnavailable(Persisting { gave_up, endpoint }))) => (
+            UNREACHABLE,
+            "service_unavailable",
             format!(
-                "Stopped by {signal} before the entitlement was decided; the platform stopped \
-                 the container (pod deleted, task stopped or node drained), retry by starting \
-                 it again."
+                "AWS Marketplace Metering at {endpoint} kept failing for {:.1} s over {} attempts \
+                 (last: {}); the service, or a proxy in front of it, is failing: Kubernetes \
+                 restarts the init container by itself, raise ENTITLEMENT_GATE_DEADLINE to wait \
+                 longer, and check the AWS Health Dashboard and any proxy if it persists.",
+                gave_up.elapsed.as_secs_f64(),
+                gave_up.attempts,
+                gave_up.last.detail
             ),
         ),
-        GateError::UnexpectedResponse {
+        G::Check(C::Metering(M::Unreachable(Persisting { gave_up, endpoint }))) => (
+            UNREACHABLE,
+            "unreachable",
+            format!(
+                "AWS Marketplace Metering at {endpoint} kept failing for {:.1} s over {} attempts \
+                 (last: {}); check network egress to the metering endpoint (security groups, \
+                 NAT, VPC endpoint, proxy) or raise ENTITLEMENT_GATE_DEADLINE.",
+                gave_up.elapsed.as_secs_f64(),
+                gave_up.attempts,
+                gave_up.last.detail
+            ),
+        ),
+        G::Check(C::Metering(M::UnexpectedResponse {
             status,
             code,
             aws_message,
             ..
-        } => (
+        })) => (
             INTERNAL,
             "unexpected_response",
             format!(
@@ -417,17 +357,123 @@ pub fn report(error: &GateError) -> Report {
                  and report this to the seller."
             ),
         ),
-        GateError::Internal(detail) => (
-            INTERNAL,
-            "internal",
-            format!("Unexpected internal error: {detail}; report this to the seller."),
+        G::Check(C::Metering(M::RequestNotBuilt(_))) => (
+            CONFIG,
+            "request_not_built",
+            configuration(
+                error,
+                "check AWS_REGION and any AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_MARKETPLACE_METERING",
+            ),
         ),
+        G::Check(C::Metering(e @ (M::NoSignature | M::ResponseTooLarge { .. }))) => {
+            token("token_rejected", e, KEY_HINT)
+        }
+        G::Check(C::Metering(M::Unreadable(detail))) => token(
+            "token_rejected",
+            &format!("the token is malformed: {detail}"),
+            KEY_HINT,
+        ),
+        G::Check(C::Metering(e @ M::Sdk(_))) => internal(e),
+        G::Check(C::Token(e)) | G::Verify(VerifyError::Token(e)) => match e {
+            TokenError::TooOld { .. } => token(
+                "token_too_old",
+                e,
+                "restart the workload so the gate checks the entitlement again, or raise \
+                 --max-age",
+            ),
+            _ => token("token_rejected", e, KEY_HINT),
+        },
+        G::Verify(e @ VerifyError::NoHandoff { .. }) => token(
+            "no_handoff",
+            e,
+            "check that the entitlement-gate init container ran with ENTITLEMENT_GATE_HANDOFF_DIR \
+             on a volume this container also mounts",
+        ),
+        G::Verify(e @ VerifyError::NonceNotWorkloadBound) => token(
+            "nonce_not_bound",
+            e,
+            "restart the workload so its gate checks the entitlement again (a handoff or token \
+             made by hand, or by an older gate, is never accepted)",
+        ),
+        G::Verify(e @ VerifyError::NonceForOtherWorkload { .. }) => token(
+            "other_workload",
+            e,
+            "a handoff is valid only in the pod or task whose gate obtained it, so restart this \
+             workload to let its own gate run, and give the gate and the app container the same \
+             ENTITLEMENT_GATE_WORKLOAD_ID (the Helm chart sets the pod UID)",
+        ),
+        G::Verify(VerifyError::MissingNonce) => (
+            CONFIG,
+            "missing_nonce",
+            configuration(error, "pass --nonce with --token, or verify the handoff file"),
+        ),
+        G::Verify(VerifyError::NoTokenGiven | VerifyError::Stdin(_)) => (
+            CONFIG,
+            "no_token",
+            configuration(
+                error,
+                "pass --handoff, --handoff-dir (ENTITLEMENT_GATE_HANDOFF_DIR), --token, or a token \
+                 on stdin",
+            ),
+        ),
+        G::DeadlineExceeded { phase, deadline }
+        | G::Check(C::DeadlineExceeded { phase, deadline }) => (
+            UNREACHABLE,
+            "deadline_exceeded",
+            format!(
+                "The {} s deadline passed while {phase}; {}.",
+                deadline.as_secs_f64(),
+                deadline_remedy(*phase)
+            ),
+        ),
+        G::Interrupted { signal } => (
+            INTERRUPTED,
+            "interrupted",
+            format!(
+                "Stopped by {signal} before the entitlement was decided; the platform stopped \
+                 the container (pod deleted, task stopped or node drained), retry by starting \
+                 it again."
+            ),
+        ),
+        G::Check(e @ C::Randomness(_)) => internal(e),
+        G::Internal(detail) => internal(detail),
     };
     Report {
         exit_code,
         reason,
         message,
-        request_id: error.request_id().map(str::to_owned),
+        request_id: request_id(error).map(str::to_owned),
+    }
+}
+
+/// The AWS request ID of the last answer that led to `error`, when there was one.
+fn request_id(error: &GateError) -> Option<&str> {
+    match error {
+        GateError::Check(CheckError::Metering(e)) => e.request_id(),
+        _ => None,
+    }
+}
+
+/// `Configuration error: <what>; <hint>.`
+fn configuration(error: &GateError, hint: &str) -> String {
+    format!("Configuration error: {error}; {hint}.")
+}
+
+fn internal(detail: &dyn std::fmt::Display) -> (u8, &'static str, String) {
+    (
+        exit_code::INTERNAL,
+        "internal",
+        format!("Unexpected internal error: {detail}; report this to the seller."),
+    )
+}
+
+fn setup_reason(refusal: SetupRefusal) -> &'static str {
+    match refusal {
+        SetupRefusal::PlatformNotSupported => "platform_not_supported",
+        SetupRefusal::InvalidRegion => "invalid_region",
+        SetupRefusal::InvalidProductCode => "invalid_product_code",
+        SetupRefusal::InvalidPublicKeyVersion => "invalid_public_key_version",
+        SetupRefusal::DisabledApi => "disabled_api",
     }
 }
 
@@ -489,76 +535,13 @@ fn deadline_remedy(phase: Phase) -> &'static str {
     }
 }
 
-fn config_message(error: &ConfigError) -> String {
-    let see_help;
-    let hint = match error {
-        ConfigError::InvalidArgument { help, .. } => {
-            see_help = format!("see {help}");
-            &see_help
-        }
-        ConfigError::MissingProductCode => {
-            "set ENTITLEMENT_GATE_PRODUCT_CODE (or --product-code) to the product code from the \
-             AWS Marketplace Management Portal"
-        }
-        ConfigError::InvalidProductCode { .. } => {
-            "copy the product code exactly from the AWS Marketplace Management Portal"
-        }
-        ConfigError::UntrustedProductCode { .. } => {
-            "this image only runs the product codes it was built for; use the seller's chart \
-             values unchanged"
-        }
-        ConfigError::MissingKey => {
-            "set ENTITLEMENT_GATE_PUBLIC_KEY_FILE (or ENTITLEMENT_GATE_PUBLIC_KEY) to the public \
-             key AWS Marketplace Seller Operations issued for this key version"
-        }
-        ConfigError::ConflictingKeys => "configure the public key once, as a file or as text",
-        ConfigError::RuntimeKeyRefused => {
-            "unset ENTITLEMENT_GATE_PUBLIC_KEY and ENTITLEMENT_GATE_PUBLIC_KEY_FILE (the Helm \
-             value entitlementGate.publicKey) for this image"
-        }
-        ConfigError::NoEmbeddedKey { .. } => {
-            "set ENTITLEMENT_GATE_PUBLIC_KEY_VERSION to an embedded version, or use an image \
-             built with the new key"
-        }
-        ConfigError::UnreadableKey { .. } => "check the file path and the volume that mounts it",
-        ConfigError::InvalidKey { .. } => {
-            "use the SPKI PEM (-----BEGIN PUBLIC KEY-----) AWS Marketplace issued"
-        }
-        ConfigError::WeakKey { .. } => {
-            "use the RSA key AWS Marketplace issued for this product, never the 1024-bit sample \
-             key from AWS's documentation"
-        }
-        ConfigError::PublishedKey { .. } => {
-            "anyone can sign tokens this key accepts; use the RSA key AWS Marketplace issued for \
-             this product"
-        }
-        ConfigError::HandoffDir { .. } => {
-            "mount a writable volume (e.g. an emptyDir) at ENTITLEMENT_GATE_HANDOFF_DIR"
-        }
-        ConfigError::AwsFile { .. } => {
-            "the AWS SDK reads this file whole, so point the variable at an ordinary file (or \
-             unset it)"
-        }
-        ConfigError::NoRegion => {
-            "run on ECS or EKS, where the platform sets AWS_REGION, or set AWS_REGION yourself"
-        }
-        ConfigError::RequestNotBuilt(_) => {
-            "check AWS_REGION and any AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_MARKETPLACE_METERING"
-        }
-        ConfigError::MissingNonce => "pass --nonce with --token, or verify the handoff file",
-        ConfigError::NoTokenGiven => {
-            "pass --handoff, --handoff-dir (ENTITLEMENT_GATE_HANDOFF_DIR), --token, or a token on \
-             stdin"
-        }
-        ConfigError::ProgramNotStarted { .. } => {
-            "check the command after --: an absolute path or a program on PATH, executable in \
-             this image"
-        }
-    };
-    format!("Configuration error: {error}; {hint}.")
-}
-
-fn setup_message(refusal: SetupRefusal, context: &CallContext, aws_message: &str) -> String {
+fn setup_message(
+    refusal: SetupRefusal,
+    product_code: &str,
+    public_key_version: u32,
+    region: &str,
+    aws_message: &str,
+) -> String {
     let code = refusal.code();
     let hint = match refusal {
         SetupRefusal::PlatformNotSupported => {
@@ -569,17 +552,17 @@ fn setup_message(refusal: SetupRefusal, context: &CallContext, aws_message: &str
         SetupRefusal::InvalidRegion => format!(
             "the call was signed for {}, which is not where the workload runs; do not hard-code \
              a Region, leave AWS_REGION to the platform",
-            context.region
+            region
         ),
         SetupRefusal::InvalidProductCode => format!(
             "AWS Marketplace does not know product code {}; check ENTITLEMENT_GATE_PRODUCT_CODE \
              against the AWS Marketplace Management Portal",
-            context.product_code
+            product_code
         ),
         SetupRefusal::InvalidPublicKeyVersion => format!(
             "public key version {} is not valid for this product; check \
              ENTITLEMENT_GATE_PUBLIC_KEY_VERSION with the seller",
-            context.public_key_version
+            public_key_version
         ),
         SetupRefusal::DisabledApi => {
             "RegisterUsage is disabled for this product or account; the seller must contact \
@@ -628,15 +611,11 @@ pub fn conclude(error: &GateError, termination_log: Option<&Path>) -> u8 {
 mod tests {
     use super::exit_code::*;
     use super::*;
-    use crate::token::Claim;
-
-    fn context() -> CallContext {
-        CallContext {
-            product_code: "prod-abc".into(),
-            public_key_version: 1,
-            region: "eu-west-1".into(),
-        }
-    }
+    use crate::aws::retry::{GaveUp, TransientFailure, TransientKind};
+    use crate::aws::workload::WorkloadError;
+    use crate::domain::key::KeySource;
+    use crate::domain::token::Claim;
+    use crate::domain::workload::WorkloadIdSource;
 
     fn assert_report(error: GateError, code: u8, mentions: &[&str]) -> Report {
         let report = report(&error);
@@ -669,110 +648,130 @@ mod tests {
         report
     }
 
+    fn metering(error: MeteringError) -> GateError {
+        GateError::Check(CheckError::Metering(error))
+    }
+
     #[test]
     fn configuration_errors_exit_2_and_say_what_to_set() {
-        let cases: Vec<(ConfigError, &str)> = vec![
+        let cases: Vec<(GateError, &str)> = vec![
             (
-                ConfigError::InvalidArgument {
+                GateError::Usage {
                     detail: "bad flag".into(),
                     help: "entitlement-gate check --help".into(),
                 },
                 "check --help",
             ),
             (
-                ConfigError::MissingProductCode,
+                ProductCodeError::Missing.into(),
                 "ENTITLEMENT_GATE_PRODUCT_CODE",
             ),
             (
-                ConfigError::InvalidProductCode {
+                ProductCodeError::Invalid {
                     code: "a b".into(),
                     reason: "spaces",
-                },
+                }
+                .into(),
                 "Management Portal",
             ),
             (
-                ConfigError::UntrustedProductCode { code: "x".into() },
+                ProductCodeError::Untrusted { code: "x".into() }.into(),
                 "built for",
             ),
-            (ConfigError::MissingKey, "ENTITLEMENT_GATE_PUBLIC_KEY_FILE"),
-            (ConfigError::ConflictingKeys, "once"),
+            (KeyError::Missing.into(), "ENTITLEMENT_GATE_PUBLIC_KEY_FILE"),
+            (KeyError::Conflicting.into(), "once"),
             (
-                ConfigError::RuntimeKeyRefused,
+                KeyError::RuntimeKeyRefused.into(),
                 "unset ENTITLEMENT_GATE_PUBLIC_KEY",
             ),
             (
-                ConfigError::NoEmbeddedKey {
+                KeyError::NoEmbeddedKey {
                     version: 3,
                     available: vec![1],
-                },
+                }
+                .into(),
                 "ENTITLEMENT_GATE_PUBLIC_KEY_VERSION",
             ),
             (
-                ConfigError::UnreadableKey {
+                KeyError::Unreadable {
                     path: "/k.pem".into(),
                     source: FileError::NotRegular { kind: "FIFO" },
-                },
+                }
+                .into(),
                 "/k.pem: it is a FIFO",
             ),
             (
-                ConfigError::InvalidKey {
-                    origin: crate::config::KeySource::Inline,
+                KeyError::Invalid {
+                    origin: KeySource::Inline,
                     reason: "x".into(),
-                },
+                }
+                .into(),
                 "BEGIN PUBLIC KEY",
             ),
             (
-                ConfigError::WeakKey {
-                    origin: crate::config::KeySource::Inline,
+                KeyError::Weak {
+                    origin: KeySource::Inline,
                     bits: 1024,
-                },
+                }
+                .into(),
                 "1024-bit",
             ),
             (
-                ConfigError::PublishedKey {
-                    origin: crate::config::KeySource::Inline,
+                KeyError::Published {
+                    origin: KeySource::Inline,
                     name: "jwt.io's demo key",
-                },
+                }
+                .into(),
                 "anyone can sign",
             ),
             (
-                ConfigError::HandoffDir {
+                CheckError::Handoff(HandoffError::Directory {
                     path: "/h".into(),
                     reason: "missing".into(),
-                },
+                })
+                .into(),
                 "emptyDir",
             ),
-            (ConfigError::NoRegion, "AWS_REGION"),
             (
-                ConfigError::AwsFile {
+                CheckError::Identity(IdentityError::NoRegion).into(),
+                "AWS_REGION",
+            ),
+            (
+                CheckError::Identity(IdentityError::AwsFile {
                     variable: "AWS_CONFIG_FILE",
                     path: "/fifo".into(),
                     problem: FileError::NotRegular { kind: "FIFO" },
-                },
+                })
+                .into(),
                 "AWS_CONFIG_FILE=/fifo",
             ),
             (
-                ConfigError::RequestNotBuilt("bad endpoint".into()),
+                metering(MeteringError::RequestNotBuilt("bad endpoint".into())),
                 "AWS_ENDPOINT_URL",
             ),
+            (
+                GateError::ProgramNotStarted {
+                    program: "/app".into(),
+                    reason: "missing".into(),
+                },
+                "/app",
+            ),
+            (VerifyError::MissingNonce.into(), "--nonce"),
         ];
         for (error, mention) in cases {
-            assert_report(
-                GateError::Config(error),
-                CONFIG,
-                &["Configuration error", mention],
-            );
+            assert_report(error, CONFIG, &["Configuration error", mention]);
         }
     }
 
     #[test]
     fn not_entitled_exits_3_and_points_at_the_subscription() {
         let report = assert_report(
-            GateError::NotEntitled {
-                context: context(),
+            metering(MeteringError::NotEntitled {
+                product_code: "prod-abc".into(),
+                region: "eu-west-1".into(),
                 aws_message: "no subscription".into(),
                 request_id: Some("req-1".into()),
-            },
+            }),
             NOT_ENTITLED,
             &["prod-abc", "subscribe", "eu-west-1"],
         );
@@ -782,44 +781,73 @@ mod tests {
 
     #[test]
     fn token_rejections_exit_4_and_name_the_problem() {
-        for error in [
-            TokenError::Missing,
-            TokenError::TooLarge { len: 20000 },
-            TokenError::ResponseTooLarge { limit: 65536 },
-            TokenError::Malformed("x".into()),
-            TokenError::Algorithm("HS256".into()),
-            TokenError::BadSignature { version: 1 },
-            TokenError::MissingClaim(Claim::IssuedAt),
-            TokenError::ClaimMismatch {
-                claim: Claim::Nonce,
-                expected: "a".into(),
-                found: "b".into(),
-            },
-            TokenError::IssuedInFuture { iat: 2, now: 1 },
-            TokenError::Expired { exp: 1, now: 2 },
-            TokenError::TooOld {
-                iat: 1,
-                max_age_secs: 60,
-                now: 100,
-            },
-            TokenError::NoHandoff {
-                path: "/h/entitlement.json".into(),
-                reason: "not found".into(),
-            },
-            TokenError::NonceNotWorkloadBound,
-            TokenError::NonceForOtherWorkload {
-                identified_by: crate::workload::WorkloadIdSource::Configured,
-            },
-        ] {
-            let detail = error.to_string();
-            let hint = match error {
-                TokenError::NoHandoff { .. } => "ENTITLEMENT_GATE_HANDOFF_DIR",
-                TokenError::TooOld { .. } => "--max-age",
-                TokenError::NonceNotWorkloadBound => "restart the workload",
-                TokenError::NonceForOtherWorkload { .. } => "ENTITLEMENT_GATE_WORKLOAD_ID",
-                _ => "public key",
-            };
-            assert_report(GateError::Token(error), TOKEN_REJECTED, &[&detail, hint]);
+        let token = |e: TokenError| GateError::Check(CheckError::Token(e));
+        let cases: Vec<(GateError, &str)> = vec![
+            (metering(MeteringError::NoSignature), "without a Signature"),
+            (
+                metering(MeteringError::ResponseTooLarge { limit: 65536 }),
+                "more than 65536 bytes",
+            ),
+            (
+                metering(MeteringError::Unreadable("not its JSON".into())),
+                "malformed: not its JSON",
+            ),
+            (token(TokenError::TooLarge { len: 20000 }), "20000 bytes"),
+            (token(TokenError::Malformed("x".into())), "malformed"),
+            (token(TokenError::Algorithm("HS256".into())), "HS256"),
+            (token(TokenError::BadSignature { version: 1 }), "signature"),
+            (token(TokenError::MissingClaim(Claim::IssuedAt)), "iat"),
+            (
+                token(TokenError::ClaimMismatch {
+                    claim: Claim::Nonce,
+                    expected: "a".into(),
+                    found: "b".into(),
+                }),
+                "nonce",
+            ),
+            (
+                token(TokenError::IssuedInFuture { iat: 2, now: 1 }),
+                "issued",
+            ),
+            (token(TokenError::Expired { exp: 1, now: 2 }), "expired"),
+            (
+                VerifyError::Token(TokenError::TooOld {
+                    iat: 1,
+                    max_age_secs: 60,
+                    now: 100,
+                })
+                .into(),
+                "--max-age",
+            ),
+            (
+                VerifyError::NoHandoff {
+                    path: "/h/entitlement.json".into(),
+                    reason: "not found".into(),
+                }
+                .into(),
+                "ENTITLEMENT_GATE_HANDOFF_DIR",
+            ),
+            (
+                VerifyError::NonceNotWorkloadBound.into(),
+                "restart the workload",
+            ),
+            (
+                VerifyError::NonceForOtherWorkload {
+                    identified_by: WorkloadIdSource::Configured,
+                }
+                .into(),
+                "ENTITLEMENT_GATE_WORKLOAD_ID",
+            ),
+        ];
+        for (error, mention) in cases {
+            let report = assert_report(error, TOKEN_REJECTED, &[mention]);
+            assert!(
+                report
+                    .message
+                    .starts_with("The RegisterUsage token failed verification: "),
+                "{}",
+                report.message
+            );
         }
     }
 
@@ -836,12 +864,14 @@ mod tests {
             (SetupRefusal::DisabledApi, "Seller Operations"),
         ] {
             assert_report(
-                GateError::SetupRefused {
+                metering(MeteringError::SetupRefused {
                     refusal,
-                    context: context(),
+                    product_code: "prod-abc".into(),
+                    public_key_version: 1,
+                    region: "eu-west-1".into(),
                     aws_message: "m".into(),
                     request_id: None,
-                },
+                }),
                 SETUP_REFUSED,
                 &[refusal.code(), mention],
             );
@@ -850,14 +880,15 @@ mod tests {
 
     #[test]
     fn credential_problems_exit_6_and_name_the_role_to_fix() {
+        let identity = |e| GateError::Check(CheckError::Identity(e));
         let not_configured = assert_report(
-            GateError::NoCredentials {
+            identity(IdentityError::NoCredentials {
                 tried: vec![
                     CredentialSource::Environment,
                     CredentialSource::WebIdentityToken,
                 ],
                 web_identity_configured: false,
-            },
+            }),
             CREDENTIALS,
             &[
                 "IRSA is not configured",
@@ -867,18 +898,18 @@ mod tests {
         );
         assert!(!not_configured.message.contains("trust policy"));
         assert_report(
-            GateError::CredentialsFailed {
+            identity(IdentityError::CredentialsFailed {
                 provider: CredentialSource::WebIdentityToken,
                 detail: "denied".into(),
-            },
+            }),
             CREDENTIALS,
             &["trust policy"],
         );
         let profile = assert_report(
-            GateError::CredentialsFailed {
+            identity(IdentityError::CredentialsFailed {
                 provider: CredentialSource::Profile,
                 detail: "bad profile".into(),
-            },
+            }),
             CREDENTIALS,
             &["AWS_CONFIG_FILE"],
         );
@@ -888,12 +919,12 @@ mod tests {
             profile.message
         );
         assert_report(
-            GateError::AccessDenied {
+            metering(MeteringError::AccessDenied {
                 code: "AccessDeniedException".into(),
                 aws_message: "not authorized".into(),
                 credentials_from: CredentialSource::WebIdentityToken,
                 request_id: None,
-            },
+            }),
             CREDENTIALS,
             &[
                 "aws-marketplace:RegisterUsage",
@@ -903,26 +934,28 @@ mod tests {
         );
     }
 
-    fn unreachable(kind: TransientKind, detail: &str) -> GateError {
-        GateError::Unreachable {
-            attempts: 9,
-            elapsed: Duration::from_millis(2500),
-            last: TransientFailure {
-                kind,
-                detail: detail.into(),
+    fn persisting(kind: TransientKind, detail: &str) -> Persisting {
+        Persisting {
+            gave_up: GaveUp {
+                attempts: 9,
+                elapsed: Duration::from_millis(2500),
+                last: TransientFailure {
+                    kind,
+                    detail: detail.into(),
+                },
+                request_id: None,
             },
             endpoint: "https://metering.marketplace.eu-west-1.amazonaws.com".into(),
-            request_id: None,
         }
     }
 
     #[test]
     fn exit_7_says_whether_it_was_throttling_the_service_or_the_network() {
         let throttled = assert_report(
-            unreachable(
+            metering(MeteringError::Throttled(persisting(
                 TransientKind::Throttled,
                 "ThrottlingException: Rate exceeded",
-            ),
+            ))),
             UNREACHABLE,
             &[
                 "throttled",
@@ -935,16 +968,19 @@ mod tests {
         assert_eq!(throttled.reason, "throttled");
         assert!(!throttled.message.contains("NAT"), "{}", throttled.message);
         let server = assert_report(
-            unreachable(
+            metering(MeteringError::ServiceUnavailable(persisting(
                 TransientKind::ServerError,
                 "HTTP 503 without an AWS error code",
-            ),
+            ))),
             UNREACHABLE,
             &["HTTP 503", "metering.marketplace.eu-west-1"],
         );
         assert_eq!(server.reason, "service_unavailable");
         let network = assert_report(
-            unreachable(TransientKind::Network, "connection refused"),
+            metering(MeteringError::Unreachable(persisting(
+                TransientKind::Network,
+                "connection refused",
+            ))),
             UNREACHABLE,
             &[
                 "egress",
@@ -953,15 +989,24 @@ mod tests {
             ],
         );
         assert_eq!(network.reason, "unreachable");
-        let deadline = assert_report(
+        for deadline_passed in [
             GateError::DeadlineExceeded {
                 phase: Phase::Credentials,
                 deadline: Duration::from_secs(120),
             },
-            UNREACHABLE,
-            &["120 s", "resolving AWS credentials"],
-        );
-        assert_eq!(deadline.reason, "deadline_exceeded");
+            CheckError::DeadlineExceeded {
+                phase: Phase::Credentials,
+                deadline: Duration::from_secs(120),
+            }
+            .into(),
+        ] {
+            let report = assert_report(
+                deadline_passed,
+                UNREACHABLE,
+                &["120 s", "resolving AWS credentials"],
+            );
+            assert_eq!(report.reason, "deadline_exceeded");
+        }
         assert_report(
             GateError::DeadlineExceeded {
                 phase: Phase::Configuration,
@@ -976,16 +1021,6 @@ mod tests {
     }
 
     #[test]
-    fn progress_reports_the_phase_last_entered() {
-        let progress = Progress::default();
-        assert_eq!(progress.current(), Phase::Configuration);
-        for phase in Phase::ALL {
-            progress.clone().enter(phase);
-            assert_eq!(progress.current(), phase);
-        }
-    }
-
-    #[test]
     fn signals_exit_8() {
         assert_report(
             GateError::Interrupted { signal: "SIGTERM" },
@@ -997,12 +1032,12 @@ mod tests {
     #[test]
     fn unexpected_answers_and_internal_errors_exit_1() {
         let unexpected = assert_report(
-            GateError::UnexpectedResponse {
+            metering(MeteringError::UnexpectedResponse {
                 status: 418,
                 code: "Teapot".into(),
                 aws_message: "short".into(),
                 request_id: Some("r".into()),
-            },
+            }),
             INTERNAL,
             &["418", "Teapot", "does not document"],
         );
@@ -1011,6 +1046,11 @@ mod tests {
             GateError::Internal("handoff write failed".into()),
             INTERNAL,
             &["handoff write failed"],
+        );
+        assert_report(
+            CheckError::Workload(WorkloadError::ConfiguredTooLong).into(),
+            INTERNAL,
+            &["ENTITLEMENT_GATE_WORKLOAD_ID"],
         );
     }
 

@@ -16,13 +16,14 @@ use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::shared::IntoShared;
 use aws_smithy_types::body::SdkBody;
-use entitlement_gate::config::{KeySource, VerifyingKey};
-use entitlement_gate::metering::{
-    classify, client_from, AttemptFailure, Backoff, RegisterUsageCall,
-};
-use entitlement_gate::outcome::{report, CallContext};
-use entitlement_gate::sources::CredentialSource;
-use entitlement_gate::token::{verify, Expected};
+use entitlement_gate::aws::identity::CredentialSource;
+use entitlement_gate::aws::metering::{classify, client_from, RegisterUsageCall};
+use entitlement_gate::aws::retry::{Attempt, Backoff, RetryPolicy};
+use entitlement_gate::domain::key::{KeySource, VerifyingKey};
+use entitlement_gate::domain::product_code::ProductCode;
+use entitlement_gate::domain::token::{verify, Binding};
+use entitlement_gate::gate::check::CheckError;
+use entitlement_gate::outcome::{report, GateError};
 use libfuzzer_sys::fuzz_target;
 
 const STATUSES: [u16; 8] = [200, 200, 400, 403, 404, 429, 500, 503];
@@ -122,49 +123,47 @@ fuzz_target!(|data: &[u8]| {
             .nonce("nonce-123")
             .send(),
     );
-    let context = CallContext {
-        product_code: "prod-abc".into(),
+    let binding = Binding {
+        product_code: ProductCode::parse("prod-abc").expect("valid product code"),
         public_key_version: 1,
-        region: "us-east-1".into(),
+        nonce: "nonce-123".to_owned(),
     };
     match result {
         Ok(output) => {
-            let expected = Expected {
-                product_code: "prod-abc",
-                nonce: "nonce-123",
-                public_key_version: 1,
-            };
             if let Some(token) = output.signature() {
                 assert!(
-                    verify(token, &harness.key, &expected, 1_800_000_000).is_err(),
+                    verify(token, &harness.key, &binding, 1_800_000_000).is_err(),
                     "accepted a forged token"
                 );
             }
         }
         Err(error) => {
             let call = RegisterUsageCall {
-                context: &context,
-                nonce: "nonce-123",
+                binding: &binding,
+                region: "us-east-1",
                 credentials_from: CredentialSource::WebIdentityToken,
                 endpoint: "http://fuzz".into(),
-                attempt_timeout: Duration::from_secs(1),
-                backoff: Backoff {
-                    base: Duration::from_millis(1),
-                    cap: Duration::from_millis(1),
+                retry: RetryPolicy {
+                    attempt_timeout: Duration::from_secs(1),
+                    backoff: Backoff {
+                        base: Duration::from_millis(1),
+                        cap: Duration::from_millis(1),
+                    },
                 },
             };
             // Nothing an answer carries may reach a log line unescaped.
             let escaped = |text: &str| !text.contains(['\n', '\r', '\u{1b}']);
-            match classify(&error, &call) {
-                AttemptFailure::Transient { failure, .. } => {
+            match classify::<()>(&error, &call) {
+                Attempt::Answered(()) => unreachable!("classify never answers"),
+                Attempt::Retry { failure, .. } => {
                     assert!(
                         status >= 429 || !(200..300).contains(&status),
                         "a {status} answer was deemed transient: {failure:?}"
                     );
                     assert!(escaped(&failure.detail), "{failure:?}");
                 }
-                AttemptFailure::Final(error) => {
-                    let report = report(&error);
+                Attempt::Failed(error) => {
+                    let report = report(&GateError::Check(CheckError::Metering(error)));
                     assert!(report.exit_code != 0 && !report.message.is_empty());
                     assert!(escaped(&report.message), "{}", report.message);
                 }

@@ -9,8 +9,9 @@ use std::sync::{Arc, OnceLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use entitlement_gate::config::{KeySource, VerifyingKey};
-use entitlement_gate::token::{verify, Expected, MAX_CLOCK_SKEW_SECS};
+use entitlement_gate::domain::key::{KeySource, VerifyingKey};
+use entitlement_gate::domain::product_code::ProductCode;
+use entitlement_gate::domain::token::{verify, Binding, MAX_CLOCK_SKEW_SECS};
 use libfuzzer_sys::fuzz_target;
 use metering_emulator::keys::{shared_2048, RsaKey};
 
@@ -41,10 +42,10 @@ fuzz_target!(|data: &[u8]| {
         "{input}.{}",
         URL_SAFE_NO_PAD.encode(signing.sign_ps256(input.as_bytes()))
     );
-    let expected = Expected {
-        product_code: "prod-abc",
-        nonce: "nonce-123",
+    let expected = Binding {
+        product_code: ProductCode::parse("prod-abc").expect("valid product code"),
         public_key_version: 1,
+        nonce: "nonce-123".to_owned(),
     };
     let Ok(verified) = verify(&token, verifying, &expected, NOW) else {
         return;

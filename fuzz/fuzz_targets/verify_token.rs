@@ -4,8 +4,9 @@
 
 use std::sync::OnceLock;
 
-use entitlement_gate::config::{KeySource, VerifyingKey};
-use entitlement_gate::token::{verify, Expected};
+use entitlement_gate::domain::key::{KeySource, VerifyingKey};
+use entitlement_gate::domain::product_code::ProductCode;
+use entitlement_gate::domain::token::{verify, Binding};
 use libfuzzer_sys::fuzz_target;
 
 const NOW: u64 = 1_800_000_000;
@@ -22,10 +23,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(token) = std::str::from_utf8(data) else {
         return;
     };
-    let expected = Expected {
-        product_code: "prod-abc",
-        nonce: "nonce-123",
+    let expected = Binding {
+        product_code: ProductCode::parse("prod-abc").expect("valid product code"),
         public_key_version: 1,
+        nonce: "nonce-123".to_owned(),
     };
     assert!(
         verify(token, key(), &expected, NOW).is_err(),

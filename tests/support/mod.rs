@@ -282,11 +282,11 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
 
 /// A nonce the gate of workload `id` would have made.
 pub fn bound_nonce(id: &str) -> String {
-    let workload = entitlement_gate::workload::WorkloadId {
+    let workload = entitlement_gate::domain::workload::WorkloadId {
         id: id.to_owned(),
-        source: entitlement_gate::workload::WorkloadIdSource::Configured,
+        source: entitlement_gate::domain::workload::WorkloadIdSource::Configured,
     };
-    entitlement_gate::nonce::Nonce::generate(&workload)
+    entitlement_gate::domain::nonce::Nonce::generate(&workload)
         .expect("OS randomness")
         .as_str()
         .to_owned()

@@ -11,11 +11,94 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::ProvideCredentials;
 use aws_credential_types::Credentials;
 
-use crate::config::ConfigError;
-use crate::files;
-use crate::outcome::GateError;
-pub use crate::sources::{CredentialSource, RegionSource};
-use crate::text;
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::domain::files::{self, FileError};
+use crate::domain::text;
+
+/// Why Region or credentials could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("no AWS Region found")]
+    NoRegion,
+    #[error("no AWS credentials found")]
+    NoCredentials {
+        tried: Vec<CredentialSource>,
+        /// Whether `AWS_WEB_IDENTITY_TOKEN_FILE` is set, i.e. whether IRSA is configured at all.
+        web_identity_configured: bool,
+    },
+    #[error("the {provider} credential provider failed: {detail}")]
+    CredentialsFailed {
+        provider: CredentialSource,
+        detail: String,
+    },
+    #[error("{variable}={} is not usable: {problem}", path.display())]
+    AwsFile {
+        variable: &'static str,
+        path: PathBuf,
+        problem: FileError,
+    },
+}
+
+/// Where the Region came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegionSource {
+    /// `--region`/`ENTITLEMENT_GATE_REGION`, for local testing only.
+    Override,
+    Environment,
+    Profile,
+    InstanceMetadata,
+}
+
+impl fmt::Display for RegionSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RegionSource::Override => "the --region override (testing only)",
+            RegionSource::Environment => "the environment (AWS_REGION/AWS_DEFAULT_REGION)",
+            RegionSource::Profile => "the AWS config file profile",
+            RegionSource::InstanceMetadata => "EC2 instance metadata (IMDS)",
+        })
+    }
+}
+
+/// Which credential provider answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    Environment,
+    Profile,
+    /// IRSA on EKS.
+    WebIdentityToken,
+    EcsContainer,
+    EksPodIdentity,
+    /// The node's instance role: AWS does not support it for metering.
+    InstanceMetadata,
+}
+
+impl CredentialSource {
+    /// Sources AWS Marketplace does not support for metering.
+    pub fn unsupported_for_metering(self) -> bool {
+        matches!(
+            self,
+            CredentialSource::InstanceMetadata | CredentialSource::EksPodIdentity
+        )
+    }
+}
+
+impl fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CredentialSource::Environment => "environment variables (AWS_ACCESS_KEY_ID)",
+            CredentialSource::Profile => "the AWS config/credentials file profile",
+            CredentialSource::WebIdentityToken => "web identity token (IRSA)",
+            CredentialSource::EcsContainer => "the ECS task role",
+            CredentialSource::EksPodIdentity => "EKS Pod Identity",
+            CredentialSource::InstanceMetadata => {
+                "EC2 instance metadata (the node's instance role)"
+            }
+        })
+    }
+}
 
 /// A Region and where it came from.
 #[derive(Debug, Clone)]
@@ -71,7 +154,7 @@ pub async fn resolve_region(override_region: Option<&str>) -> Option<ResolvedReg
 }
 
 /// The SDK's default credential chain, in its order, recording which provider answered.
-pub async fn resolve_credentials(region: &Region) -> Result<ResolvedCredentials, GateError> {
+pub async fn resolve_credentials(region: &Region) -> Result<ResolvedCredentials, IdentityError> {
     let conf = ProviderConfig::without_region().with_region(Some(region.clone()));
     let container_source = if pod_identity_agent_configured() {
         CredentialSource::EksPodIdentity
@@ -127,14 +210,14 @@ pub async fn resolve_credentials(region: &Region) -> Result<ResolvedCredentials,
             }
             Err(CredentialsError::CredentialsNotLoaded(_)) => not_found.push(source),
             Err(error) => {
-                return Err(GateError::CredentialsFailed {
+                return Err(IdentityError::CredentialsFailed {
                     provider: source,
                     detail: text::quoted(&error_chain(&error)),
                 })
             }
         }
     }
-    Err(GateError::NoCredentials {
+    Err(IdentityError::NoCredentials {
         tried: not_found,
         web_identity_configured: std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE")
             .is_some_and(|path| !path.is_empty()),
@@ -155,17 +238,17 @@ const AWS_FILES: [(&str, Option<&str>); 3] = [
 /// Checks, before the SDK reads them, that the files AWS variables name are regular files of a
 /// sane size: a FIFO would hang the SDK's read past any deadline, `/dev/zero` would exhaust
 /// memory. Absent files are the SDK's business (it reports them itself).
-pub fn check_aws_files(env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+pub fn check_aws_files(env: impl Fn(&str) -> Option<String>) -> Result<(), IdentityError> {
     for (variable, default) in AWS_FILES {
         let configured = env(variable).filter(|path| !path.is_empty());
         let path = match (configured, default, env("HOME")) {
-            (Some(path), _, _) => std::path::PathBuf::from(path),
+            (Some(path), _, _) => PathBuf::from(path),
             (None, Some(default), Some(home)) => std::path::Path::new(&home).join(default),
             _ => continue,
         };
         match files::check_regular(&path, MAX_AWS_FILE_BYTES) {
             Err(problem) if !problem.is_not_found() => {
-                return Err(ConfigError::AwsFile {
+                return Err(IdentityError::AwsFile {
                     variable,
                     path,
                     problem,
@@ -229,7 +312,7 @@ mod tests {
         assert!(
             matches!(
                 refused,
-                Err(ConfigError::AwsFile {
+                Err(IdentityError::AwsFile {
                     variable: "AWS_WEB_IDENTITY_TOKEN_FILE",
                     ..
                 })

@@ -4,7 +4,7 @@ use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+use super::LogFormat;
 
 /// The filter when none is configured: this crate at `info`; the AWS SDK's own crates (all
 /// named `aws*`) and its HTTP stack only at `error`, as their warnings dump long debug

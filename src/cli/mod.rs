@@ -1,15 +1,29 @@
-//! The command line: subcommands and the options every command shares.
+//! The command line (binary only): subcommands and the options every command shares, the
+//! process around a command, logging, and becoming the paid program.
+//!
+//! - [`args`]: every command's flags and environment variables, into the library's configuration
+//! - [`usage`]: command-line mistakes as operator sentences
+//! - [`supervisor`]: signals, the watchdog, the one conclusion of a failed run
+//! - [`logging`]: text or JSON on stderr
+//! - [`exec`]: becoming the paid program once entitled
+
+pub mod args;
+pub mod exec;
+pub mod logging;
+pub mod supervisor;
+pub mod usage;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 
-use crate::config::CheckArgs;
-use crate::doctor::DoctorArgs;
-use crate::exec::ExecArgs;
-use crate::trust::TrustAnchors;
-use crate::verify::VerifyArgs;
+use entitlement_gate::domain::trust::TrustAnchors;
+
+use args::{CheckArgs, DoctorArgs, ExecArgs, VerifyArgs};
+
+/// The trust anchors compiled into this binary (see `build.rs`).
+pub const ANCHORS: TrustAnchors = TrustAnchors::EMBEDDED;
 
 /// Lets a paid AWS Marketplace container start only for entitled buyers.
 #[derive(Debug, Parser)]
@@ -53,22 +67,13 @@ pub enum LogFormat {
 /// The termination log Kubernetes reads by default.
 pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
 
-/// `0.1.0 (open build: ...)`: the version and which kind of build this is.
-pub fn version() -> String {
-    format!(
-        "{} ({})",
-        env!("CARGO_PKG_VERSION"),
-        TrustAnchors::EMBEDDED.describe()
-    )
-}
-
 impl Cli {
     /// Parses `args` (including the program name).
     pub fn try_parse_args(
         args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
     ) -> Result<Self, clap::Error> {
         let matches = Cli::command()
-            .version(version())
+            .version(ANCHORS.version_line())
             .try_get_matches_from(args)?;
         Cli::from_arg_matches(&matches)
     }
@@ -156,6 +161,7 @@ mod tests {
 
     #[test]
     fn version_says_which_kind_of_build_this_is() {
-        assert!(version().contains("open build"), "{}", version());
+        let version = ANCHORS.version_line();
+        assert!(version.contains("open build"), "{version}");
     }
 }

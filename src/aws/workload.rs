@@ -1,62 +1,20 @@
-//! Which workload (Kubernetes pod or ECS task) this process belongs to. The gate's nonce commits
-//! to it, so a genuine handoff copied from another pod, or another buyer's, does not verify.
+//! Resolves which workload (Kubernetes pod or ECS task) this process belongs to. The gate's
+//! nonce commits to it, so a genuine handoff copied from another pod, or another buyer's, does
+//! not verify.
 
-use std::fmt;
 use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper::body::Bytes;
 use serde::Deserialize;
 
-use crate::text;
+use crate::domain::text;
+use crate::domain::workload::{
+    WorkloadId, WorkloadIdSource, MAX_WORKLOAD_ID_BYTES, WORKLOAD_ID_VARIABLE,
+};
 
-/// The variable the Helm chart and the plain manifest set, in the gate and the app container,
-/// from the pod UID (downward API).
-pub const WORKLOAD_ID_VARIABLE: &str = "ENTITLEMENT_GATE_WORKLOAD_ID";
-
-/// The longest workload identity accepted (a pod UID is 36 characters, a task ARN about 100).
-const MAX_WORKLOAD_ID_BYTES: usize = 1024;
 /// The largest task metadata answer read; real ones are a few KiB.
 const MAX_TASK_METADATA_BYTES: usize = 256 * 1024;
-
-/// Where the workload identity came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkloadIdSource {
-    /// `ENTITLEMENT_GATE_WORKLOAD_ID`: the pod UID when the chart or manifest sets it.
-    Configured,
-    /// The task ARN from the ECS task metadata endpoint, the same for every container of a task.
-    EcsTaskArn,
-    /// The hostname: shared by a pod's containers, but weaker (a buyer can choose it).
-    Hostname,
-}
-
-impl WorkloadIdSource {
-    /// A short stable name, for the handoff and JSON logs.
-    pub fn key(self) -> &'static str {
-        match self {
-            WorkloadIdSource::Configured => "configured",
-            WorkloadIdSource::EcsTaskArn => "ecs-task-arn",
-            WorkloadIdSource::Hostname => "hostname",
-        }
-    }
-}
-
-impl fmt::Display for WorkloadIdSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            WorkloadIdSource::Configured => "ENTITLEMENT_GATE_WORKLOAD_ID",
-            WorkloadIdSource::EcsTaskArn => "the ECS task ARN (task metadata endpoint)",
-            WorkloadIdSource::Hostname => "the hostname",
-        })
-    }
-}
-
-/// This workload's identity and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkloadId {
-    pub id: String,
-    pub source: WorkloadIdSource,
-}
 
 /// Why the workload identity could not be determined.
 #[derive(Debug, thiserror::Error)]

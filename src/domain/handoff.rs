@@ -5,12 +5,10 @@ use std::fs;
 use std::io::{self, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
-use aws_sdk_marketplacemetering::primitives::{DateTime, DateTimeFormat};
 use serde::{Deserialize, Serialize};
 
-use crate::files::{self, FileError};
+use super::files::{self, FileError};
 
 pub const FILE_NAME: &str = "entitlement.json";
 
@@ -78,16 +76,47 @@ pub fn read(path: &Path) -> Result<Handoff, FileError> {
         .map_err(|e| FileError::Io(io::Error::new(io::ErrorKind::InvalidData, e)))
 }
 
-/// RFC 3339 in UTC, e.g. `2026-11-23T10:00:00Z`.
-pub fn rfc3339(time: SystemTime) -> String {
-    DateTime::from(time)
-        .fmt(DateTimeFormat::DateTime)
-        .unwrap_or_else(|_| "unrepresentable time".to_owned())
+/// Why the handoff directory cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("handoff directory {} is not a writable directory: {reason}", path.display())]
+    Directory { path: PathBuf, reason: String },
+    #[error("cannot remove the old handoff in {}: {source}", dir.display())]
+    RemoveStale { dir: PathBuf, source: io::Error },
+    #[error("cannot write the handoff in {}: {source}", dir.display())]
+    Write { dir: PathBuf, source: io::Error },
+}
+
+/// Proves `dir` a writable directory by creating and removing a file in it, before any
+/// metered call: mode bits alone miss read-only mounts, ownership and full volumes.
+pub fn check_writable(dir: &Path) -> Result<(), HandoffError> {
+    let reason = match fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => "it is not a directory".to_owned(),
+        Ok(_) => match tempfile::Builder::new()
+            .prefix(".entitlement-gate-probe")
+            .tempfile_in(dir)
+        {
+            // Dropping the probe removes it; a failure to remove is caught by the next write.
+            Ok(_probe) => return Ok(()),
+            Err(e) => {
+                let (user, group) = files::effective_ids();
+                format!("cannot create a file in it as user {user} (group {group}): {e}")
+            }
+        },
+        Err(e) => e.to_string(),
+    };
+    Err(HandoffError::Directory {
+        path: dir.to_owned(),
+        reason,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::domain::time::rfc3339;
+    use std::time::SystemTime;
 
     fn sample() -> Handoff {
         Handoff {
@@ -169,6 +198,21 @@ mod tests {
         remove_stale(dir.path()).unwrap();
         assert!(!path_in(dir.path()).exists());
         assert_eq!(fs::read_to_string(&precious).unwrap(), "keep me");
+    }
+
+    #[test]
+    fn only_a_directory_this_process_can_write_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_writable(dir.path()).is_ok());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no probe left"
+        );
+        let file = dir.path().join("file");
+        fs::write(&file, "x").unwrap();
+        assert!(check_writable(&file).is_err());
+        assert!(check_writable(&dir.path().join("missing")).is_err());
     }
 
     #[test]

@@ -1,52 +1,45 @@
 //! `entitlement-gate doctor`: a read-only diagnosis a buyer can paste into a support ticket.
-//! It never calls RegisterUsage (which starts metering) unless asked to with `--call`.
+//! It never calls RegisterUsage (which starts metering) unless asked to (`call`).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clap::{Args, ValueEnum};
+use hyper_util::client::proxy::matcher::Matcher;
 use serde::Serialize;
 
-use hyper_util::client::proxy::matcher::Matcher;
-
-use crate::aws_identity::{self, RegionSource, ResolvedCredentials, ResolvedRegion};
-use crate::check;
-use crate::cli::version;
-use crate::config::{parse_duration, CheckArgs};
-use crate::files;
-use crate::handoff::rfc3339;
-use crate::metering;
-use crate::outcome::{report, GateError, Progress};
-use crate::text;
-use crate::trust::TrustAnchors;
-use crate::workload::{self, WorkloadError, WorkloadId, WorkloadIdSource};
+use crate::aws::endpoint;
+use crate::aws::identity::{
+    self, IdentityError, RegionSource, ResolvedCredentials, ResolvedRegion,
+};
+use crate::aws::retry::RetryPolicy;
+use crate::aws::workload::{self, WorkloadError};
+use crate::domain::files;
+use crate::domain::key::{KeyError, KeyRequest};
+use crate::domain::product_code::ProductCodeError;
+use crate::domain::text;
+use crate::domain::time::{epoch_seconds, rfc3339};
+use crate::domain::trust::TrustAnchors;
+use crate::domain::workload::{WorkloadId, WorkloadIdSource};
+use crate::gate::check::{self, CheckConfig, CheckError, Progress};
 
 /// When this binary was built (or `SOURCE_DATE_EPOCH`): a clock before it is certainly wrong.
 const BUILD_EPOCH: &str = env!("ENTITLEMENT_GATE_BUILD_EPOCH");
 
-/// Flags of `entitlement-gate doctor`: those of `check`, plus what to report and how.
-#[derive(Debug, Clone, Args)]
-pub struct DoctorArgs {
-    #[command(flatten)]
-    pub check: CheckArgs,
-
-    /// Also call RegisterUsage and verify the token. This starts metering for this workload.
-    #[arg(long)]
-    pub call: bool,
-
-    /// Report format on stdout.
-    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
-    pub format: ReportFormat,
-
+/// What to diagnose: the configuration `check` would run with.
+#[derive(Debug, Clone)]
+pub struct DoctorRequest {
+    pub product_code: Option<String>,
+    pub key: KeyRequest,
+    pub region_override: Option<String>,
+    /// For the RegisterUsage call, if `call` is set.
+    pub deadline: Duration,
+    pub retry: RetryPolicy,
+    pub handoff_dir: Option<PathBuf>,
     /// Bound on the DNS lookup and on the TCP connect to the endpoint, each.
-    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub probe_timeout: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ReportFormat {
-    Text,
-    Json,
+    /// Also call RegisterUsage and verify the token: this starts metering for this workload.
+    pub call: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -67,14 +60,27 @@ impl fmt::Display for Status {
     }
 }
 
+/// An error a check failed on, explained to the operator by the caller (the layer that owns
+/// operator sentences).
+#[derive(Debug)]
+pub enum Failure {
+    Identity(IdentityError),
+    ProductCode(ProductCodeError),
+    Key(KeyError),
+    Check(CheckError),
+}
+
 /// The result of one check.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Finding {
     pub check: &'static str,
     pub status: Status,
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// For a check that failed on an error: the error, to be explained by [`Diagnosis::explain`].
+    #[serde(skip)]
+    pub failure: Option<Failure>,
 }
 
 impl Finding {
@@ -84,6 +90,7 @@ impl Finding {
             status: Status::Ok,
             detail: detail.into(),
             hint: None,
+            failure: None,
         }
     }
 
@@ -93,6 +100,7 @@ impl Finding {
             status: Status::Warn,
             detail: detail.into(),
             hint: Some(hint.into()),
+            failure: None,
         }
     }
 
@@ -102,26 +110,29 @@ impl Finding {
             status: Status::Fail,
             detail: detail.into(),
             hint: Some(hint.into()),
+            failure: None,
         }
     }
 
-    /// A failure whose detail is the gate's own operator sentence (which carries its remedy).
-    fn failed_with(check: &'static str, error: &GateError) -> Self {
+    /// A failure on `error`, whose detail becomes the operator sentence for it (which carries
+    /// its remedy) once explained.
+    fn failed_with(check: &'static str, error: Failure) -> Self {
         Self {
             check,
             status: Status::Fail,
-            detail: report(error).message,
+            detail: String::new(),
             hint: None,
+            failure: Some(error),
         }
     }
 }
 
 /// Every finding, in order.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Diagnosis {
     pub version: String,
-    /// Whether RegisterUsage was called (`--call`).
+    /// Whether RegisterUsage was called.
     pub called_register_usage: bool,
     pub checks: Vec<Finding>,
 }
@@ -133,19 +144,20 @@ impl Diagnosis {
             .any(|finding| finding.status == Status::Fail)
     }
 
-    /// 0 when no check failed, else 1.
-    pub fn exit_code(&self) -> u8 {
-        u8::from(self.failed())
-    }
-
-    pub fn render(&self, format: ReportFormat) -> String {
-        match format {
-            ReportFormat::Json => serde_json::to_string_pretty(self).expect("serialisable") + "\n",
-            ReportFormat::Text => self.to_text(),
+    /// Fills in the detail of every finding that failed on an error, with `sentence(error)`.
+    pub fn explain(&mut self, sentence: impl Fn(Failure) -> String) {
+        for finding in &mut self.checks {
+            if let Some(failure) = finding.failure.take() {
+                finding.detail = sentence(failure);
+            }
         }
     }
 
-    fn to_text(&self) -> String {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("serialisable") + "\n"
+    }
+
+    pub fn to_text(&self) -> String {
         let mut text = format!("entitlement-gate doctor {}\n", self.version);
         for finding in &self.checks {
             text.push_str(&format!(
@@ -183,13 +195,13 @@ fn counted(count: usize, noun: &str) -> String {
 }
 
 /// Runs every check; never fails as a whole, each problem is a finding.
-pub async fn run(args: &DoctorArgs, anchors: &TrustAnchors) -> Diagnosis {
+pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
     let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
     let mut checks = vec![platform(env)];
 
     // The SDK reads these files with blocking reads: a FIFO among them would hang the checks
     // below, so they are only consulted when this passes.
-    let aws_files_usable = match aws_identity::check_aws_files(env) {
+    let aws_files_usable = match identity::check_aws_files(env) {
         Ok(()) => {
             checks.push(Finding::ok(
                 "aws-files",
@@ -199,19 +211,19 @@ pub async fn run(args: &DoctorArgs, anchors: &TrustAnchors) -> Diagnosis {
             true
         }
         Err(e) => {
-            checks.push(Finding::failed_with("aws-files", &e.into()));
+            checks.push(Finding::failed_with("aws-files", Failure::Identity(e)));
             false
         }
     };
     let region = match aws_files_usable {
-        true => aws_identity::resolve_region(args.check.region.as_deref()).await,
+        true => identity::resolve_region(request.region_override.as_deref()).await,
         false => None,
     };
     checks.push(region_finding(region.as_ref()));
     match &region {
         Some(region) => {
             checks.push(credentials_finding(
-                aws_identity::resolve_credentials(&region.region).await,
+                identity::resolve_credentials(&region.region).await,
             ));
         }
         None => checks.push(Finding::fail(
@@ -223,8 +235,9 @@ pub async fn run(args: &DoctorArgs, anchors: &TrustAnchors) -> Diagnosis {
     checks.push(web_identity_token(env, SystemTime::now()));
     match &region {
         Some(region) => {
-            let endpoint = metering::endpoint_for(region.region.as_ref()).await;
-            checks.push(probe_endpoint(&endpoint, &Matcher::from_env(), args.probe_timeout).await);
+            let endpoint = endpoint::metering(region.region.as_ref()).await;
+            checks
+                .push(probe_endpoint(&endpoint, &Matcher::from_env(), request.probe_timeout).await);
         }
         None => checks.push(Finding::fail(
             "endpoint",
@@ -233,36 +246,65 @@ pub async fn run(args: &DoctorArgs, anchors: &TrustAnchors) -> Diagnosis {
         )),
     }
     checks.push(workload_finding(
-        workload::resolve(env, args.probe_timeout).await,
+        workload::resolve(env, request.probe_timeout).await,
     ));
-    checks.push(match args.check.product.product_code(anchors) {
-        Ok(code) if anchors.product_codes.is_some() => Finding::ok(
-            "product-code",
-            format!("{code} (in this build's trusted list)"),
-        ),
-        Ok(code) => Finding::ok(
-            "product-code",
-            format!("{code} (open build: not checked against a trusted list)"),
-        ),
-        Err(e) => Finding::failed_with("product-code", &e.into()),
-    });
-    checks.push(match args.check.product.key(anchors) {
-        Ok(key) => Finding::ok(
-            "public-key",
-            format!(
-                "RSA-{} for key version {} from {}",
-                key.bits, key.version, key.source
-            ),
-        ),
-        Err(e) => Finding::failed_with("public-key", &e.into()),
-    });
+    let product_code = match anchors.product_code(request.product_code.as_deref()) {
+        Ok(code) => {
+            let trusted = match anchors.product_codes {
+                Some(_) => "in this build's trusted list",
+                None => "open build: not checked against a trusted list",
+            };
+            checks.push(Finding::ok("product-code", format!("{code} ({trusted})")));
+            Some(code)
+        }
+        Err(e) => {
+            checks.push(Finding::failed_with(
+                "product-code",
+                Failure::ProductCode(e),
+            ));
+            None
+        }
+    };
+    let key = match anchors.verifying_key(&request.key) {
+        Ok(key) => {
+            checks.push(Finding::ok(
+                "public-key",
+                format!(
+                    "RSA-{} for key version {} from {}",
+                    key.bits, key.version, key.source
+                ),
+            ));
+            Some(key)
+        }
+        Err(e) => {
+            checks.push(Finding::failed_with("public-key", Failure::Key(e)));
+            None
+        }
+    };
     checks.push(clock(SystemTime::now(), BUILD_EPOCH.parse().unwrap_or(0)));
-    if args.call {
-        checks.push(register_usage(&args.check, anchors).await);
+    if request.call {
+        checks.push(match (product_code, key) {
+            (Some(product_code), Some(key)) => {
+                register_usage(&CheckConfig {
+                    product_code,
+                    key,
+                    deadline: request.deadline,
+                    retry: request.retry,
+                    handoff_dir: request.handoff_dir.clone(),
+                    region_override: request.region_override.clone(),
+                })
+                .await
+            }
+            _ => Finding::fail(
+                "register-usage",
+                "not called: the product code or the key is not usable",
+                "fix the configuration first",
+            ),
+        });
     }
     Diagnosis {
-        version: version(),
-        called_register_usage: args.call,
+        version: anchors.version_line(),
+        called_register_usage: request.call,
         checks,
     }
 }
@@ -335,7 +377,7 @@ fn region_finding(region: Option<&ResolvedRegion>) -> Finding {
     }
 }
 
-fn credentials_finding(credentials: Result<ResolvedCredentials, GateError>) -> Finding {
+fn credentials_finding(credentials: Result<ResolvedCredentials, IdentityError>) -> Finding {
     match credentials {
         Ok(c) if c.source.unsupported_for_metering() => Finding::warn(
             "credentials",
@@ -348,7 +390,7 @@ fn credentials_finding(credentials: Result<ResolvedCredentials, GateError>) -> F
             "AWS Marketplace does not support long-term keys for metering, and images must never carry them; use IRSA or the ECS task role",
         ),
         Ok(c) => Finding::ok("credentials", format!("temporary credentials from {}", c.source)),
-        Err(e) => Finding::failed_with("credentials", &e),
+        Err(e) => Finding::failed_with("credentials", Failure::Identity(e)),
     }
 }
 
@@ -370,7 +412,7 @@ fn web_identity_token(env: impl Fn(&str) -> Option<String>, now: SystemTime) -> 
     };
     let token = match files::read_limited_to_string(
         std::path::Path::new(&path),
-        aws_identity::MAX_AWS_FILE_BYTES,
+        identity::MAX_AWS_FILE_BYTES,
     ) {
         Ok(token) => token,
         Err(e) => {
@@ -410,7 +452,7 @@ fn web_identity_token(env: impl Fn(&str) -> Option<String>, now: SystemTime) -> 
             )
         }
     };
-    let now = check::epoch_seconds(now);
+    let now = epoch_seconds(now);
     let summary = format!(
         "{path}: token for {} (audience {}), role {role}",
         text::quoted(&claims.subject),
@@ -595,7 +637,7 @@ fn host_and_port(url: &str) -> Option<(String, u16)> {
 
 /// A clock set before this binary was built is wrong; SigV4 and `iat` checks would fail.
 fn clock(now: SystemTime, built: u64) -> Finding {
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = epoch_seconds(now);
     let built_at = rfc3339(UNIX_EPOCH + Duration::from_secs(built));
     if secs < built {
         Finding::fail(
@@ -612,42 +654,26 @@ fn clock(now: SystemTime, built: u64) -> Finding {
 }
 
 /// The real thing, with `--call`: RegisterUsage and verification, as `check` does them.
-async fn register_usage(args: &CheckArgs, anchors: &TrustAnchors) -> Finding {
-    let config = match args.validate(anchors) {
-        Ok(config) => config,
-        Err(e) => {
-            return Finding::fail(
-                "register-usage",
-                format!("not called: {e}"),
-                "fix the configuration first",
-            )
-        }
-    };
-    match check::run(&config, &Progress::default()).await {
-        Ok(entitlement) => {
-            let now = entitlement
-                .verified_at
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            Finding::ok(
-                "register-usage",
-                format!(
-                    "entitled: token verified for {} (key version {}, iat {}, {} s behind this clock)",
-                    entitlement.token.product_code,
-                    entitlement.token.public_key_version,
-                    entitlement.token.issued_at,
-                    now as i64 - entitlement.token.issued_at as i64,
-                ),
-            )
-        }
-        Err(e) => Finding::failed_with("register-usage", &e),
+async fn register_usage(config: &CheckConfig) -> Finding {
+    match check::run(config, &Progress::default()).await {
+        Ok(entitlement) => Finding::ok(
+            "register-usage",
+            format!(
+                "entitled: token verified for {} (key version {}, iat {}, {} s behind this clock)",
+                entitlement.token.product_code,
+                entitlement.token.public_key_version,
+                entitlement.token.issued_at,
+                epoch_seconds(entitlement.verified_at) as i64 - entitlement.token.issued_at as i64,
+            ),
+        ),
+        Err(e) => Finding::failed_with("register-usage", Failure::Check(e)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aws_identity::CredentialSource;
+    use crate::aws::identity::CredentialSource;
     use aws_credential_types::Credentials;
 
     fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
@@ -715,7 +741,7 @@ mod tests {
         let long_term = credentials_finding(resolved(CredentialSource::Environment, None));
         assert_eq!(long_term.status, Status::Warn);
         assert!(long_term.detail.contains("long-term"));
-        let none = credentials_finding(Err(GateError::NoCredentials {
+        let none = credentials_finding(Err(IdentityError::NoCredentials {
             tried: vec![CredentialSource::Environment],
             web_identity_configured: false,
         }));
@@ -863,26 +889,37 @@ mod tests {
     }
 
     #[test]
-    fn text_and_json_reports_carry_every_finding() {
-        let diagnosis = Diagnosis {
+    fn text_and_json_reports_carry_every_finding_with_failures_explained() {
+        let mut diagnosis = Diagnosis {
             version: "0.1.0 (open build)".into(),
             called_register_usage: false,
             checks: vec![
                 Finding::ok("platform", "ECS"),
                 Finding::fail("region", "none", "set AWS_REGION"),
+                Finding::failed_with(
+                    "product-code",
+                    Failure::ProductCode(ProductCodeError::Missing),
+                ),
             ],
         };
         assert!(diagnosis.failed());
-        assert_eq!(diagnosis.exit_code(), 1);
-        let text = diagnosis.render(ReportFormat::Text);
+        diagnosis.explain(|failure| match failure {
+            Failure::ProductCode(e) => format!("explained: {e}"),
+            other => panic!("{other:?}"),
+        });
+        let text = diagnosis.to_text();
+        assert!(
+            text.contains("fail  product-code    explained: no product code configured\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("1 ok, 0 warnings, 2 failures\n"), "{text}");
         assert!(text.contains("ok    platform        ECS\n"), "{text}");
         assert!(
             text.contains("fail  region          none; hint: set AWS_REGION\n"),
             "{text}"
         );
         assert!(text.contains("add --call"));
-        let json: serde_json::Value =
-            serde_json::from_str(&diagnosis.render(ReportFormat::Json)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&diagnosis.to_json()).unwrap();
         assert_eq!(json["checks"][1]["status"], "fail");
         assert_eq!(json["checks"][1]["hint"], "set AWS_REGION");
         assert!(json["checks"][0].get("hint").is_none());

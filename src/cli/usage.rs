@@ -7,8 +7,9 @@ use std::ffi::{OsStr, OsString};
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::CommandFactory as _;
 
-use entitlement_gate::cli::Cli;
-use entitlement_gate::text;
+use entitlement_gate::domain::text;
+
+use super::Cli;
 
 /// The Helm values of the example chart that set each variable, for messages.
 const HELM_VALUES: &[(&str, &str)] = &[

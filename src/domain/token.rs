@@ -12,20 +12,21 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::VerifyingKey;
-use crate::workload::WorkloadIdSource;
+use super::key::VerifyingKey;
+use super::product_code::ProductCode;
 
 /// Tokens larger than this are refused before any decoding. Real ones are well under 1 KiB.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// How far `iat` may run ahead of this machine's clock.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
 
-/// What the token must say: what this run sent to RegisterUsage.
-#[derive(Debug, Clone, Copy)]
-pub struct Expected<'a> {
-    pub product_code: &'a str,
-    pub nonce: &'a str,
+/// What a RegisterUsage call sends and its token must say back: one description of the call,
+/// used to make the request and to verify the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub product_code: ProductCode,
     pub public_key_version: u32,
+    pub nonce: String,
 }
 
 /// The claims of a token that passed every check.
@@ -64,12 +65,8 @@ impl fmt::Display for Claim {
 /// Why a token was refused. Every variant maps to exit code 4.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    #[error("RegisterUsage answered without a Signature token")]
-    Missing,
     #[error("the token is {len} bytes, over the {MAX_TOKEN_BYTES}-byte limit")]
     TooLarge { len: usize },
-    #[error("RegisterUsage answered with more than {limit} bytes")]
-    ResponseTooLarge { limit: usize },
     #[error("the token is malformed: {0}")]
     Malformed(String),
     #[error("the token uses algorithm {0:?}, only PS256 is accepted")]
@@ -94,17 +91,6 @@ pub enum TokenError {
         max_age_secs: u64,
         now: u64,
     },
-    #[error(
-        "the token's nonce is not bound to a workload, as the gate binds every nonce it makes"
-    )]
-    NonceNotWorkloadBound,
-    #[error("the token was obtained by another workload's gate, not this one's (identified by {identified_by})")]
-    NonceForOtherWorkload { identified_by: WorkloadIdSource },
-    #[error("no readable handoff at {} ({reason}); the gate has not verified an entitlement for this workload", path.display())]
-    NoHandoff {
-        path: std::path::PathBuf,
-        reason: String,
-    },
 }
 
 #[derive(Deserialize)]
@@ -123,11 +109,12 @@ struct RawClaims {
     exp: Option<Value>,
 }
 
-/// Verifies `token` against `key` and `expected`, judging `iat`/`exp` by `now` (epoch seconds).
+/// Verifies `token` against `key` and what the call sent, judging `iat`/`exp` by `now` (epoch
+/// seconds).
 pub fn verify(
     token: &str,
     key: &VerifyingKey,
-    expected: &Expected<'_>,
+    expected: &Binding,
     now: u64,
 ) -> Result<VerifiedToken, TokenError> {
     if token.len() > MAX_TOKEN_BYTES {
@@ -168,15 +155,15 @@ pub fn verify(
 
 fn check_claims(
     claims: RawClaims,
-    expected: &Expected<'_>,
+    expected: &Binding,
     now: u64,
 ) -> Result<VerifiedToken, TokenError> {
     let product_code = string_claim(
         claims.product_code,
         Claim::ProductCode,
-        expected.product_code,
+        expected.product_code.as_str(),
     )?;
-    let nonce = string_claim(claims.nonce, Claim::Nonce, expected.nonce)?;
+    let nonce = string_claim(claims.nonce, Claim::Nonce, &expected.nonce)?;
 
     let version = claims
         .public_key_version
@@ -262,16 +249,19 @@ fn decode_segment<T: for<'de> Deserialize<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::KeySource;
+    use crate::domain::key::KeySource;
     use metering_emulator::keys::{b64_json, shared_2048, shared_other_2048, RsaKey};
     use serde_json::json;
 
     const NOW: u64 = 1_800_000_000;
-    const EXPECTED: Expected<'static> = Expected {
-        product_code: "prod-abc",
-        nonce: "nonce-123",
-        public_key_version: 1,
-    };
+
+    fn expected() -> Binding {
+        Binding {
+            product_code: ProductCode::parse("prod-abc").unwrap(),
+            public_key_version: 1,
+            nonce: "nonce-123".to_owned(),
+        }
+    }
 
     fn key() -> VerifyingKey {
         VerifyingKey::from_pem(&shared_2048().public_spki_pem, 1, KeySource::Inline).unwrap()
@@ -292,7 +282,7 @@ mod tests {
     }
 
     fn check(token: &str) -> Result<VerifiedToken, TokenError> {
-        verify(token, &key(), &EXPECTED, NOW)
+        verify(token, &key(), &expected(), NOW)
     }
 
     fn mismatch_on(result: Result<VerifiedToken, TokenError>) -> Claim {
@@ -332,7 +322,7 @@ mod tests {
         let big = RsaKey::generate(3072);
         let key = VerifyingKey::from_pem(&big.public_spki_pem, 1, KeySource::Inline).unwrap();
         let token = big.sign_jwt(&json!({ "alg": "PS256" }), &claims());
-        assert!(verify(&token, &key, &EXPECTED, NOW).is_ok());
+        assert!(verify(&token, &key, &expected(), NOW).is_ok());
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use entitlement_gate::outcome::{self, GateError, Progress};
+use entitlement_gate::gate::check::Progress;
+use entitlement_gate::outcome::{self, GateError};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tokio::sync::watch;
 
@@ -87,6 +88,17 @@ impl Supervisor {
         let mut receiver = self.0.stop.subscribe();
         let signal = receiver.wait_for(Option::is_some).await;
         signal.ok().and_then(|signal| *signal).unwrap_or("SIGTERM")
+    }
+
+    /// Runs `work` until it ends or a signal stops it.
+    pub async fn until_stopped<T, E: Into<GateError>>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, GateError> {
+        tokio::select! {
+            result = work => result.map_err(Into::into),
+            signal = self.stopped() => Err(GateError::Interrupted { signal }),
+        }
     }
 
     /// The signal received so far, if any.

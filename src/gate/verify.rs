@@ -1,11 +1,12 @@
 //! Offline re-verification: lets the main container (or a seller's CI) confirm, without calling
-//! AWS, that the init container really verified a token for this product.
+//! AWS, that the gate of this same workload really verified a token for this product.
 //!
 //! ```no_run
 //! use std::time::{Duration, SystemTime};
-//! use entitlement_gate::config::{KeySource, ProductCode, VerifyingKey};
-//! use entitlement_gate::verify::Requirements;
-//! use entitlement_gate::workload;
+//! use entitlement_gate::aws::workload;
+//! use entitlement_gate::domain::key::{KeySource, VerifyingKey};
+//! use entitlement_gate::domain::product_code::ProductCode;
+//! use entitlement_gate::gate::verify::Requirements;
 //!
 //! # async fn check() -> Result<(), Box<dyn std::error::Error>> {
 //! let pem = std::fs::read_to_string("/etc/my-product/marketplace-key.pem")?;
@@ -31,16 +32,37 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use clap::Args;
+use crate::aws::workload::WorkloadError;
+use crate::domain::handoff::{self, Handoff};
+use crate::domain::key::VerifyingKey;
+use crate::domain::nonce::{self, NonceProblem};
+use crate::domain::product_code::ProductCode;
+use crate::domain::time::epoch_seconds;
+use crate::domain::token::{self, Binding, TokenError, VerifiedToken, MAX_TOKEN_BYTES};
+use crate::domain::workload::{WorkloadId, WorkloadIdSource};
 
-use crate::check::epoch_seconds;
-use crate::config::{parse_duration, ConfigError, ProductArgs, ProductCode, VerifyingKey};
-use crate::handoff::{self, Handoff};
-use crate::nonce::{self, NonceProblem};
-use crate::outcome::GateError;
-use crate::token::{self, Expected, TokenError, VerifiedToken, MAX_TOKEN_BYTES};
-use crate::trust::TrustAnchors;
-use crate::workload::{self, WorkloadId};
+/// Why a re-check refused, or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(
+        "the token's nonce is not bound to a workload, as the gate binds every nonce it makes"
+    )]
+    NonceNotWorkloadBound,
+    #[error("the token was obtained by another workload's gate, not this one's (identified by {identified_by})")]
+    NonceForOtherWorkload { identified_by: WorkloadIdSource },
+    #[error("no readable handoff at {} ({reason}); the gate has not verified an entitlement for this workload", path.display())]
+    NoHandoff { path: PathBuf, reason: String },
+    #[error("a token needs the nonce it was issued for")]
+    MissingNonce,
+    #[error("nothing to verify: no handoff file and no token")]
+    NoTokenGiven,
+    #[error("cannot read a token from stdin: {0}")]
+    Stdin(String),
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+}
 
 /// What a re-check demands of a token: the same rules as `check`, a nonce bound to this
 /// workload, and an optional age limit.
@@ -62,27 +84,27 @@ impl Requirements<'_> {
         token: &str,
         nonce: &str,
         now: SystemTime,
-    ) -> Result<VerifiedToken, TokenError> {
+    ) -> Result<VerifiedToken, VerifyError> {
         let now = epoch_seconds(now);
-        let expected = Expected {
-            product_code: self.product_code.as_str(),
-            nonce,
+        let expected = Binding {
+            product_code: self.product_code.clone(),
             public_key_version: self.key.version,
+            nonce: nonce.to_owned(),
         };
         let verified = token::verify(token, self.key, &expected, now)?;
         nonce::check_binding(&verified.nonce, self.workload).map_err(|problem| match problem {
-            NonceProblem::NotWorkloadBound => TokenError::NonceNotWorkloadBound,
-            NonceProblem::OtherWorkload => TokenError::NonceForOtherWorkload {
+            NonceProblem::NotWorkloadBound => VerifyError::NonceNotWorkloadBound,
+            NonceProblem::OtherWorkload => VerifyError::NonceForOtherWorkload {
                 identified_by: self.workload.source,
             },
         })?;
         if let Some(max_age) = self.max_age {
             if verified.issued_at.saturating_add(max_age.as_secs()) < now {
-                return Err(TokenError::TooOld {
+                return Err(VerifyError::Token(TokenError::TooOld {
                     iat: verified.issued_at,
                     max_age_secs: max_age.as_secs(),
                     now,
-                });
+                }));
             }
         }
         Ok(verified)
@@ -93,7 +115,7 @@ impl Requirements<'_> {
         &self,
         handoff: &Handoff,
         now: SystemTime,
-    ) -> Result<VerifiedToken, TokenError> {
+    ) -> Result<VerifiedToken, VerifyError> {
         self.verify_token(&handoff.signature, &handoff.nonce, now)
     }
 
@@ -102,46 +124,13 @@ impl Requirements<'_> {
         &self,
         path: &Path,
         now: SystemTime,
-    ) -> Result<VerifiedToken, TokenError> {
-        let handoff = handoff::read(path).map_err(|e| TokenError::NoHandoff {
+    ) -> Result<VerifiedToken, VerifyError> {
+        let handoff = handoff::read(path).map_err(|e| VerifyError::NoHandoff {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
         self.verify_handoff(&handoff, now)
     }
-}
-
-/// Flags and environment variables of `entitlement-gate verify`.
-#[derive(Debug, Clone, Args)]
-pub struct VerifyArgs {
-    #[command(flatten)]
-    pub product: ProductArgs,
-
-    /// The handoff file to check [default: <handoff-dir>/entitlement.json].
-    #[arg(long, value_name = "FILE", conflicts_with = "token")]
-    pub handoff: Option<PathBuf>,
-
-    /// Directory holding entitlement.json (the same variable the gate writes with).
-    #[arg(long, env = "ENTITLEMENT_GATE_HANDOFF_DIR", value_name = "DIR")]
-    pub handoff_dir: Option<PathBuf>,
-
-    /// A token (JWT) to check instead of a handoff; `-` reads it from stdin, as does giving
-    /// neither a token nor a handoff. Needs --nonce.
-    #[arg(long, value_name = "JWT")]
-    pub token: Option<String>,
-
-    /// The nonce the token was issued for.
-    #[arg(long)]
-    pub nonce: Option<String>,
-
-    /// Bound on the whole re-check (including the ECS task metadata lookup on ECS).
-    #[arg(long, env = "ENTITLEMENT_GATE_DEADLINE", default_value = "10s",
-          value_parser = parse_duration, value_name = "DURATION")]
-    pub deadline: Duration,
-
-    /// Refuse tokens issued longer ago than this (e.g. 1h).
-    #[arg(long, env = "ENTITLEMENT_GATE_MAX_AGE", value_parser = parse_duration, value_name = "DURATION")]
-    pub max_age: Option<Duration>,
 }
 
 /// What `verify` was given to check.
@@ -151,76 +140,72 @@ pub enum Evidence {
     Token { token: String, nonce: String },
 }
 
-impl VerifyArgs {
-    /// Picks the evidence: `--token`, else `--handoff`, else the handoff directory, else stdin.
-    pub fn evidence(&self, stdin: impl Read) -> Result<Evidence, ConfigError> {
-        let handoff = self
+/// What a caller asked to check: the inputs from which [`Evidence::choose`] picks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EvidenceRequest {
+    /// An explicit handoff file.
+    pub handoff: Option<PathBuf>,
+    /// The directory holding `entitlement.json`.
+    pub handoff_dir: Option<PathBuf>,
+    /// A token; `-` means stdin.
+    pub token: Option<String>,
+    pub nonce: Option<String>,
+}
+
+impl Evidence {
+    /// Picks the evidence: a token, else a handoff file, else the handoff directory, else a
+    /// token from `stdin`.
+    pub fn choose(request: &EvidenceRequest, stdin: impl Read) -> Result<Evidence, VerifyError> {
+        let handoff = request
             .handoff
             .clone()
-            .or_else(|| self.handoff_dir.as_deref().map(handoff::path_in));
-        let token = match (&self.token, handoff) {
+            .or_else(|| request.handoff_dir.as_deref().map(handoff::path_in));
+        let token = match (&request.token, handoff) {
             (Some(token), _) if token != "-" => token.clone(),
             (None, Some(path)) => return Ok(Evidence::HandoffFile(path)),
             _ => read_token(stdin)?,
         };
-        let nonce = self.nonce.clone().ok_or(ConfigError::MissingNonce)?;
+        let nonce = request.nonce.clone().ok_or(VerifyError::MissingNonce)?;
         Ok(Evidence::Token { token, nonce })
     }
 }
 
 /// A token from stdin, read no further than a token may be long.
-fn read_token(stdin: impl Read) -> Result<String, ConfigError> {
+fn read_token(stdin: impl Read) -> Result<String, VerifyError> {
     let mut text = String::new();
     stdin
         .take(MAX_TOKEN_BYTES as u64 + 2)
         .read_to_string(&mut text)
-        .map_err(|e| ConfigError::InvalidArgument {
-            detail: format!("cannot read a token from stdin: {e}"),
-            help: "entitlement-gate verify --help".to_owned(),
-        })?;
+        .map_err(|e| VerifyError::Stdin(e.to_string()))?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(ConfigError::NoTokenGiven);
+        return Err(VerifyError::NoTokenGiven);
     }
     Ok(token.to_owned())
 }
 
-/// How long the ECS task metadata endpoint may take when `verify` resolves the workload.
-const TASK_METADATA_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// `entitlement-gate verify`: checks the evidence without calling AWS.
-pub async fn command(
-    args: &VerifyArgs,
-    anchors: &TrustAnchors,
-) -> Result<VerifiedToken, GateError> {
-    let (product_code, key) = args.product.resolve(anchors)?;
-    let workload = workload::resolve(|name| std::env::var(name).ok(), TASK_METADATA_TIMEOUT)
-        .await
-        .map_err(|e| GateError::Internal(e.to_string()))?;
-    tracing::debug!(source = %workload.source, "resolved the workload identity");
-    let requirements = Requirements {
-        product_code: &product_code,
-        key: &key,
-        workload: &workload,
-        max_age: args.max_age,
-    };
-    let evidence = args.evidence(std::io::stdin().lock())?;
-    let now = SystemTime::now();
-    let verified = match &evidence {
-        Evidence::HandoffFile(path) => requirements.verify_handoff_file(path, now),
-        Evidence::Token { token, nonce } => requirements.verify_token(token, nonce, now),
-    }?;
-    tracing::info!(product_code = %verified.product_code, public_key_version = verified.public_key_version,
-        iat = verified.issued_at, "valid: the token verifies");
-    Ok(verified)
+impl Requirements<'_> {
+    /// Verifies whichever `evidence` was given.
+    pub fn verify(
+        &self,
+        evidence: &Evidence,
+        now: SystemTime,
+    ) -> Result<VerifiedToken, VerifyError> {
+        let verified = match evidence {
+            Evidence::HandoffFile(path) => self.verify_handoff_file(path, now),
+            Evidence::Token { token, nonce } => self.verify_token(token, nonce, now),
+        }?;
+        tracing::info!(product_code = %verified.product_code, public_key_version = verified.public_key_version,
+            iat = verified.issued_at, "valid: the token verifies");
+        Ok(verified)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::KeySource;
-    use crate::nonce::Nonce;
-    use crate::workload::WorkloadIdSource;
+    use crate::domain::key::KeySource;
+    use crate::domain::nonce::Nonce;
     use metering_emulator::keys::shared_2048;
     use serde_json::json;
     use std::time::UNIX_EPOCH;
@@ -291,7 +276,7 @@ mod tests {
         };
         assert!(matches!(
             requirements.verify_handoff(&swapped, at(NOW)),
-            Err(TokenError::ClaimMismatch { .. })
+            Err(VerifyError::Token(TokenError::ClaimMismatch { .. }))
         ));
     }
 
@@ -306,17 +291,17 @@ mod tests {
             max_age: None,
         };
         let copied = handoff(&pod("pod-b"), NOW - 10);
-        assert_eq!(
+        assert!(matches!(
             requirements.verify_handoff(&copied, at(NOW)),
-            Err(TokenError::NonceForOtherWorkload {
+            Err(VerifyError::NonceForOtherWorkload {
                 identified_by: WorkloadIdSource::Configured
             })
-        );
+        ));
         let unbound = token("n-1", NOW - 10);
-        assert_eq!(
+        assert!(matches!(
             requirements.verify_token(&unbound, "n-1", at(NOW)),
-            Err(TokenError::NonceNotWorkloadBound)
-        );
+            Err(VerifyError::NonceNotWorkloadBound)
+        ));
     }
 
     #[test]
@@ -332,14 +317,14 @@ mod tests {
         assert!(requirements
             .verify_handoff(&handoff(&this_pod, NOW - 60), at(NOW))
             .is_ok());
-        assert_eq!(
+        assert!(matches!(
             requirements.verify_handoff(&handoff(&this_pod, NOW - 61), at(NOW)),
-            Err(TokenError::TooOld {
-                iat: NOW - 61,
+            Err(VerifyError::Token(TokenError::TooOld {
+                iat,
                 max_age_secs: 60,
                 now: NOW
-            })
-        );
+            })) if iat == NOW - 61
+        ));
     }
 
     #[test]
@@ -354,73 +339,61 @@ mod tests {
         };
         let result =
             requirements.verify_handoff_file(Path::new("/nonexistent/entitlement.json"), at(NOW));
-        assert!(matches!(result, Err(TokenError::NoHandoff { .. })));
-    }
-
-    fn args() -> VerifyArgs {
-        VerifyArgs {
-            product: ProductArgs::default(),
-            handoff: None,
-            handoff_dir: None,
-            token: None,
-            nonce: None,
-            deadline: Duration::from_secs(10),
-            max_age: None,
-        }
+        assert!(matches!(result, Err(VerifyError::NoHandoff { .. })));
     }
 
     #[test]
     fn evidence_prefers_token_then_handoff_then_directory_then_stdin() {
         let empty: &[u8] = b"";
-        let with_token = VerifyArgs {
+        let with_token = EvidenceRequest {
             token: Some("a.b.c".into()),
             nonce: Some("n".into()),
             handoff_dir: Some("/h".into()),
-            ..args()
+            ..EvidenceRequest::default()
         };
         assert_eq!(
-            with_token.evidence(empty).unwrap(),
+            Evidence::choose(&with_token, empty).unwrap(),
             Evidence::Token {
                 token: "a.b.c".into(),
                 nonce: "n".into()
             }
         );
-        let with_file = VerifyArgs {
+        let with_file = EvidenceRequest {
             handoff: Some("/f.json".into()),
             handoff_dir: Some("/h".into()),
-            ..args()
+            ..EvidenceRequest::default()
         };
         assert_eq!(
-            with_file.evidence(empty).unwrap(),
+            Evidence::choose(&with_file, empty).unwrap(),
             Evidence::HandoffFile("/f.json".into())
         );
-        let with_dir = VerifyArgs {
+        let with_dir = EvidenceRequest {
             handoff_dir: Some("/h".into()),
-            ..args()
+            ..EvidenceRequest::default()
         };
         assert_eq!(
-            with_dir.evidence(empty).unwrap(),
+            Evidence::choose(&with_dir, empty).unwrap(),
             Evidence::HandoffFile("/h/entitlement.json".into())
         );
-        let from_stdin = VerifyArgs {
+        let from_stdin = EvidenceRequest {
             nonce: Some("n".into()),
-            ..args()
+            ..EvidenceRequest::default()
         };
         assert_eq!(
-            from_stdin.evidence(&b" x.y.z\n"[..]).unwrap(),
+            Evidence::choose(&from_stdin, &b" x.y.z\n"[..]).unwrap(),
             Evidence::Token {
                 token: "x.y.z".into(),
                 nonce: "n".into()
             }
         );
-        let dash = VerifyArgs {
+        let dash = EvidenceRequest {
             token: Some("-".into()),
             nonce: Some("n".into()),
             handoff_dir: Some("/h".into()),
-            ..args()
+            ..EvidenceRequest::default()
         };
         assert_eq!(
-            dash.evidence(&b"x.y.z"[..]).unwrap(),
+            Evidence::choose(&dash, &b"x.y.z"[..]).unwrap(),
             Evidence::Token {
                 token: "x.y.z".into(),
                 nonce: "n".into()
@@ -431,21 +404,21 @@ mod tests {
     #[test]
     fn a_token_needs_a_nonce_and_stdin_must_hold_one() {
         let empty: &[u8] = b"";
-        let no_nonce = VerifyArgs {
+        let no_nonce = EvidenceRequest {
             token: Some("a.b.c".into()),
-            ..args()
+            ..EvidenceRequest::default()
         };
         assert!(matches!(
-            no_nonce.evidence(empty),
-            Err(ConfigError::MissingNonce)
+            Evidence::choose(&no_nonce, empty),
+            Err(VerifyError::MissingNonce)
         ));
-        let nothing = VerifyArgs {
+        let nothing = EvidenceRequest {
             nonce: Some("n".into()),
-            ..args()
+            ..EvidenceRequest::default()
         };
         assert!(matches!(
-            nothing.evidence(empty),
-            Err(ConfigError::NoTokenGiven)
+            Evidence::choose(&nothing, empty),
+            Err(VerifyError::NoTokenGiven)
         ));
     }
 }

@@ -5,26 +5,13 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 
-use clap::Args;
-
-use crate::config::{CheckArgs, ConfigError};
-
-/// Flags of `entitlement-gate exec`: those of `check`, then the program after `--`.
-#[derive(Debug, Clone, Args)]
-pub struct ExecArgs {
-    #[command(flatten)]
-    pub check: CheckArgs,
-
-    /// The program to run once the buyer is entitled, and its arguments.
-    #[arg(last = true, required = true, value_name = "PROGRAM")]
-    pub program: Vec<OsString>,
-}
+use entitlement_gate::outcome::GateError;
 
 /// Finds the program to become before any metered call, as `execvp` would: a name with a `/`
 /// as a path, any other name on `path` (the `PATH` variable). It must be a regular file this
 /// process may execute, so a typo costs no RegisterUsage call.
-pub fn resolve_program(name: &OsStr, path: Option<&OsStr>) -> Result<PathBuf, ConfigError> {
-    let not_started = |reason: String| ConfigError::ProgramNotStarted {
+pub fn resolve_program(name: &OsStr, path: Option<&OsStr>) -> Result<PathBuf, GateError> {
+    let not_started = |reason: String| GateError::ProgramNotStarted {
         program: name.to_string_lossy().into_owned(),
         reason,
     };
@@ -73,13 +60,13 @@ fn executable(path: &Path) -> Result<(), String> {
 /// Replaces this process with the resolved `program`, passing `args` and keeping `name` as its
 /// `argv[0]`: it keeps the PID, the environment and the signals, and its exit code becomes the
 /// container's. Returns only on failure.
-pub fn replace_process(program: &Path, name: &OsStr, args: &[OsString]) -> ConfigError {
+pub fn replace_process(program: &Path, name: &OsStr, args: &[OsString]) -> GateError {
     tracing::info!(program = %program.display(), "entitled: starting the program");
     let error = std::process::Command::new(program)
         .arg0(name)
         .args(args)
         .exec();
-    ConfigError::ProgramNotStarted {
+    GateError::ProgramNotStarted {
         program: program.display().to_string(),
         reason: error.to_string(),
     }
@@ -112,7 +99,7 @@ mod tests {
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o644)).unwrap();
         let path = dir.path().as_os_str();
         let reason = |name: &OsStr| match resolve_program(name, Some(path)) {
-            Err(ConfigError::ProgramNotStarted { reason, .. }) => reason,
+            Err(GateError::ProgramNotStarted { reason, .. }) => reason,
             other => panic!("{other:?}"),
         };
         assert!(reason(OsStr::new("typo")).contains("not on PATH"));

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use rand::rngs::OsRng;
 use rand::TryRngCore as _;
 
-use crate::workload::WorkloadId;
+use super::workload::WorkloadId;
 
 /// Bytes of OS randomness per nonce: 256 bits, comfortably above the 128-bit floor.
 const RANDOM_BYTES: usize = 32;
@@ -86,7 +86,7 @@ fn binding(random: &[u8], workload: &WorkloadId) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::WorkloadIdSource;
+    use crate::domain::workload::WorkloadIdSource;
     use std::collections::HashSet;
 
     fn workload(id: &str) -> WorkloadId {

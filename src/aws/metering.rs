@@ -1,0 +1,710 @@
+//! The AWS Marketplace Metering API client: RegisterUsage today, with its failure classes.
+//! The SDK's own retries are off; [`retry::until_deadline`] owns retries.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::Credentials;
+use aws_sdk_marketplacemetering::config::interceptors::BeforeDeserializationInterceptorContextMut;
+use aws_sdk_marketplacemetering::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_marketplacemetering::error::BoxError;
+use aws_sdk_marketplacemetering::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_marketplacemetering::operation::register_usage::RegisterUsageError;
+use aws_sdk_marketplacemetering::operation::RequestId as _;
+use aws_sdk_marketplacemetering::Client;
+use aws_smithy_types::body::SdkBody;
+use http_body_util::{LengthLimitError, Limited};
+use tokio::time::Instant;
+
+use super::identity::{error_chain, CredentialSource};
+use super::retry::{
+    self, Attempt, GaveUp, RetryError, RetryPolicy, TransientFailure, TransientKind,
+};
+use crate::domain::text;
+use crate::domain::token::Binding;
+
+/// A setup problem AWS Marketplace reported; each has its own remedy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetupRefusal {
+    PlatformNotSupported,
+    InvalidRegion,
+    InvalidProductCode,
+    InvalidPublicKeyVersion,
+    DisabledApi,
+}
+
+impl SetupRefusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            SetupRefusal::PlatformNotSupported => "PlatformNotSupportedException",
+            SetupRefusal::InvalidRegion => "InvalidRegionException",
+            SetupRefusal::InvalidProductCode => "InvalidProductCodeException",
+            SetupRefusal::InvalidPublicKeyVersion => "InvalidPublicKeyVersionException",
+            SetupRefusal::DisabledApi => "DisabledApiException",
+        }
+    }
+}
+
+/// Calls that kept failing in a way worth retrying, until the deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persisting {
+    pub gave_up: GaveUp,
+    pub endpoint: String,
+}
+
+/// Why a Metering call did not give an answer to verify.
+#[derive(Debug, thiserror::Error)]
+pub enum MeteringError {
+    #[error("not entitled to {product_code}: {aws_message}")]
+    NotEntitled {
+        product_code: String,
+        region: String,
+        aws_message: String,
+        request_id: Option<String>,
+    },
+    #[error("{}: {aws_message}", refusal.code())]
+    SetupRefused {
+        refusal: SetupRefusal,
+        product_code: String,
+        public_key_version: u32,
+        region: String,
+        aws_message: String,
+        request_id: Option<String>,
+    },
+    #[error("{code}: {aws_message}")]
+    AccessDenied {
+        code: String,
+        aws_message: String,
+        credentials_from: CredentialSource,
+        request_id: Option<String>,
+    },
+    #[error("throttled until the deadline ({} attempts); last: {}", .0.gave_up.attempts, .0.gave_up.last.detail)]
+    Throttled(Persisting),
+    #[error("kept failing until the deadline ({} attempts); last: {}", .0.gave_up.attempts, .0.gave_up.last.detail)]
+    ServiceUnavailable(Persisting),
+    #[error("unreachable until the deadline ({} attempts); last: {}", .0.gave_up.attempts, .0.gave_up.last.detail)]
+    Unreachable(Persisting),
+    #[error("an answer AWS does not document: HTTP {status} {code}: {aws_message}")]
+    UnexpectedResponse {
+        status: u16,
+        code: String,
+        aws_message: String,
+        request_id: Option<String>,
+    },
+    #[error("the request could not be built: {0}")]
+    RequestNotBuilt(String),
+    #[error("RegisterUsage answered without a Signature token")]
+    NoSignature,
+    #[error("RegisterUsage answered with more than {limit} bytes")]
+    ResponseTooLarge { limit: usize },
+    /// A success status whose body is not the operation's JSON.
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("the AWS SDK failed: {0}")]
+    Sdk(String),
+}
+
+impl MeteringError {
+    /// The AWS request ID of the last answer that led here, when there was one.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            MeteringError::NotEntitled { request_id, .. }
+            | MeteringError::SetupRefused { request_id, .. }
+            | MeteringError::AccessDenied { request_id, .. }
+            | MeteringError::UnexpectedResponse { request_id, .. } => request_id.as_deref(),
+            MeteringError::Throttled(persisting)
+            | MeteringError::ServiceUnavailable(persisting)
+            | MeteringError::Unreachable(persisting) => persisting.gave_up.request_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn persisting(gave_up: GaveUp, endpoint: &str) -> Self {
+        let persisting = Persisting {
+            gave_up,
+            endpoint: endpoint.to_owned(),
+        };
+        match persisting.gave_up.last.kind {
+            TransientKind::Throttled => MeteringError::Throttled(persisting),
+            TransientKind::ServerError => MeteringError::ServiceUnavailable(persisting),
+            TransientKind::Network | TransientKind::Timeout => {
+                MeteringError::Unreachable(persisting)
+            }
+        }
+    }
+}
+
+/// One RegisterUsage call: what it binds, where it goes, with whose credentials, how patiently.
+#[derive(Debug, Clone)]
+pub struct RegisterUsageCall<'a> {
+    pub binding: &'a Binding,
+    pub region: &'a str,
+    pub credentials_from: CredentialSource,
+    pub endpoint: String,
+    pub retry: RetryPolicy,
+}
+
+/// A successful RegisterUsage answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterUsageAnswer {
+    pub signature: String,
+    /// Epoch seconds; AWS sends it when the public key version has expired.
+    pub public_key_rotation_timestamp: Option<i64>,
+    pub request_id: Option<String>,
+}
+
+/// The largest RegisterUsage answer the gate reads; real ones are about 1 KiB.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Caps how much of an answer the SDK reads, so a broken proxy or a hostile endpoint cannot
+/// exhaust the init container's memory with an endless body.
+#[derive(Debug)]
+struct ResponseSizeLimit;
+
+impl Intercept for ResponseSizeLimit {
+    fn name(&self) -> &'static str {
+        "ResponseSizeLimit"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let response = context.response_mut();
+        let body = response.take_body();
+        *response.body_mut() = SdkBody::from_body_1_x(Limited::new(body, MAX_RESPONSE_BYTES));
+        Ok(())
+    }
+}
+
+/// Builds a client for `region` with fixed credentials; the SDK still reads the endpoint
+/// overrides (`AWS_ENDPOINT_URL_MARKETPLACE_METERING`, `AWS_ENDPOINT_URL`) and profile settings.
+pub async fn client(region: Region, credentials: Credentials, attempt_timeout: Duration) -> Client {
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .region(region)
+        .credentials_provider(credentials)
+        // The retry loop below owns retries: it knows the deadline and the jitter policy.
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(attempt_timeout.min(Duration::from_secs(3)))
+                .operation_attempt_timeout(attempt_timeout)
+                .build(),
+        )
+        .load()
+        .await;
+    client_from(&config)
+}
+
+/// A RegisterUsage client from an SDK configuration, with the gate's response-size limit.
+pub fn client_from(config: &aws_config::SdkConfig) -> Client {
+    let config = aws_sdk_marketplacemetering::config::Builder::from(config)
+        .interceptor(ResponseSizeLimit)
+        .build();
+    Client::from_conf(config)
+}
+
+/// Calls RegisterUsage until it answers, fails for good, or no useful attempt fits before
+/// `deadline`.
+pub async fn register_usage(
+    client: &Client,
+    call: &RegisterUsageCall<'_>,
+    deadline: Instant,
+) -> Result<RegisterUsageAnswer, MeteringError> {
+    let answer = retry::until_deadline("RegisterUsage", call.retry, deadline, || async {
+        let sent = client
+            .register_usage()
+            .product_code(call.binding.product_code.as_str())
+            .public_key_version(call.binding.public_key_version as i32)
+            .nonce(&call.binding.nonce)
+            .send()
+            .await;
+        match sent {
+            Ok(output) => Attempt::Answered(output),
+            Err(error) => classify(&error, call),
+        }
+    })
+    .await
+    .map_err(|error| match error {
+        RetryError::Failed(error) => error,
+        RetryError::GaveUp(gave_up) => MeteringError::persisting(gave_up, &call.endpoint),
+    })?;
+    Ok(RegisterUsageAnswer {
+        request_id: answer.request_id().map(text::quoted),
+        signature: answer.signature.ok_or(MeteringError::NoSignature)?,
+        public_key_rotation_timestamp: answer.public_key_rotation_timestamp.map(|time| time.secs()),
+    })
+}
+
+/// Codes that mean the credentials or their permissions are wrong, wherever AWS reports them.
+const CREDENTIAL_ERROR_CODES: &[&str] = &[
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "IncompleteSignatureException",
+    "MissingAuthenticationToken",
+    "MissingAuthenticationTokenException",
+    "RequestExpired",
+    "NotAuthorized",
+];
+
+/// Throttling codes outside the RegisterUsage model that AWS front ends also send.
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "SlowDown",
+];
+
+/// Sorts a failed attempt into retry-or-stop, with the error that ends the call. A documented
+/// error code decides first; otherwise the HTTP status does, before anything in the body.
+pub fn classify<T>(
+    error: &SdkError<RegisterUsageError>,
+    call: &RegisterUsageCall<'_>,
+) -> Attempt<T, MeteringError> {
+    let request_id = error.request_id().map(text::quoted);
+    let transient = |kind, detail| Attempt::Retry {
+        failure: TransientFailure { kind, detail },
+        request_id: request_id.clone(),
+    };
+    let Some(response) = error.raw_response() else {
+        return match error {
+            SdkError::TimeoutError(_) => {
+                transient(TransientKind::Timeout, "the attempt timed out".to_owned())
+            }
+            SdkError::DispatchFailure(failure) if failure.is_user() => {
+                Attempt::Failed(MeteringError::RequestNotBuilt(error_chain(error)))
+            }
+            // Connection refused or reset, DNS, TLS.
+            SdkError::DispatchFailure(_) => {
+                transient(TransientKind::Network, text::quoted(&error_chain(error)))
+            }
+            SdkError::ConstructionFailure(_) => {
+                Attempt::Failed(MeteringError::RequestNotBuilt(error_chain(error)))
+            }
+            _ => Attempt::Failed(MeteringError::Sdk(text::quoted(&error_chain(error)))),
+        };
+    };
+    let status = response.status().as_u16();
+    let (code, aws_message) = match error {
+        SdkError::ServiceError(service) => (
+            text::quoted(service.err().code().unwrap_or("")),
+            text::quoted(service.err().message().unwrap_or("no message")),
+        ),
+        _ => (String::new(), "no message".to_owned()),
+    };
+    if let SdkError::ServiceError(service) = error {
+        if let Some(decision) =
+            classify_documented(service.err(), &code, &aws_message, call, &request_id)
+        {
+            return decision;
+        }
+    }
+    let named = |code: &str| {
+        if code.is_empty() {
+            format!("HTTP {status} without an AWS error code")
+        } else {
+            format!("HTTP {status} {code}")
+        }
+    };
+    match status {
+        429 => transient(TransientKind::Throttled, named(&code)),
+        500 | 502 | 503 | 504 => transient(
+            TransientKind::ServerError,
+            match aws_message.as_str() {
+                "no message" => named(&code),
+                message => format!("{}: {message}", named(&code)),
+            },
+        ),
+        200..=299 => classify_unreadable_success(error, status, transient),
+        _ => Attempt::Failed(MeteringError::UnexpectedResponse {
+            status,
+            code: if code.is_empty() {
+                "(no error code)".to_owned()
+            } else {
+                code
+            },
+            aws_message,
+            request_id,
+        }),
+    }
+}
+
+/// A success status whose body is not a RegisterUsage answer.
+fn classify_unreadable_success<T>(
+    error: &SdkError<RegisterUsageError>,
+    status: u16,
+    transient: impl Fn(TransientKind, String) -> Attempt<T, MeteringError>,
+) -> Attempt<T, MeteringError> {
+    if caused_by::<LengthLimitError>(error) {
+        return Attempt::Failed(MeteringError::ResponseTooLarge {
+            limit: MAX_RESPONSE_BYTES,
+        });
+    }
+    match error {
+        // Not all of the body arrived: the connection was cut mid-way.
+        SdkError::ResponseError(response) if response.raw().body().bytes().is_none() => transient(
+            TransientKind::Network,
+            format!(
+                "the answer was cut off ({})",
+                text::quoted(&error_chain(error))
+            ),
+        ),
+        // The SDK kept the whole body but could not parse it (a proxy's page, broken JSON).
+        _ => Attempt::Failed(MeteringError::Unreadable(format!(
+            "RegisterUsage answered HTTP {status} with a body that is not its JSON ({})",
+            text::quoted(&error_chain(error))
+        ))),
+    }
+}
+
+/// Whether `error` or any of its sources is a `T`.
+fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(cause) = current {
+        if cause.is::<T>() {
+            return true;
+        }
+        current = cause.source();
+    }
+    false
+}
+
+/// The decision for an error AWS documents by its code, or `None` for an undocumented one.
+fn classify_documented<T>(
+    error: &RegisterUsageError,
+    code: &str,
+    aws_message: &str,
+    call: &RegisterUsageCall<'_>,
+    request_id: &Option<String>,
+) -> Option<Attempt<T, MeteringError>> {
+    let refused = |refusal| {
+        Attempt::Failed(MeteringError::SetupRefused {
+            refusal,
+            product_code: call.binding.product_code.to_string(),
+            public_key_version: call.binding.public_key_version,
+            region: call.region.to_owned(),
+            aws_message: aws_message.to_owned(),
+            request_id: request_id.clone(),
+        })
+    };
+    let transient = |kind| Attempt::Retry {
+        failure: TransientFailure {
+            kind,
+            detail: format!("{code}: {aws_message}"),
+        },
+        request_id: request_id.clone(),
+    };
+    Some(match error {
+        RegisterUsageError::CustomerNotEntitledException(_) => {
+            Attempt::Failed(MeteringError::NotEntitled {
+                product_code: call.binding.product_code.to_string(),
+                region: call.region.to_owned(),
+                aws_message: aws_message.to_owned(),
+                request_id: request_id.clone(),
+            })
+        }
+        RegisterUsageError::PlatformNotSupportedException(_) => {
+            refused(SetupRefusal::PlatformNotSupported)
+        }
+        RegisterUsageError::InvalidRegionException(_) => refused(SetupRefusal::InvalidRegion),
+        RegisterUsageError::InvalidProductCodeException(_) => {
+            refused(SetupRefusal::InvalidProductCode)
+        }
+        RegisterUsageError::InvalidPublicKeyVersionException(_) => {
+            refused(SetupRefusal::InvalidPublicKeyVersion)
+        }
+        RegisterUsageError::DisabledApiException(_) => refused(SetupRefusal::DisabledApi),
+        RegisterUsageError::ThrottlingException(_) => transient(TransientKind::Throttled),
+        RegisterUsageError::InternalServiceErrorException(_) => {
+            transient(TransientKind::ServerError)
+        }
+        _ if THROTTLING_CODES.contains(&code) => transient(TransientKind::Throttled),
+        _ if CREDENTIAL_ERROR_CODES.contains(&code) => {
+            Attempt::Failed(MeteringError::AccessDenied {
+                code: code.to_owned(),
+                aws_message: aws_message.to_owned(),
+                credentials_from: call.credentials_from,
+                request_id: request_id.clone(),
+            })
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::retry::Backoff;
+    use crate::domain::product_code::ProductCode;
+    use aws_sdk_marketplacemetering::config::http::HttpResponse;
+    use aws_sdk_marketplacemetering::error::ErrorMetadata;
+    use aws_sdk_marketplacemetering::types::error as model;
+    use aws_smithy_runtime_api::http::StatusCode;
+
+    /// How a failed attempt is handled: retried (of what kind), or the error that ends it.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Decision {
+        Retry(TransientKind),
+        NotEntitled,
+        Refused(SetupRefusal),
+        AccessDenied,
+        Undocumented,
+        Unreadable,
+    }
+
+    fn decide(error: SdkError<RegisterUsageError>) -> Decision {
+        let binding = Binding {
+            product_code: ProductCode::parse("prod").unwrap(),
+            public_key_version: 1,
+            nonce: "n".into(),
+        };
+        let call = RegisterUsageCall {
+            binding: &binding,
+            region: "us-east-1",
+            credentials_from: CredentialSource::WebIdentityToken,
+            endpoint: "http://127.0.0.1:1".into(),
+            retry: RetryPolicy {
+                attempt_timeout: Duration::from_secs(1),
+                backoff: Backoff {
+                    base: Duration::from_millis(200),
+                    cap: Duration::from_secs(10),
+                },
+            },
+        };
+        match classify::<()>(&error, &call) {
+            Attempt::Retry { failure, .. } => Decision::Retry(failure.kind),
+            Attempt::Failed(MeteringError::NotEntitled { .. }) => Decision::NotEntitled,
+            Attempt::Failed(MeteringError::SetupRefused { refusal, .. }) => {
+                Decision::Refused(refusal)
+            }
+            Attempt::Failed(MeteringError::AccessDenied { .. }) => Decision::AccessDenied,
+            Attempt::Failed(MeteringError::UnexpectedResponse { .. }) => Decision::Undocumented,
+            Attempt::Failed(MeteringError::Unreadable(_)) => Decision::Unreadable,
+            other => panic!("unexpected decision {other:?}"),
+        }
+    }
+
+    fn generic(code: &str) -> RegisterUsageError {
+        RegisterUsageError::generic(ErrorMetadata::builder().code(code).message("m").build())
+    }
+
+    fn response(status: u16, body: &str) -> HttpResponse {
+        HttpResponse::new(
+            StatusCode::try_from(status).unwrap(),
+            SdkBody::from(body.to_owned()),
+        )
+    }
+
+    fn service(error: RegisterUsageError, status: u16) -> SdkError<RegisterUsageError> {
+        SdkError::service_error(error, response(status, "{}"))
+    }
+
+    /// An answer the SDK could not parse at all (a proxy's page, an empty body).
+    fn unparseable(status: u16, body: &str) -> SdkError<RegisterUsageError> {
+        SdkError::response_error("not the service's JSON", response(status, body))
+    }
+
+    #[test]
+    fn modelled_errors_decide_by_their_code() {
+        let meta = || ErrorMetadata::builder().message("m").build();
+        use RegisterUsageError as E;
+        let cases = vec![
+            (
+                E::CustomerNotEntitledException(
+                    model::CustomerNotEntitledException::builder()
+                        .meta(meta())
+                        .build(),
+                ),
+                Decision::NotEntitled,
+            ),
+            (
+                E::PlatformNotSupportedException(
+                    model::PlatformNotSupportedException::builder()
+                        .meta(meta())
+                        .build(),
+                ),
+                Decision::Refused(SetupRefusal::PlatformNotSupported),
+            ),
+            (
+                E::InvalidRegionException(
+                    model::InvalidRegionException::builder()
+                        .meta(meta())
+                        .build(),
+                ),
+                Decision::Refused(SetupRefusal::InvalidRegion),
+            ),
+            (
+                E::InvalidProductCodeException(
+                    model::InvalidProductCodeException::builder()
+                        .meta(meta())
+                        .build(),
+                ),
+                Decision::Refused(SetupRefusal::InvalidProductCode),
+            ),
+            (
+                E::InvalidPublicKeyVersionException(
+                    model::InvalidPublicKeyVersionException::builder()
+                        .meta(meta())
+                        .build(),
+                ),
+                Decision::Refused(SetupRefusal::InvalidPublicKeyVersion),
+            ),
+            (
+                E::DisabledApiException(
+                    model::DisabledApiException::builder().meta(meta()).build(),
+                ),
+                Decision::Refused(SetupRefusal::DisabledApi),
+            ),
+            (
+                E::ThrottlingException(model::ThrottlingException::builder().meta(meta()).build()),
+                Decision::Retry(TransientKind::Throttled),
+            ),
+            (
+                E::InternalServiceErrorException(
+                    model::InternalServiceErrorException::builder()
+                        .meta(meta())
+                        .build(),
+                ),
+                Decision::Retry(TransientKind::ServerError),
+            ),
+        ];
+        for (error, expected) in cases {
+            let name = format!("{error:?}");
+            assert_eq!(decide(service(error, 400)), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn credential_codes_are_access_denied() {
+        for code in CREDENTIAL_ERROR_CODES {
+            assert_eq!(
+                decide(service(generic(code), 403)),
+                Decision::AccessDenied,
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn unmodelled_throttling_and_server_errors_are_retried() {
+        for code in THROTTLING_CODES {
+            assert_eq!(
+                decide(service(generic(code), 400)),
+                Decision::Retry(TransientKind::Throttled),
+                "{code}"
+            );
+        }
+        assert_eq!(
+            decide(service(generic("ServiceUnavailable"), 503)),
+            Decision::Retry(TransientKind::ServerError)
+        );
+        assert_eq!(
+            decide(service(generic("Whatever"), 429)),
+            Decision::Retry(TransientKind::Throttled)
+        );
+    }
+
+    #[test]
+    fn the_http_status_decides_when_no_documented_code_does() {
+        use TransientKind::*;
+        let message_only =
+            RegisterUsageError::generic(ErrorMetadata::builder().message("slow down").build());
+        let cases = vec![
+            (
+                "empty 500",
+                unparseable(500, ""),
+                Decision::Retry(ServerError),
+            ),
+            (
+                "500 with a body",
+                unparseable(500, "oops"),
+                Decision::Retry(ServerError),
+            ),
+            (
+                "proxy's 502 page",
+                unparseable(502, "<html>Bad Gateway</html>"),
+                Decision::Retry(ServerError),
+            ),
+            (
+                "503 with a message only",
+                SdkError::service_error(message_only, response(503, r#"{"message":"slow down"}"#)),
+                Decision::Retry(ServerError),
+            ),
+            ("504", unparseable(504, ""), Decision::Retry(ServerError)),
+            ("bare 429", unparseable(429, ""), Decision::Retry(Throttled)),
+            ("302 redirect", unparseable(302, ""), Decision::Undocumented),
+            (
+                "404 page",
+                unparseable(404, "<html>not found</html>"),
+                Decision::Undocumented,
+            ),
+            (
+                "400 without a code",
+                service(generic(""), 400),
+                Decision::Undocumented,
+            ),
+            (
+                "400 ValidationException",
+                service(generic("ValidationException"), 400),
+                Decision::Undocumented,
+            ),
+            ("501", unparseable(501, ""), Decision::Undocumented),
+            (
+                "200 that is not JSON",
+                unparseable(200, "<html>login</html>"),
+                Decision::Unreadable,
+            ),
+        ];
+        for (name, error, expected) in cases {
+            assert_eq!(decide(error), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn network_text_is_escaped_in_what_reaches_a_message() {
+        let error = RegisterUsageError::generic(
+            ErrorMetadata::builder()
+                .code("AccessDeniedException")
+                .message("denied\n2026-11-23T00:00:00Z  INFO entitled: forged line")
+                .build(),
+        );
+        let binding = Binding {
+            product_code: ProductCode::parse("prod").unwrap(),
+            public_key_version: 1,
+            nonce: "n".into(),
+        };
+        let call = RegisterUsageCall {
+            binding: &binding,
+            region: "us-east-1",
+            credentials_from: CredentialSource::WebIdentityToken,
+            endpoint: String::new(),
+            retry: RetryPolicy {
+                attempt_timeout: Duration::from_secs(1),
+                backoff: Backoff {
+                    base: Duration::from_millis(1),
+                    cap: Duration::from_millis(1),
+                },
+            },
+        };
+        let Attempt::<(), _>::Failed(MeteringError::AccessDenied { aws_message, .. }) =
+            classify(&service(error, 403), &call)
+        else {
+            panic!("expected an access denial");
+        };
+        assert!(!aws_message.contains('\n'), "{aws_message:?}");
+        assert!(aws_message.contains("denied\\n2026"), "{aws_message:?}");
+    }
+}

@@ -1,0 +1,14 @@
+//! The AWS layer: who we are (Region, credentials, workload) and the API clients, each with its
+//! own error type, on the AWS SDK for Rust.
+//!
+//! - [`identity`]: Region and credentials from the SDK's chains, and where each came from
+//! - [`workload`]: the pod or task this process belongs to (environment, ECS task metadata)
+//! - [`endpoint`]: the endpoint the SDK will call, for messages and `doctor`
+//! - [`retry`]: deadline-aware retries with jittered backoff, shared by every client
+//! - [`metering`]: the AWS Marketplace Metering API
+
+pub mod endpoint;
+pub mod identity;
+pub mod metering;
+pub mod retry;
+pub mod workload;

@@ -1,0 +1,290 @@
+//! Flags and environment variables of every command, and their conversion into the library's
+//! validated configuration before any network call, so a typo never costs a metered call.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use entitlement_gate::aws::retry::{Backoff, RetryPolicy};
+use entitlement_gate::domain::key::{KeyRequest, VerifyingKey};
+use entitlement_gate::domain::product_code::ProductCode;
+use entitlement_gate::domain::trust::TrustAnchors;
+use entitlement_gate::gate::check::CheckConfig;
+use entitlement_gate::gate::doctor::DoctorRequest;
+use entitlement_gate::gate::verify::EvidenceRequest;
+use entitlement_gate::outcome::GateError;
+
+/// The longest duration any option takes: a run bound beyond a day is a typo, and larger values
+/// overflow the clock arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses durations as operators write them (`90s`, `2m`, `1m30s`, `2min`, `1.5s`, `1500ms`,
+/// `1h`; the `humantime` syntax); a bare number means seconds. Zero and anything above
+/// [`MAX_DURATION`] are refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let duration = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|e| format!("{text:?} is not a duration like 90s, 1m30s or 2h ({e})"))?,
+    };
+    if duration.is_zero() {
+        return Err("the duration must be greater than zero".to_owned());
+    }
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "{text:?} is longer than the {}h maximum",
+            MAX_DURATION.as_secs() / 3600
+        ));
+    }
+    Ok(duration)
+}
+
+/// Which product and which key: shared by every command that checks a token.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ProductArgs {
+    /// AWS Marketplace product code of the paid product.
+    #[arg(long, env = "ENTITLEMENT_GATE_PRODUCT_CODE")]
+    pub product_code: Option<String>,
+
+    /// Public key version sent to RegisterUsage; selects the key that verifies the token.
+    #[arg(long, env = "ENTITLEMENT_GATE_PUBLIC_KEY_VERSION", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
+    pub public_key_version: u32,
+
+    /// PEM file with the seller's RSA public key for that version.
+    #[arg(long, env = "ENTITLEMENT_GATE_PUBLIC_KEY_FILE", value_name = "PATH")]
+    pub public_key_file: Option<PathBuf>,
+
+    /// The seller's RSA public key as PEM text (`--public-key "$(cat key.pem)"` works: the
+    /// value may start with dashes).
+    #[arg(
+        long,
+        env = "ENTITLEMENT_GATE_PUBLIC_KEY",
+        value_name = "PEM",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub public_key: Option<String>,
+}
+
+impl ProductArgs {
+    pub fn key_request(&self) -> KeyRequest {
+        KeyRequest {
+            version: self.public_key_version,
+            file: self.public_key_file.clone(),
+            pem: self.public_key.clone(),
+        }
+    }
+
+    /// The product code and key, honouring this build's trust anchors.
+    pub fn resolve(
+        &self,
+        anchors: &TrustAnchors,
+    ) -> Result<(ProductCode, VerifyingKey), GateError> {
+        let product_code = anchors.product_code(self.product_code.as_deref())?;
+        let key = anchors.verifying_key(&self.key_request())?;
+        Ok((product_code, key))
+    }
+}
+
+/// Flags and environment variables of `entitlement-gate check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub product: ProductArgs,
+
+    /// Bound on the whole run (Region, credentials, every RegisterUsage attempt, verification).
+    #[arg(long, env = "ENTITLEMENT_GATE_DEADLINE", default_value = "120s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub deadline: Duration,
+
+    /// Bound on one RegisterUsage attempt; a slower attempt is retried.
+    #[arg(long, env = "ENTITLEMENT_GATE_ATTEMPT_TIMEOUT", default_value = "10s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub attempt_timeout: Duration,
+
+    /// Jitter window before the first retry; it doubles with each retry up to --retry-cap.
+    /// The defaults were tuned on a 200-gate storm against the 5 calls/s quota (README).
+    #[arg(long, env = "ENTITLEMENT_GATE_RETRY_BASE", default_value = "2s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub retry_base: Duration,
+
+    /// Largest jitter window between retries (each wait is uniform in [0, window]).
+    #[arg(long, env = "ENTITLEMENT_GATE_RETRY_CAP", default_value = "8s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub retry_cap: Duration,
+
+    /// Directory (e.g. a shared emptyDir) that receives entitlement.json on success.
+    #[arg(long, env = "ENTITLEMENT_GATE_HANDOFF_DIR", value_name = "DIR")]
+    pub handoff_dir: Option<PathBuf>,
+
+    /// Region override for local testing only; on ECS/EKS the platform sets AWS_REGION.
+    #[arg(long, env = "ENTITLEMENT_GATE_REGION")]
+    pub region: Option<String>,
+}
+
+impl CheckArgs {
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempt_timeout: self.attempt_timeout.min(self.deadline),
+            backoff: Backoff {
+                base: self.retry_base,
+                cap: self.retry_cap.max(self.retry_base),
+            },
+        }
+    }
+
+    /// The validated configuration of one `check` run.
+    pub fn to_config(&self, anchors: &TrustAnchors) -> Result<CheckConfig, GateError> {
+        let (product_code, key) = self.product.resolve(anchors)?;
+        Ok(CheckConfig {
+            product_code,
+            key,
+            deadline: self.deadline,
+            retry: self.retry(),
+            handoff_dir: self.handoff_dir.clone(),
+            region_override: self.region.clone(),
+        })
+    }
+}
+
+/// Flags of `entitlement-gate exec`: those of `check`, then the program after `--`.
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub check: CheckArgs,
+
+    /// The program to run once the buyer is entitled, and its arguments.
+    #[arg(last = true, required = true, value_name = "PROGRAM")]
+    pub program: Vec<OsString>,
+}
+
+/// Flags and environment variables of `entitlement-gate verify`.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub product: ProductArgs,
+
+    /// The handoff file to check [default: <handoff-dir>/entitlement.json].
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub handoff: Option<PathBuf>,
+
+    /// Directory holding entitlement.json (the same variable the gate writes with).
+    #[arg(long, env = "ENTITLEMENT_GATE_HANDOFF_DIR", value_name = "DIR")]
+    pub handoff_dir: Option<PathBuf>,
+
+    /// A token (JWT) to check instead of a handoff; `-` reads it from stdin, as does giving
+    /// neither a token nor a handoff. Needs --nonce.
+    #[arg(long, value_name = "JWT")]
+    pub token: Option<String>,
+
+    /// The nonce the token was issued for.
+    #[arg(long)]
+    pub nonce: Option<String>,
+
+    /// Bound on the whole re-check (including the ECS task metadata lookup on ECS).
+    #[arg(long, env = "ENTITLEMENT_GATE_DEADLINE", default_value = "10s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub deadline: Duration,
+
+    /// Refuse tokens issued longer ago than this (e.g. 1h).
+    #[arg(long, env = "ENTITLEMENT_GATE_MAX_AGE", value_parser = parse_duration, value_name = "DURATION")]
+    pub max_age: Option<Duration>,
+}
+
+impl VerifyArgs {
+    pub fn evidence_request(&self) -> EvidenceRequest {
+        EvidenceRequest {
+            handoff: self.handoff.clone(),
+            handoff_dir: self.handoff_dir.clone(),
+            token: self.token.clone(),
+            nonce: self.nonce.clone(),
+        }
+    }
+}
+
+/// Flags of `entitlement-gate doctor`: those of `check`, plus what to report and how.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub check: CheckArgs,
+
+    /// Also call RegisterUsage and verify the token. This starts metering for this workload.
+    #[arg(long)]
+    pub call: bool,
+
+    /// Report format on stdout.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+
+    /// Bound on the DNS lookup and on the TCP connect to the endpoint, each.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub probe_timeout: Duration,
+}
+
+impl DoctorArgs {
+    pub fn to_request(&self) -> DoctorRequest {
+        DoctorRequest {
+            product_code: self.check.product.product_code.clone(),
+            key: self.check.product.key_request(),
+            region_override: self.check.region.clone(),
+            deadline: self.check.deadline,
+            retry: self.check.retry(),
+            handoff_dir: self.check.handoff_dir.clone(),
+            probe_timeout: self.probe_timeout,
+            call: self.call,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_what_operators_write() {
+        for (text, expected) in [
+            ("90s", Duration::from_secs(90)),
+            ("2m", Duration::from_secs(120)),
+            ("2min", Duration::from_secs(120)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("1500ms", Duration::from_millis(1500)),
+            ("1h", Duration::from_secs(3600)),
+            ("45", Duration::from_secs(45)),
+            (" 24h ", MAX_DURATION),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text:?}");
+        }
+        for bad in ["", "s", "0s", "0", "-1s", "1.5", "ten", "25h", "2d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        let huge = parse_duration("18446744073709551615s").unwrap_err();
+        assert!(huge.contains("24h maximum"), "{huge}");
+    }
+
+    #[test]
+    fn the_attempt_timeout_never_exceeds_the_deadline() {
+        let args = CheckArgs {
+            product: ProductArgs::default(),
+            deadline: Duration::from_secs(2),
+            attempt_timeout: Duration::from_secs(10),
+            retry_base: Duration::from_secs(3),
+            retry_cap: Duration::from_secs(1),
+            handoff_dir: None,
+            region: None,
+        };
+        let retry = args.retry();
+        assert_eq!(retry.attempt_timeout, Duration::from_secs(2));
+        assert_eq!(retry.backoff.cap, Duration::from_secs(3), "cap >= base");
+    }
+}

@@ -1,0 +1,22 @@
+//! The domain: what the gate knows and decides without AWS and without a command line. Its only
+//! I/O is files (keys, handoffs), always bounded.
+//!
+//! - [`anchor_rules`]: the product code, key and lock rules, shared with `build.rs`
+//! - [`product_code`], [`key`], [`trust`]: what to check, with which key, and what a locked
+//!   build trusts
+//! - [`workload`], [`nonce`]: the workload a run belongs to, and the nonce bound to it
+//! - [`token`]: PS256 token verification
+//! - [`handoff`]: `entitlement.json` for the main container
+//! - [`files`], [`text`], [`time`]: bounded file access, escaping of network text, time formats
+
+pub mod anchor_rules;
+pub mod files;
+pub mod handoff;
+pub mod key;
+pub mod nonce;
+pub mod product_code;
+pub mod text;
+pub mod time;
+pub mod token;
+pub mod trust;
+pub mod workload;
