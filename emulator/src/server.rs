@@ -1,7 +1,6 @@
 //! HTTP plumbing: hyper on a loopback port, in-process for tests or as the binary's server.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::service::{self, Answer, Service};
-use crate::Config;
+use crate::{Config, Operation};
 
 /// Request bodies above this are refused; RegisterUsage inputs are a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -121,21 +120,20 @@ async fn handle(
             ))
         }
     };
-    let answer = service.register_usage(&service::Request {
-        target: target.as_deref(),
-        authorization: authorization.as_deref(),
-        body: &body,
-    });
-    // Counted on arrival, answered late: tests can see a slow call is in flight.
-    let delay = service.config.faults.delay;
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    let response = Response::builder().header(
-        "x-amzn-requestid",
-        format!("emulated-{}", service.calls.load(Ordering::SeqCst)),
+    let reply = service.handle(
+        &service::Request {
+            target: target.as_deref(),
+            authorization: authorization.as_deref(),
+            body: &body,
+        },
+        SystemTime::now(),
     );
-    let response = match answer {
+    // Processed on arrival, answered late: tests can see a slow call is in flight.
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let response = Response::builder().header("x-amzn-requestid", reply.request_id);
+    let response = match reply.answer {
         Answer::Drop => return Err(Dropped),
         Answer::Json { status, body } => return Ok(json_response(status, &body)),
         Answer::ErrorHeader { status, code } => response
@@ -236,7 +234,7 @@ impl RunningEmulator {
 
     /// RegisterUsage calls received so far, faulted ones included.
     pub fn calls(&self) -> u64 {
-        self.service.calls.load(Ordering::SeqCst)
+        self.service.calls(Operation::RegisterUsage)
     }
 
     /// The SPKI PEM of the key that signs its tokens.

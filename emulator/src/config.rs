@@ -1,0 +1,76 @@
+//! What the emulator serves: the Region, keys, products and customers, and the faults to inject.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::{keys, Faults};
+
+/// Who is entitled, and which faults to inject.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Region the emulated endpoint lives in; requests signed for another get InvalidRegionException.
+    pub region: String,
+    /// Public key versions the service knows; others get InvalidPublicKeyVersionException.
+    pub key_versions: BTreeSet<u32>,
+    pub signing_key: Arc<keys::RsaKey>,
+    /// Product codes with an active subscription.
+    pub entitled: BTreeSet<String>,
+    /// Known product codes without a subscription (CustomerNotEntitledException); any code in
+    /// neither list gets InvalidProductCodeException.
+    pub not_entitled: BTreeSet<String>,
+    /// Answer with `PublicKeyRotationTimestamp` (epoch seconds), as when a key version expires.
+    pub rotation_timestamp: Option<i64>,
+    /// Serve the IMDSv2 credential and Region paths, as an EC2 node would.
+    pub imds: bool,
+    /// The per-account RegisterUsage quota (AWS: 5 per second): a token bucket holding one
+    /// second's worth; calls beyond it get ThrottlingException.
+    pub quota_per_second: Option<u32>,
+    pub faults: Faults,
+}
+
+impl Config {
+    /// Region `us-east-1`, key version 1, signing with `key`, nothing entitled, no faults.
+    pub fn new(key: Arc<keys::RsaKey>) -> Self {
+        Self {
+            region: "us-east-1".to_owned(),
+            key_versions: BTreeSet::from([1]),
+            signing_key: key,
+            entitled: BTreeSet::new(),
+            not_entitled: BTreeSet::new(),
+            rotation_timestamp: None,
+            imds: false,
+            quota_per_second: None,
+            faults: Faults::default(),
+        }
+    }
+
+    pub fn entitle(mut self, product_code: &str) -> Self {
+        self.entitled.insert(product_code.to_owned());
+        self
+    }
+
+    pub fn refuse(mut self, product_code: &str) -> Self {
+        self.not_entitled.insert(product_code.to_owned());
+        self
+    }
+}
+
+/// The operations the emulator serves, as named on the command line (`register-usage`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operation {
+    RegisterUsage,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 1] = [Operation::RegisterUsage];
+
+    /// The name on the wire, as in `X-Amz-Target: AWSMPMeteringService.RegisterUsage`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::RegisterUsage => "RegisterUsage",
+        }
+    }
+}

@@ -1,0 +1,695 @@
+//! The emulated services as pure logic: a request and the current time in, an answer out. Nothing
+//! here does I/O or reads the clock; the HTTP plumbing (`server.rs`) does both.
+
+mod injection;
+mod register_usage;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::{Config, Operation, ResponseFault, StatusBody, StatusFault};
+use injection::{FaultPlan, Injection, Refusal};
+
+const METERING_TARGET_PREFIX: &str = "AWSMPMeteringService.";
+
+/// The parts of an HTTP request the services look at.
+pub(crate) struct Request<'a> {
+    pub target: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// What to send back, and when.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub answer: Answer,
+    /// Wait this long before sending (injected slowness).
+    pub delay: Duration,
+    pub request_id: String,
+}
+
+/// What the server should do with one request.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Answer {
+    /// Close the connection without answering.
+    Drop,
+    Json {
+        status: u16,
+        body: Value,
+    },
+    /// An error named only by the `X-Amzn-ErrorType` header.
+    ErrorHeader {
+        status: u16,
+        code: String,
+    },
+    Raw {
+        status: u16,
+        content_type: Option<&'static str>,
+        body: Vec<u8>,
+    },
+    /// Headers announce `declared` bytes, `sent` arrive, then the connection closes.
+    Truncated {
+        sent: Vec<u8>,
+        declared: usize,
+    },
+}
+
+impl Answer {
+    fn ok(body: Value) -> Self {
+        Answer::Json { status: 200, body }
+    }
+
+    fn unknown_operation() -> Self {
+        ServiceError::client(
+            "UnknownOperationException",
+            format!(
+                "X-Amz-Target must name an operation, as {METERING_TARGET_PREFIX}RegisterUsage"
+            ),
+        )
+        .render()
+    }
+
+    /// A bare HTTP status, as something in front of the service would send it.
+    fn status_only(fault: &StatusFault) -> Self {
+        let reason = hyper::StatusCode::from_u16(fault.status)
+            .ok()
+            .and_then(|status| status.canonical_reason())
+            .unwrap_or("Error");
+        let (content_type, body) = match fault.body {
+            StatusBody::Empty => (None, String::new()),
+            StatusBody::Html => (
+                Some("text/html; charset=utf-8"),
+                format!(
+                    "<html><head><title>{0} {reason}</title></head>\
+                     <body><h1>{0} {reason}</h1></body></html>",
+                    fault.status
+                ),
+            ),
+            StatusBody::Message => (
+                Some("application/x-amz-json-1.1"),
+                json!({ "message": reason }).to_string(),
+            ),
+            StatusBody::Text => (Some("text/plain; charset=utf-8"), reason.to_owned()),
+        };
+        Answer::Raw {
+            status: fault.status,
+            content_type,
+            body: body.into_bytes(),
+        }
+    }
+
+    /// A successful answer spoiled at the HTTP level.
+    fn spoiled(self, fault: ResponseFault) -> Self {
+        let Answer::Json { status: 200, body } = self else {
+            return self;
+        };
+        let json = |body: Vec<u8>| Answer::Raw {
+            status: 200,
+            content_type: Some("application/x-amz-json-1.1"),
+            body,
+        };
+        match fault {
+            ResponseFault::TruncatedBody => {
+                let full = body.to_string().into_bytes();
+                Answer::Truncated {
+                    declared: full.len(),
+                    sent: full[..full.len() / 2].to_vec(),
+                }
+            }
+            ResponseFault::MalformedJson => json(b"{\"Signature\": \"eyJhbGciOi".to_vec()),
+            ResponseFault::EmptyBody => json(Vec::new()),
+            ResponseFault::HugeBody => json(
+                json!({ "Signature": "A".repeat(8 * 1024 * 1024) })
+                    .to_string()
+                    .into_bytes(),
+            ),
+            ResponseFault::HtmlPage => Answer::Raw {
+                status: 200,
+                content_type: Some("text/html; charset=utf-8"),
+                body: b"<html><body><h1>Network login required</h1></body></html>".to_vec(),
+            },
+        }
+    }
+}
+
+/// An error as the service states it, before the protocol puts it on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServiceError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl ServiceError {
+    pub fn new(status: u16, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// A client error (HTTP 400), the status awsJson1_1 services use for most codes.
+    pub fn client(code: &str, message: impl Into<String>) -> Self {
+        Self::new(400, code, message)
+    }
+
+    fn throttling() -> Self {
+        Self::client("ThrottlingException", "Rate exceeded")
+    }
+
+    fn internal_error() -> Self {
+        Self::new(500, "InternalServiceErrorException", "Internal error")
+    }
+
+    /// awsJson1_1: `{"__type": "...", "message": "..."}`.
+    fn render(&self) -> Answer {
+        Answer::Json {
+            status: self.status,
+            body: json!({ "__type": self.code, "message": self.message }),
+        }
+    }
+}
+
+/// A token bucket: `capacity` tokens, refilled at `per_second`.
+struct TokenBucket {
+    capacity: f64,
+    per_second: f64,
+    tokens: f64,
+    refilled: Option<SystemTime>,
+}
+
+impl TokenBucket {
+    fn new(per_second: u32) -> Self {
+        let rate = f64::from(per_second.max(1));
+        Self {
+            capacity: rate,
+            per_second: rate,
+            tokens: rate,
+            refilled: None,
+        }
+    }
+
+    fn take(&mut self, now: SystemTime) -> bool {
+        let elapsed = self
+            .refilled
+            .and_then(|refilled| now.duration_since(refilled).ok())
+            .unwrap_or_default();
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.per_second).min(self.capacity);
+        // A clock that steps back earns nothing but keeps the later mark.
+        self.refilled = Some(self.refilled.map_or(now, |refilled| refilled.max(now)));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Per-operation counters, for `GET /_emulator/stats`.
+#[derive(Default)]
+struct Counters {
+    /// Calls received, faulted and throttled ones included.
+    calls: AtomicU64,
+    /// Calls refused by the quota.
+    throttled: AtomicU64,
+}
+
+/// One call on its way through an operation.
+pub(crate) struct Call<'a> {
+    pub operation: Operation,
+    pub body: &'a [u8],
+    pub now: SystemTime,
+    pub faults: &'a FaultPlan,
+}
+
+pub(crate) struct Service {
+    pub config: Config,
+    injection: Mutex<Injection>,
+    quotas: BTreeMap<Operation, Mutex<TokenBucket>>,
+    counters: BTreeMap<Operation, Counters>,
+    /// RegisterUsage tokens issued.
+    tokens_issued: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl Service {
+    pub fn new(config: Config) -> Self {
+        let quotas = config
+            .quota_per_second
+            .map(|rate| (Operation::RegisterUsage, Mutex::new(TokenBucket::new(rate))))
+            .into_iter()
+            .collect();
+        Self {
+            injection: Mutex::new(Injection::new(config.faults.clone())),
+            quotas,
+            counters: Operation::ALL
+                .into_iter()
+                .map(|operation| (operation, Counters::default()))
+                .collect(),
+            config,
+            tokens_issued: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// Calls received for `operation`, faulted ones included.
+    pub fn calls(&self, operation: Operation) -> u64 {
+        self.counters[&operation].calls.load(Ordering::SeqCst)
+    }
+
+    /// Counters, for `GET /_emulator/stats`: RegisterUsage's at the top level, as the bench
+    /// scripts read them.
+    pub fn stats(&self) -> Value {
+        let register_usage = &self.counters[&Operation::RegisterUsage];
+        json!({
+            "calls": register_usage.calls.load(Ordering::SeqCst),
+            "throttled": register_usage.throttled.load(Ordering::SeqCst),
+            "entitled": self.tokens_issued.load(Ordering::SeqCst),
+        })
+    }
+
+    pub fn handle(&self, request: &Request, now: SystemTime) -> Reply {
+        let request_id = format!(
+            "emulated-{}",
+            self.requests.fetch_add(1, Ordering::SeqCst) + 1
+        );
+        let Some(operation) = request.target.and_then(Operation::from_target) else {
+            return Reply {
+                answer: Answer::unknown_operation(),
+                delay: Duration::ZERO,
+                request_id,
+            };
+        };
+        self.counters[&operation]
+            .calls
+            .fetch_add(1, Ordering::SeqCst);
+        let plan = self
+            .injection
+            .lock()
+            .expect("injection lock")
+            .plan(operation);
+        let call = Call {
+            operation,
+            body: request.body,
+            now,
+            faults: &plan,
+        };
+        let answer = match self.admit(&call, request) {
+            Err(answer) => answer,
+            Ok(()) => match self.run(&call) {
+                Ok(answer) => match plan.response {
+                    Some(fault) => answer.spoiled(fault),
+                    None => answer,
+                },
+                Err(error) => error.render(),
+            },
+        };
+        Reply {
+            answer,
+            delay: plan.delay,
+            request_id,
+        }
+    }
+
+    /// Everything before the operation itself: injected drops, the envelope, the quota and the
+    /// injected refusals, in the order the service front end applies them.
+    fn admit(&self, call: &Call, request: &Request) -> Result<(), Answer> {
+        if call.faults.drop {
+            return Err(Answer::Drop);
+        }
+        self.check_envelope(call.operation, request)
+            .map_err(|error| error.render())?;
+        let over_quota = self
+            .quotas
+            .get(&call.operation)
+            .is_some_and(|bucket| !bucket.lock().expect("quota lock").take(call.now));
+        if over_quota {
+            self.counters[&call.operation]
+                .throttled
+                .fetch_add(1, Ordering::SeqCst);
+            return Err(ServiceError::throttling().render());
+        }
+        match &call.faults.refusal {
+            None => Ok(()),
+            Some(Refusal::Throttle) => Err(ServiceError::throttling().render()),
+            Some(Refusal::Fail) => Err(ServiceError::internal_error().render()),
+            Some(Refusal::Error {
+                error,
+                header_only: true,
+            }) => Err(Answer::ErrorHeader {
+                status: error.status,
+                code: error.code.clone(),
+            }),
+            Some(Refusal::Error { error, .. }) => {
+                Err(
+                    ServiceError::new(error.status, &error.code, "injected by metering-emulator")
+                        .render(),
+                )
+            }
+            Some(Refusal::Status(fault)) => Err(Answer::status_only(fault)),
+        }
+    }
+
+    fn run(&self, call: &Call) -> Result<Answer, ServiceError> {
+        match call.operation {
+            Operation::RegisterUsage => register_usage::handle(self, call),
+        }
+    }
+
+    /// SigV4 scope, checked before the body as the service front end does.
+    fn check_envelope(&self, operation: Operation, request: &Request) -> Result<(), ServiceError> {
+        let Some(authorization) = request.authorization else {
+            return Err(ServiceError::new(
+                403,
+                "MissingAuthenticationTokenException",
+                "Missing Authentication Token",
+            ));
+        };
+        let scope = sigv4_scope(authorization).ok_or_else(|| {
+            ServiceError::new(
+                403,
+                "IncompleteSignatureException",
+                "Authorization header is not AWS4-HMAC-SHA256 with a Credential scope",
+            )
+        })?;
+        let signing_name = "aws-marketplace";
+        if scope.service != signing_name {
+            return Err(ServiceError::new(
+                403,
+                "InvalidSignatureException",
+                format!("Credential should be scoped to correct service: '{signing_name}'"),
+            ));
+        }
+        if scope.region != self.config.region {
+            return Err(ServiceError::client(
+                "InvalidRegionException",
+                format!(
+                    "{} must be called in the Region the task runs in ({}), not {}",
+                    operation.name(),
+                    self.config.region,
+                    scope.region
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Operation {
+    fn from_target(target: &str) -> Option<Self> {
+        let name = target.strip_prefix(METERING_TARGET_PREFIX)?;
+        Operation::ALL
+            .into_iter()
+            .find(|operation| operation.name() == name)
+    }
+}
+
+impl Service {
+    fn count_token_issued(&self) {
+        self.tokens_issued.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The request body as a JSON object.
+fn parse_input(body: &[u8]) -> Result<Value, ServiceError> {
+    match serde_json::from_slice(body) {
+        Ok(input @ Value::Object(_)) => Ok(input),
+        Ok(_) => Err(ServiceError::client(
+            "SerializationException",
+            "the body is not a JSON object",
+        )),
+        Err(e) => Err(ServiceError::client(
+            "SerializationException",
+            format!("the body is not JSON: {e}"),
+        )),
+    }
+}
+
+/// `ProductCode`: 1-255 of `[-a-zA-Z0-9/=:_.@]`.
+fn product_code(input: &Value) -> Result<&str, ServiceError> {
+    input["ProductCode"]
+        .as_str()
+        .filter(|code| {
+            (1..=255).contains(&code.len())
+                && code
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-/=:_.@".contains(c))
+        })
+        .ok_or_else(|| {
+            ServiceError::client(
+                "ValidationException",
+                "ProductCode must be 1-255 of [-a-zA-Z0-9/=:_.@]",
+            )
+        })
+}
+
+/// Whether the buyer may use `product_code`: entitled, known without a subscription, or unknown.
+fn check_entitlement(config: &Config, product_code: &str) -> Result<(), ServiceError> {
+    if config.not_entitled.contains(product_code) {
+        return Err(ServiceError::client(
+            "CustomerNotEntitledException",
+            "Customer does not have a valid subscription for the product",
+        ));
+    }
+    if !config.entitled.contains(product_code) {
+        return Err(ServiceError::client(
+            "InvalidProductCodeException",
+            "Product code is not valid",
+        ));
+    }
+    Ok(())
+}
+
+struct SigV4Scope<'a> {
+    region: &'a str,
+    service: &'a str,
+}
+
+/// `AWS4-HMAC-SHA256 Credential=AKID/20261123/us-east-1/aws-marketplace/aws4_request, ...`
+fn sigv4_scope(authorization: &str) -> Option<SigV4Scope<'_>> {
+    let params = authorization.strip_prefix("AWS4-HMAC-SHA256 ")?;
+    let credential = params
+        .split(',')
+        .map(str::trim)
+        .find_map(|param| param.strip_prefix("Credential="))?;
+    let mut parts = credential.split('/');
+    let (_key, _date, region, service, terminator) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    (terminator == "aws4_request" && params.contains("Signature="))
+        .then_some(SigV4Scope { region, service })
+}
+
+/// Whole seconds since the Unix epoch (0 before it).
+pub(crate) fn epoch_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::keys::shared_2048;
+    use crate::Faults;
+
+    pub const AUTH: &str = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261123/us-east-1/aws-marketplace/aws4_request, SignedHeaders=host;x-amz-date, Signature=abc";
+
+    /// 2026-11-23T12:34:56Z, a fixed clock.
+    pub fn noon() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_795_437_296)
+    }
+
+    pub fn config() -> Config {
+        Config::new(shared_2048()).entitle("paid").refuse("unpaid")
+    }
+
+    pub fn with_faults(faults: Faults) -> Service {
+        let mut config = config();
+        config.faults = faults;
+        Service::new(config)
+    }
+
+    /// Calls `operation` at `now` with a JSON body, signed for us-east-1.
+    pub fn call_at(
+        service: &Service,
+        operation: Operation,
+        body: &Value,
+        now: SystemTime,
+    ) -> Answer {
+        let target = format!("{METERING_TARGET_PREFIX}{}", operation.name());
+        let body = body.to_string();
+        service
+            .handle(
+                &Request {
+                    target: Some(&target),
+                    authorization: Some(AUTH),
+                    body: body.as_bytes(),
+                },
+                now,
+            )
+            .answer
+    }
+
+    /// (status, error code or a word for the answer's kind).
+    pub fn code_of(answer: &Answer) -> (u16, String) {
+        match answer {
+            Answer::Json { status, body } => {
+                (*status, body["__type"].as_str().unwrap_or("").to_owned())
+            }
+            Answer::Drop => (0, "drop".to_owned()),
+            Answer::ErrorHeader { status, code } => (*status, code.clone()),
+            Answer::Raw { status, .. } => (*status, "raw".to_owned()),
+            Answer::Truncated { .. } => (0, "truncated".to_owned()),
+        }
+    }
+
+    #[test]
+    fn unknown_targets_are_unknown_operations() {
+        let service = Service::new(config());
+        for target in [
+            None,
+            Some("AWSMPMeteringService.Nope"),
+            Some("Other.RegisterUsage"),
+        ] {
+            let reply = service.handle(
+                &Request {
+                    target,
+                    authorization: Some(AUTH),
+                    body: b"{}",
+                },
+                noon(),
+            );
+            assert_eq!(code_of(&reply.answer).1, "UnknownOperationException");
+        }
+    }
+
+    #[test]
+    fn envelope_checks_authorization_scope_and_region() {
+        let service = Service::new(config());
+        let body = b"{}";
+        let answer = |authorization: Option<&str>| {
+            service
+                .handle(
+                    &Request {
+                        target: Some("AWSMPMeteringService.RegisterUsage"),
+                        authorization,
+                        body,
+                    },
+                    noon(),
+                )
+                .answer
+        };
+        assert_eq!(
+            code_of(&answer(None)),
+            (403, "MissingAuthenticationTokenException".into())
+        );
+        assert_eq!(
+            code_of(&answer(Some(&AUTH.replace("us-east-1", "eu-west-1")))),
+            (400, "InvalidRegionException".into())
+        );
+        assert_eq!(
+            code_of(&answer(Some(&AUTH.replace("aws-marketplace", "s3")))).1,
+            "InvalidSignatureException"
+        );
+        assert_eq!(
+            code_of(&answer(Some("Bearer x"))).1,
+            "IncompleteSignatureException"
+        );
+    }
+
+    #[test]
+    fn sigv4_scope_needs_credential_and_signature() {
+        assert!(sigv4_scope(AUTH).is_some());
+        assert!(sigv4_scope("Bearer x").is_none());
+        assert!(sigv4_scope("AWS4-HMAC-SHA256 Credential=A/d/r/s/aws4_request").is_none());
+    }
+
+    #[test]
+    fn the_token_bucket_refills_with_the_injected_clock() {
+        let mut bucket = TokenBucket::new(2);
+        let start = noon();
+        assert!(bucket.take(start));
+        assert!(bucket.take(start));
+        assert!(!bucket.take(start));
+        assert!(
+            bucket.take(start + Duration::from_millis(500)),
+            "refilled at 2/s"
+        );
+        assert!(!bucket.take(start + Duration::from_millis(500)));
+        assert!(!bucket.take(start), "a clock stepping back earns nothing");
+        assert!(bucket.take(start + Duration::from_secs(10)));
+        assert!(bucket.take(start + Duration::from_secs(10)));
+        assert!(
+            !bucket.take(start + Duration::from_secs(10)),
+            "capped at one second's worth"
+        );
+    }
+
+    #[test]
+    fn status_faults_answer_a_bare_status_after_the_counted_faults() {
+        let service = with_faults(Faults {
+            throttle_first: 1,
+            status: Some("503:html".parse().unwrap()),
+            ..Faults::default()
+        });
+        let body = json!({ "ProductCode": "paid", "PublicKeyVersion": 1 });
+        assert_eq!(
+            code_of(&call_at(&service, Operation::RegisterUsage, &body, noon())).1,
+            "ThrottlingException"
+        );
+        let Answer::Raw {
+            status,
+            content_type,
+            body,
+        } = call_at(&service, Operation::RegisterUsage, &body, noon())
+        else {
+            panic!("expected a bare status");
+        };
+        assert_eq!(
+            (status, content_type),
+            (503, Some("text/html; charset=utf-8"))
+        );
+        assert!(String::from_utf8(body)
+            .unwrap()
+            .contains("503 Service Unavailable"));
+    }
+
+    #[test]
+    fn status_fault_bodies_carry_no_error_code() {
+        let answer = |text: &str| Answer::status_only(&text.parse().unwrap());
+        assert_eq!(
+            answer("429"),
+            Answer::Raw {
+                status: 429,
+                content_type: None,
+                body: Vec::new()
+            }
+        );
+        let Answer::Raw { body, .. } = answer("500:message") else {
+            panic!("expected a bare status");
+        };
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            json!({ "message": "Internal Server Error" })
+        );
+        let Answer::Raw {
+            content_type, body, ..
+        } = answer("502:text")
+        else {
+            panic!("expected a bare status");
+        };
+        assert_eq!(content_type, Some("text/plain; charset=utf-8"));
+        assert_eq!(body, b"Bad Gateway");
+    }
+}
