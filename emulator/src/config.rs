@@ -2,13 +2,15 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::{keys, Faults};
 
-/// Who is entitled, and which faults to inject.
+/// Who is entitled, what may be metered, and which faults to inject.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Region the emulated endpoint lives in; requests signed for another get InvalidRegionException.
+    /// Region the emulated endpoint lives in; RegisterUsage and MeterUsage calls signed for
+    /// another get InvalidRegionException and InvalidEndpointRegionException.
     pub region: String,
     /// Public key versions the service knows; others get InvalidPublicKeyVersionException.
     pub key_versions: BTreeSet<u32>,
@@ -25,11 +27,21 @@ pub struct Config {
     /// The per-account RegisterUsage quota (AWS: 5 per second): a token bucket holding one
     /// second's worth; calls beyond it get ThrottlingException.
     pub quota_per_second: Option<u32>,
+    /// The metering period (AWS: one hour): MeterUsage timestamps round down to it, and the
+    /// accepted window counts in it. Tests use seconds.
+    pub period: Duration,
+    /// The product's usage dimensions; MeterUsage for any other gets
+    /// InvalidUsageDimensionException. Empty: any name is accepted.
+    pub dimensions: BTreeSet<String>,
+    /// Operations the caller's role may not call: AccessDeniedException (or, for a DryRun,
+    /// UnauthorizedException).
+    pub denied: BTreeSet<Operation>,
     pub faults: Faults,
 }
 
 impl Config {
-    /// Region `us-east-1`, key version 1, signing with `key`, nothing entitled, no faults.
+    /// Region `us-east-1`, key version 1, signing with `key`, nothing entitled, hourly periods,
+    /// any dimension, everything allowed, no faults.
     pub fn new(key: Arc<keys::RsaKey>) -> Self {
         Self {
             region: "us-east-1".to_owned(),
@@ -40,6 +52,9 @@ impl Config {
             rotation_timestamp: None,
             imds: false,
             quota_per_second: None,
+            period: Duration::from_secs(3600),
+            dimensions: BTreeSet::new(),
+            denied: BTreeSet::new(),
             faults: Faults::default(),
         }
     }
@@ -53,24 +68,46 @@ impl Config {
         self.not_entitled.insert(product_code.to_owned());
         self
     }
+
+    pub fn dimension(mut self, name: &str) -> Self {
+        self.dimensions.insert(name.to_owned());
+        self
+    }
+
+    pub fn deny(mut self, operation: Operation) -> Self {
+        self.denied.insert(operation);
+        self
+    }
 }
 
 /// The operations the emulator serves, as named on the command line (`register-usage`).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Operation {
     RegisterUsage,
+    MeterUsage,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 1] = [Operation::RegisterUsage];
+    pub const ALL: [Operation; 2] = [Operation::RegisterUsage, Operation::MeterUsage];
 
     /// The name on the wire, as in `X-Amz-Target: AWSMPMeteringService.RegisterUsage`.
     pub fn name(self) -> &'static str {
         match self {
             Operation::RegisterUsage => "RegisterUsage",
+            Operation::MeterUsage => "MeterUsage",
         }
     }
 }

@@ -14,3 +14,4 @@ mod service;
 pub use config::{Config, Operation};
 pub use faults::{Faults, InjectedError, ResponseFault, StatusBody, StatusFault, TokenFault};
 pub use server::{serve, spawn, RunningEmulator};
+pub use service::{Allocation, LedgerSnapshot, MeteringRecord, Quantity};

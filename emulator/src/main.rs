@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use metering_emulator::keys::RsaKey;
-use metering_emulator::{Config, Faults, InjectedError, ResponseFault, StatusFault, TokenFault};
+use metering_emulator::{
+    Config, Faults, InjectedError, Operation, ResponseFault, StatusFault, TokenFault,
+};
 
 /// A local stand-in for AWS Marketplace Metering RegisterUsage (awsJson1_1 over HTTP).
 ///
@@ -58,6 +60,21 @@ struct Cli {
     /// ThrottlingException. Counters are at GET /_emulator/stats.
     #[arg(long, value_name = "N")]
     quota_per_second: Option<u32>,
+
+    /// The metering period (AWS: an hour), as 1h, 10m, 30s or 500ms: MeterUsage timestamps
+    /// round down to it, and are accepted up to 6 periods back.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    period: Duration,
+
+    /// A usage dimension of the product (repeatable); MeterUsage for another gets
+    /// InvalidUsageDimensionException. None given: any dimension is accepted.
+    #[arg(long = "dimension", value_name = "NAME")]
+    dimensions: Vec<String>,
+
+    /// Refuse this operation as IAM would (repeatable): AccessDeniedException, or
+    /// UnauthorizedException for a MeterUsage DryRun.
+    #[arg(long, value_enum, value_name = "OPERATION")]
+    deny: Vec<Operation>,
 
     /// Also serve IMDSv2 credentials and Region, as an EC2 node would
     /// (point AWS_EC2_METADATA_SERVICE_ENDPOINT here).
@@ -128,6 +145,9 @@ async fn main() -> Result<(), String> {
         rotation_timestamp: cli.rotation_timestamp,
         imds: cli.imds,
         quota_per_second: cli.quota_per_second,
+        period: cli.period,
+        dimensions: cli.dimensions.into_iter().collect(),
+        denied: cli.deny.into_iter().collect(),
         faults: Faults {
             drop_first: cli.drop_first,
             throttle_first: cli.throttle_first,
@@ -155,4 +175,49 @@ async fn main() -> Result<(), String> {
     metering_emulator::serve(config, listener)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// `1h`, `10m`, `30s`, `500ms`, or a bare number of seconds; at least a millisecond.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let duration = match unit {
+        "" | "s" => Duration::from_secs(number),
+        "ms" => Duration::from_millis(number),
+        "m" => Duration::from_secs(number * 60),
+        "h" => Duration::from_secs(number * 3600),
+        _ => return Err(format!("{text:?} has no unit of ms, s, m or h")),
+    };
+    if duration.is_zero() {
+        return Err("a duration must be longer than zero".to_owned());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_unit_or_mean_seconds() {
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("1d").unwrap_err().contains("no unit"));
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
 }

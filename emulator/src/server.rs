@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::service::{self, Answer, Service};
-use crate::{Config, Operation};
+use crate::{Config, LedgerSnapshot, Operation};
 
 /// Request bodies above this are refused; RegisterUsage inputs are a few hundred bytes.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -86,8 +86,16 @@ async fn handle(
     service: Arc<Service>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Dropped> {
-    if request.method() == Method::GET && request.uri().path() == "/_emulator/stats" {
-        return Ok(json_response(200, &service.stats()));
+    if request.method() == Method::GET {
+        match request.uri().path() {
+            "/_emulator/stats" => return Ok(json_response(200, &service.stats())),
+            "/_emulator/ledger" => {
+                let ledger = serde_json::to_value(service.ledger().snapshot())
+                    .expect("the ledger serializes");
+                return Ok(json_response(200, &ledger));
+            }
+            _ => {}
+        }
     }
     if service.config.imds && request.uri().path().starts_with("/latest/") {
         return Ok(imds(
@@ -235,6 +243,11 @@ impl RunningEmulator {
     /// RegisterUsage calls received so far, faulted ones included.
     pub fn calls(&self) -> u64 {
         self.service.calls(Operation::RegisterUsage)
+    }
+
+    /// The metering records accepted so far, and the idempotency counters.
+    pub fn ledger(&self) -> LedgerSnapshot {
+        self.service.ledger().snapshot()
     }
 
     /// The SPKI PEM of the key that signs its tokens.

@@ -2,17 +2,23 @@
 //! here does I/O or reads the clock; the HTTP plumbing (`server.rs`) does both.
 
 mod injection;
+mod ledger;
+mod meter_usage;
 mod register_usage;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
 use crate::{Config, Operation, ResponseFault, StatusBody, StatusFault};
 use injection::{FaultPlan, Injection, Refusal};
+use ledger::Ledger;
+pub use ledger::{LedgerSnapshot, MeteringRecord};
+pub use usage::{Allocation, Quantity};
 
 const METERING_TARGET_PREFIX: &str = "AWSMPMeteringService.";
 
@@ -158,6 +164,16 @@ impl ServiceError {
         Self::new(400, code, message)
     }
 
+    /// A DryRun that would have succeeded. MeterUsage documents the code but not its status;
+    /// 412 is what EC2 answers for its DryRun convention, which this follows.
+    fn dry_run_operation() -> Self {
+        Self::new(
+            412,
+            "DryRunOperation",
+            "Request would have succeeded, but DryRun flag is set",
+        )
+    }
+
     fn throttling() -> Self {
         Self::client("ThrottlingException", "Rate exceeded")
     }
@@ -220,9 +236,17 @@ struct Counters {
     throttled: AtomicU64,
 }
 
+/// Who signed a call, from the SigV4 Credential scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Caller {
+    pub access_key: String,
+    pub region: String,
+}
+
 /// One call on its way through an operation.
 pub(crate) struct Call<'a> {
     pub operation: Operation,
+    pub caller: Option<Caller>,
     pub body: &'a [u8],
     pub now: SystemTime,
     pub faults: &'a FaultPlan,
@@ -236,6 +260,7 @@ pub(crate) struct Service {
     /// RegisterUsage tokens issued.
     tokens_issued: AtomicU64,
     requests: AtomicU64,
+    ledger: Mutex<Ledger>,
 }
 
 impl Service {
@@ -255,6 +280,7 @@ impl Service {
             config,
             tokens_issued: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            ledger: Mutex::new(Ledger::default()),
         }
     }
 
@@ -294,21 +320,24 @@ impl Service {
             .lock()
             .expect("injection lock")
             .plan(operation);
-        let call = Call {
-            operation,
-            body: request.body,
-            now,
-            faults: &plan,
-        };
-        let answer = match self.admit(&call, request) {
+        let answer = match self.admit(operation, request, &plan, now) {
             Err(answer) => answer,
-            Ok(()) => match self.run(&call) {
-                Ok(answer) => match plan.response {
-                    Some(fault) => answer.spoiled(fault),
-                    None => answer,
-                },
-                Err(error) => error.render(),
-            },
+            Ok(caller) => {
+                let call = Call {
+                    operation,
+                    caller,
+                    body: request.body,
+                    now,
+                    faults: &plan,
+                };
+                match self.run(&call) {
+                    Ok(answer) => match plan.response {
+                        Some(fault) => answer.spoiled(fault),
+                        None => answer,
+                    },
+                    Err(error) => error.render(),
+                }
+            }
         };
         Reply {
             answer,
@@ -319,24 +348,31 @@ impl Service {
 
     /// Everything before the operation itself: injected drops, the envelope, the quota and the
     /// injected refusals, in the order the service front end applies them.
-    fn admit(&self, call: &Call, request: &Request) -> Result<(), Answer> {
-        if call.faults.drop {
+    fn admit(
+        &self,
+        operation: Operation,
+        request: &Request,
+        faults: &FaultPlan,
+        now: SystemTime,
+    ) -> Result<Option<Caller>, Answer> {
+        if faults.drop {
             return Err(Answer::Drop);
         }
-        self.check_envelope(call.operation, request)
+        let caller = self
+            .check_envelope(operation, request)
             .map_err(|error| error.render())?;
         let over_quota = self
             .quotas
-            .get(&call.operation)
-            .is_some_and(|bucket| !bucket.lock().expect("quota lock").take(call.now));
+            .get(&operation)
+            .is_some_and(|bucket| !bucket.lock().expect("quota lock").take(now));
         if over_quota {
-            self.counters[&call.operation]
+            self.counters[&operation]
                 .throttled
                 .fetch_add(1, Ordering::SeqCst);
             return Err(ServiceError::throttling().render());
         }
-        match &call.faults.refusal {
-            None => Ok(()),
+        match &faults.refusal {
+            None => Ok(Some(caller)),
             Some(Refusal::Throttle) => Err(ServiceError::throttling().render()),
             Some(Refusal::Fail) => Err(ServiceError::internal_error().render()),
             Some(Refusal::Error {
@@ -359,11 +395,58 @@ impl Service {
     fn run(&self, call: &Call) -> Result<Answer, ServiceError> {
         match call.operation {
             Operation::RegisterUsage => register_usage::handle(self, call),
+            Operation::MeterUsage => meter_usage::handle(self, call),
         }
     }
 
+    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().expect("ledger lock")
+    }
+
+    /// IAM, as far as the emulator plays it: the operations `Config::denied` lists are refused.
+    fn check_permission(&self, operation: Operation, dry_run: bool) -> Result<(), ServiceError> {
+        let allowed = !self.config.denied.contains(&operation);
+        match (allowed, dry_run) {
+            (true, _) => Ok(()),
+            (false, true) => Err(ServiceError::new(
+                403,
+                "UnauthorizedException",
+                format!(
+                    "not authorized to perform aws-marketplace:{}",
+                    operation.name()
+                ),
+            )),
+            (false, false) => Err(ServiceError::new(
+                403,
+                "AccessDeniedException",
+                format!(
+                    "not authorized to perform aws-marketplace:{}",
+                    operation.name()
+                ),
+            )),
+        }
+    }
+
+    fn check_dimension(&self, dimension: &str) -> Result<(), ServiceError> {
+        let dimensions = &self.config.dimensions;
+        if dimensions.is_empty() || dimensions.contains(dimension) {
+            return Ok(());
+        }
+        Err(ServiceError::client(
+            "InvalidUsageDimensionException",
+            format!(
+                "{dimension:?} is not one of the product's dimensions ({})",
+                dimensions.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ))
+    }
+
     /// SigV4 scope, checked before the body as the service front end does.
-    fn check_envelope(&self, operation: Operation, request: &Request) -> Result<(), ServiceError> {
+    fn check_envelope(
+        &self,
+        operation: Operation,
+        request: &Request,
+    ) -> Result<Caller, ServiceError> {
         let Some(authorization) = request.authorization else {
             return Err(ServiceError::new(
                 403,
@@ -387,8 +470,12 @@ impl Service {
             ));
         }
         if scope.region != self.config.region {
+            let code = match operation {
+                Operation::RegisterUsage => "InvalidRegionException",
+                Operation::MeterUsage => "InvalidEndpointRegionException",
+            };
             return Err(ServiceError::client(
-                "InvalidRegionException",
+                code,
                 format!(
                     "{} must be called in the Region the task runs in ({}), not {}",
                     operation.name(),
@@ -397,7 +484,10 @@ impl Service {
                 ),
             ));
         }
-        Ok(())
+        Ok(Caller {
+            access_key: scope.access_key.to_owned(),
+            region: scope.region.to_owned(),
+        })
     }
 }
 
@@ -467,6 +557,7 @@ fn check_entitlement(config: &Config, product_code: &str) -> Result<(), ServiceE
 }
 
 struct SigV4Scope<'a> {
+    access_key: &'a str,
     region: &'a str,
     service: &'a str,
 }
@@ -479,15 +570,41 @@ fn sigv4_scope(authorization: &str) -> Option<SigV4Scope<'_>> {
         .map(str::trim)
         .find_map(|param| param.strip_prefix("Credential="))?;
     let mut parts = credential.split('/');
-    let (_key, _date, region, service, terminator) = (
+    let (access_key, _date, region, service, terminator) = (
         parts.next()?,
         parts.next()?,
         parts.next()?,
         parts.next()?,
         parts.next()?,
     );
-    (terminator == "aws4_request" && params.contains("Signature="))
-        .then_some(SigV4Scope { region, service })
+    (terminator == "aws4_request" && params.contains("Signature=")).then_some(SigV4Scope {
+        access_key,
+        region,
+        service,
+    })
+}
+
+/// A UUID-shaped identifier, distinct for every `n`: the high half is SplitMix64's finalizer,
+/// a bijection, of `n`.
+pub(crate) fn opaque_id(n: u64) -> String {
+    let high = mix64(n);
+    let low = mix64(high);
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        high >> 32,
+        (high >> 16) & 0xffff,
+        high & 0xffff,
+        low >> 48,
+        low & 0xffff_ffff_ffff
+    )
+}
+
+/// SplitMix64's output function: a bijection on u64 that scatters nearby inputs.
+pub(crate) fn mix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Whole seconds since the Unix epoch (0 before it).
