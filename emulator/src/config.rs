@@ -1,6 +1,6 @@
 //! What the emulator serves: the Region, keys, products and customers, and the faults to inject.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +25,12 @@ pub struct Config {
     /// Serve the IMDSv2 credential and Region paths, as an EC2 node would.
     pub imds: bool,
     /// The per-account RegisterUsage quota (AWS: 5 per second): a token bucket holding one
-    /// second's worth; calls beyond it get ThrottlingException.
+    /// second's worth; calls beyond it get ThrottlingException. Off by default; when set it
+    /// wins over `quotas[RegisterUsage]`.
     pub quota_per_second: Option<u32>,
+    /// Per-operation quotas in calls per second, each a token bucket holding one second's worth
+    /// (0 or absent: none). Defaults to AWS's MeterUsage quota of 10 per second.
+    pub quotas: BTreeMap<Operation, u32>,
     /// The metering period (AWS: one hour): MeterUsage timestamps round down to it, and the
     /// accepted window counts in it. Tests use seconds.
     pub period: Duration,
@@ -52,6 +56,7 @@ impl Config {
             rotation_timestamp: None,
             imds: false,
             quota_per_second: None,
+            quotas: BTreeMap::from([(Operation::MeterUsage, 10)]),
             period: Duration::from_secs(3600),
             dimensions: BTreeSet::new(),
             denied: BTreeSet::new(),
@@ -77,6 +82,16 @@ impl Config {
     pub fn deny(mut self, operation: Operation) -> Self {
         self.denied.insert(operation);
         self
+    }
+
+    /// The quota of `operation` in calls per second, if it has one.
+    pub fn quota(&self, operation: Operation) -> Option<u32> {
+        let configured = self.quotas.get(&operation).copied();
+        match operation {
+            Operation::RegisterUsage => self.quota_per_second.or(configured),
+            _ => configured,
+        }
+        .filter(|rate| *rate > 0)
     }
 }
 

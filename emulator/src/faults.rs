@@ -1,17 +1,35 @@
 //! The faults the emulator can inject, as configured (the service decides per call when they fire).
+//!
+//! `POST /_emulator/faults` takes the same settings as JSON: the field names in camelCase,
+//! durations in milliseconds (`delayMs`, `slowMs`), errors and statuses as on the command line.
+//!
+//! ```json
+//! {"operations": ["meter-usage"], "throttleFirst": 2, "error": "DisabledApiException:400",
+//!  "random": {"seed": 7, "throttle": 0.1, "loseResponse": 0.05, "slow": 0.1, "slowMs": 3000}}
+//! ```
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-/// Faults, applied to RegisterUsage calls in order: the first `drop_first` calls lose their
-/// connection, the next `throttle_first` are throttled, the next `fail_first` get a 500; after
-/// that `error` (if set) answers every call, else `status` (if set) answers every call, else
+use serde::Deserialize;
+
+use crate::Operation;
+
+/// Faults, applied to each operation's calls in order (each operation counts its own calls):
+/// the first `drop_first` calls lose their connection, the next `throttle_first` are throttled,
+/// the next `fail_first` get a 500; after that the random faults (if set) draw for every call,
+/// then `error` (if set) answers every call, else `status` (if set) answers every call, else
 /// `token` (if set) spoils every token.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Faults {
+    /// The operations the faults apply to; `None` means all of them.
+    pub operations: Option<BTreeSet<Operation>>,
     pub drop_first: u32,
     pub throttle_first: u32,
     pub fail_first: u32,
     /// Wait this long before answering each call.
+    #[serde(rename = "delayMs", deserialize_with = "milliseconds")]
     pub delay: Duration,
     pub error: Option<InjectedError>,
     /// Send the injected error's code only in the `X-Amzn-ErrorType` header, with an empty body.
@@ -21,10 +39,49 @@ pub struct Faults {
     pub token: Option<TokenFault>,
     /// Spoil every successful answer at the HTTP level.
     pub response: Option<ResponseFault>,
+    /// Faults that strike calls at random, for chaos tests.
+    pub random: Option<RandomFaults>,
+}
+
+impl Faults {
+    /// Whether the faults apply to `operation`.
+    pub fn apply_to(&self, operation: Operation) -> bool {
+        self.operations
+            .as_ref()
+            .is_none_or(|operations| operations.contains(&operation))
+    }
+}
+
+/// Faults drawn independently for every call from a seeded generator, so a chaos run can be
+/// replayed. Each probability is per call (0 never, 1 always); `drop`, `throttle`, `fail` and
+/// `lose_response` are drawn in that order and the first that fires wins; slowness is drawn
+/// on its own and combines with any outcome.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct RandomFaults {
+    pub seed: u64,
+    /// Close the connection before the call is processed.
+    pub drop: f64,
+    /// Answer the operation's throttling error.
+    pub throttle: f64,
+    /// Answer the operation's internal error (a 500).
+    pub fail: f64,
+    /// Process the call (and record its usage), then close the connection without answering:
+    /// the client must resend, and only idempotency keeps the usage from counting twice.
+    pub lose_response: f64,
+    /// Answer `slow_delay` late.
+    pub slow: f64,
+    #[serde(rename = "slowMs", deserialize_with = "milliseconds")]
+    pub slow_delay: Duration,
+}
+
+fn milliseconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    u64::deserialize(deserializer).map(Duration::from_millis)
 }
 
 /// An error response: awsJson1_1 `__type` code and HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct InjectedError {
     pub code: String,
     pub status: u16,
@@ -55,6 +112,14 @@ impl std::str::FromStr for InjectedError {
     }
 }
 
+impl TryFrom<String> for InjectedError {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
 fn default_status(code: &str) -> u16 {
     // A `namespace#Code` form has the same status as the bare code.
     let code = code.rsplit('#').next().unwrap_or(code);
@@ -71,7 +136,8 @@ fn default_status(code: &str) -> u16 {
 
 /// An error status that carries no AWS error code: what a load balancer, proxy or overloaded
 /// front end sends instead of the service's JSON error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct StatusFault {
     /// 400 to 599.
     pub status: u16,
@@ -114,8 +180,17 @@ impl std::str::FromStr for StatusFault {
     }
 }
 
+impl TryFrom<String> for StatusFault {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
 /// Ways to spoil a successful answer at the HTTP level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ResponseFault {
     /// Announce the whole body, send half of it, close the connection.
     TruncatedBody,
@@ -130,7 +205,8 @@ pub enum ResponseFault {
 }
 
 /// Ways to spoil the token in an otherwise successful answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TokenFault {
     /// Signed by a different RSA key.
     BadSignature,
@@ -178,6 +254,43 @@ mod tests {
             }
         );
         assert!("X:abc".parse::<InjectedError>().is_err());
+    }
+
+    #[test]
+    fn faults_read_from_json_as_on_the_command_line() {
+        let faults: Faults = serde_json::from_str(
+            r#"{"operations": ["meter-usage"], "throttleFirst": 2, "delayMs": 1500,
+                "error": "DisabledApiException", "status": "503:html",
+                "token": "bad-signature", "response": "truncated-body",
+                "random": {"seed": 7, "loseResponse": 0.5, "slowMs": 10}}"#,
+        )
+        .unwrap();
+        assert_eq!(faults.throttle_first, 2);
+        assert_eq!(faults.delay, Duration::from_millis(1500));
+        assert_eq!(faults.error.as_ref().unwrap().status, 400);
+        assert_eq!(faults.status.unwrap().body, StatusBody::Html);
+        assert_eq!(faults.token, Some(TokenFault::BadSignature));
+        assert_eq!(faults.response, Some(ResponseFault::TruncatedBody));
+        let random = faults.random.as_ref().unwrap();
+        assert_eq!((random.seed, random.lose_response), (7, 0.5));
+        assert_eq!(random.slow_delay, Duration::from_millis(10));
+        assert!(faults.apply_to(Operation::MeterUsage));
+        assert!(!faults.apply_to(Operation::RegisterUsage));
+        assert!(
+            Faults::default().apply_to(Operation::RegisterUsage),
+            "no list: all"
+        );
+        assert_eq!(
+            serde_json::from_str::<Faults>("{}").unwrap(),
+            Faults::default()
+        );
+        for bad in [
+            r#"{"dropFrist": 1}"#,
+            r#"{"status": "200"}"#,
+            r#"{"operations": ["nope"]}"#,
+        ] {
+            assert!(serde_json::from_str::<Faults>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@ mod server;
 mod service;
 
 pub use config::{Config, Operation};
-pub use faults::{Faults, InjectedError, ResponseFault, StatusBody, StatusFault, TokenFault};
+pub use faults::{
+    Faults, InjectedError, RandomFaults, ResponseFault, StatusBody, StatusFault, TokenFault,
+};
 pub use server::{serve, spawn, RunningEmulator};
 pub use service::{Allocation, LedgerSnapshot, MeteringRecord, Quantity};

@@ -1,6 +1,5 @@
 //! `metering-emulator`: serve RegisterUsage locally. See `--help`.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use metering_emulator::keys::RsaKey;
 use metering_emulator::{
-    Config, Faults, InjectedError, Operation, ResponseFault, StatusFault, TokenFault,
+    Config, Faults, InjectedError, Operation, RandomFaults, ResponseFault, StatusFault, TokenFault,
 };
 
 /// A local stand-in for AWS Marketplace Metering RegisterUsage (awsJson1_1 over HTTP).
@@ -56,10 +55,15 @@ struct Cli {
     #[arg(long, value_name = "EPOCH_SECONDS")]
     rotation_timestamp: Option<i64>,
 
-    /// Per-account quota: a token bucket of N calls per second (AWS: 5); calls beyond it get
-    /// ThrottlingException. Counters are at GET /_emulator/stats.
+    /// RegisterUsage's per-account quota: a token bucket of N calls per second (AWS: 5); calls
+    /// beyond it get ThrottlingException. Off by default. Counters are at GET /_emulator/stats.
     #[arg(long, value_name = "N")]
     quota_per_second: Option<u32>,
+
+    /// Another operation's quota in calls per second, 0 for none (repeatable). Defaults:
+    /// meter-usage=10, as AWS's.
+    #[arg(long = "quota", value_name = "OPERATION=N", value_parser = parse_quota)]
+    quotas: Vec<(Operation, u32)>,
 
     /// The metering period (AWS: an hour), as 1h, 10m, 30s or 500ms: MeterUsage timestamps
     /// round down to it, and are accepted up to 6 periods back.
@@ -80,6 +84,18 @@ struct Cli {
     /// (point AWS_EC2_METADATA_SERVICE_ENDPOINT here).
     #[arg(long)]
     imds: bool,
+
+    #[command(flatten)]
+    faults: FaultArgs,
+}
+
+/// Faults, applied to every operation (or those --faults-on names), each counting its own calls.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Faults (also settable while running: POST /_emulator/faults)")]
+struct FaultArgs {
+    /// Apply the faults only to these operations (comma-separated); default all.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "OPERATION,...")]
+    faults_on: Vec<Operation>,
 
     /// Close the connection without answering the first N calls.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -119,6 +135,83 @@ struct Cli {
     /// Spoil every token this way.
     #[arg(long, value_enum, value_name = "FAULT")]
     token_fault: Option<TokenFault>,
+
+    /// Seed for the random faults, so a chaos run can be replayed.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    random_seed: u64,
+
+    /// Probability (0-1) that a call loses its connection before it is processed.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    random_drop: f64,
+
+    /// Probability that a call is throttled.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    random_throttle: f64,
+
+    /// Probability that a call gets a 500.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    random_fail: f64,
+
+    /// Probability that a call is processed (its usage recorded) but its answer is lost: the
+    /// connection closes, and the client must resend idempotently.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    random_lose_response: f64,
+
+    /// Probability that a call is answered --random-slow-ms late.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    random_slow: f64,
+
+    #[arg(long, value_name = "MS", default_value_t = 3000)]
+    random_slow_ms: u64,
+}
+
+impl FaultArgs {
+    fn into_faults(self) -> Faults {
+        let random = RandomFaults {
+            seed: self.random_seed,
+            drop: self.random_drop,
+            throttle: self.random_throttle,
+            fail: self.random_fail,
+            lose_response: self.random_lose_response,
+            slow: self.random_slow,
+            slow_delay: Duration::from_millis(self.random_slow_ms),
+        };
+        let any_random = [
+            random.drop,
+            random.throttle,
+            random.fail,
+            random.lose_response,
+            random.slow,
+        ]
+        .iter()
+        .any(|probability| *probability > 0.0);
+        Faults {
+            operations: (!self.faults_on.is_empty()).then(|| self.faults_on.into_iter().collect()),
+            drop_first: self.drop_first,
+            throttle_first: self.throttle_first,
+            fail_first: self.fail_first,
+            delay: Duration::from_millis(self.delay_ms),
+            error: self.error,
+            error_in_header_only: self.error_in_header,
+            status: self.status_fault,
+            token: self.token_fault,
+            response: self.response_fault,
+            random: any_random.then_some(random),
+        }
+    }
+}
+
+/// `OPERATION=N`, as `meter-usage=20`.
+fn parse_quota(text: &str) -> Result<(Operation, u32), String> {
+    let (operation, rate) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not OPERATION=N"))?;
+    let operation = <Operation as clap::ValueEnum>::from_str(operation, true)
+        .map_err(|_| format!("{operation:?} is not an operation"))?;
+    let rate = rate
+        .parse()
+        .map_err(|_| format!("{rate:?} is not a whole number of calls per second"))?;
+    Ok((operation, rate))
 }
 
 #[tokio::main]
@@ -136,30 +229,19 @@ async fn main() -> Result<(), String> {
         std::fs::write(path, &key.public_spki_pem)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    let config = Config {
-        region: cli.region,
-        key_versions: cli.key_versions.into_iter().collect(),
-        signing_key: Arc::new(key),
-        entitled: cli.entitled.into_iter().collect(),
-        not_entitled: cli.not_entitled.into_iter().collect::<BTreeSet<_>>(),
-        rotation_timestamp: cli.rotation_timestamp,
-        imds: cli.imds,
-        quota_per_second: cli.quota_per_second,
-        period: cli.period,
-        dimensions: cli.dimensions.into_iter().collect(),
-        denied: cli.deny.into_iter().collect(),
-        faults: Faults {
-            drop_first: cli.drop_first,
-            throttle_first: cli.throttle_first,
-            fail_first: cli.fail_first,
-            delay: Duration::from_millis(cli.delay_ms),
-            error: cli.error,
-            error_in_header_only: cli.error_in_header,
-            status: cli.status_fault,
-            token: cli.token_fault,
-            response: cli.response_fault,
-        },
-    };
+    let mut config = Config::new(Arc::new(key));
+    config.region = cli.region;
+    config.key_versions = cli.key_versions.into_iter().collect();
+    config.entitled = cli.entitled.into_iter().collect();
+    config.not_entitled = cli.not_entitled.into_iter().collect();
+    config.rotation_timestamp = cli.rotation_timestamp;
+    config.imds = cli.imds;
+    config.quota_per_second = cli.quota_per_second;
+    config.quotas.extend(cli.quotas);
+    config.period = cli.period;
+    config.dimensions = cli.dimensions.into_iter().collect();
+    config.denied = cli.deny.into_iter().collect();
+    config.faults = cli.faults.into_faults();
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;

@@ -13,10 +13,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::service::{self, Answer, Service};
-use crate::{Config, LedgerSnapshot, Operation};
+use crate::{Config, Faults, LedgerSnapshot, Operation};
 
-/// Request bodies above this are refused; RegisterUsage inputs are a few hundred bytes.
-const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Request bodies above this are refused, as AWS refuses a BatchMeterUsage request of 1 MB.
+const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 const IMDS_ROLE: &str = "emulated-node-role";
 
 /// Answers one connection's requests until the client closes it.
@@ -104,9 +104,11 @@ async fn handle(
             request.uri().path(),
         ));
     }
-    if request.method() != Method::POST || request.uri().path() != "/" {
-        return Ok(plain(StatusCode::NOT_FOUND, "not found"));
-    }
+    let control = match (request.method(), request.uri().path()) {
+        (&Method::POST, "/") => false,
+        (&Method::POST, "/_emulator/faults") => true,
+        _ => return Ok(plain(StatusCode::NOT_FOUND, "not found")),
+    };
     let header = |name: &str| {
         request
             .headers()
@@ -128,6 +130,9 @@ async fn handle(
             ))
         }
     };
+    if control {
+        return Ok(replace_faults(&service, &body));
+    }
     let reply = service.handle(
         &service::Request {
             target: target.as_deref(),
@@ -174,6 +179,20 @@ async fn handle(
             ),
     };
     Ok(response.expect("valid response"))
+}
+
+/// `POST /_emulator/faults`: the new faults as JSON (see [`crate::Faults`]).
+fn replace_faults(service: &Service, body: &[u8]) -> Response<Body> {
+    match serde_json::from_slice(body) {
+        Ok(faults) => {
+            service.set_faults(faults);
+            plain(StatusCode::NO_CONTENT, "")
+        }
+        Err(e) => plain(
+            StatusCode::BAD_REQUEST,
+            &format!("the body is not a faults object: {e}\n"),
+        ),
+    }
 }
 
 fn json_response(status: u16, body: &serde_json::Value) -> Response<Body> {
@@ -242,12 +261,23 @@ impl RunningEmulator {
 
     /// RegisterUsage calls received so far, faulted ones included.
     pub fn calls(&self) -> u64 {
-        self.service.calls(Operation::RegisterUsage)
+        self.calls_to(Operation::RegisterUsage)
+    }
+
+    /// Calls to `operation` received so far, faulted ones included.
+    pub fn calls_to(&self, operation: Operation) -> u64 {
+        self.service.calls(operation)
     }
 
     /// The metering records accepted so far, and the idempotency counters.
     pub fn ledger(&self) -> LedgerSnapshot {
         self.service.ledger().snapshot()
+    }
+
+    /// Replaces the faults while serving (a chaos harness turns them off for the final flush);
+    /// counted faults start counting again.
+    pub fn set_faults(&self, faults: Faults) {
+        self.service.set_faults(faults);
     }
 
     /// The SPKI PEM of the key that signs its tokens.
@@ -268,20 +298,23 @@ impl Drop for RunningEmulator {
 }
 
 /// Starts an emulator on `127.0.0.1` and an ephemeral port, in a background thread.
+/// Callable from async code too: the server's runtime lives on its own thread.
 pub fn spawn(config: Config) -> RunningEmulator {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let listener = runtime
-        .block_on(TcpListener::bind(("127.0.0.1", 0)))
-        .expect("bind loopback");
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind loopback");
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
     let addr = listener.local_addr().expect("local addr");
     let service = Arc::new(Service::new(config));
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server_service = service.clone();
     let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
         runtime.block_on(async move {
+            let listener = TcpListener::from_std(listener).expect("tokio listener");
             tokio::select! {
                 _ = accept_loop(server_service, listener) => {}
                 _ = stopped => {}

@@ -105,7 +105,7 @@ mod tests {
     use super::super::tests::{call_at, code_of, config, noon, AUTH};
     use super::super::Request;
     use super::*;
-    use crate::{Config, Operation};
+    use crate::{Config, Faults, Operation, RandomFaults};
 
     fn now_seconds() -> u64 {
         epoch_seconds(noon())
@@ -382,6 +382,40 @@ mod tests {
             200,
             "denial is per operation"
         );
+    }
+
+    #[test]
+    fn a_lost_response_was_recorded_and_the_resend_replays_it() {
+        let service = Service::new(period_config());
+        service.set_faults(Faults {
+            random: Some(RandomFaults {
+                lose_response: 1.0,
+                ..RandomFaults::default()
+            }),
+            ..Faults::default()
+        });
+        assert_eq!(meter(&service, usage(5)), Answer::Drop);
+        let recorded = service.ledger().snapshot().records[0]
+            .metering_record_id
+            .clone();
+        service.set_faults(Faults::default());
+        assert_eq!(record_id(meter(&service, usage(5))), recorded);
+        assert_eq!(service.ledger().snapshot().idempotent_replays, 1);
+    }
+
+    #[test]
+    fn meter_usage_has_aws_quota_of_ten_a_second() {
+        let service = Service::new(config());
+        let codes: Vec<String> = (0..11u32)
+            .map(|index| {
+                let mut body = usage(1);
+                body["UsageDimension"] = json!(format!("d{index}"));
+                code_of(&meter(&service, body)).1
+            })
+            .collect();
+        assert!(codes[..10].iter().all(String::is_empty), "{codes:?}");
+        assert_eq!(codes[10], "ThrottlingException");
+        assert_eq!(service.stats()["operations"]["MeterUsage"]["throttled"], 1);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::{Config, Operation, ResponseFault, StatusBody, StatusFault};
+use crate::{Config, Faults, Operation, ResponseFault, StatusBody, StatusFault};
 use injection::{FaultPlan, Injection, Refusal};
 use ledger::Ledger;
 pub use ledger::{LedgerSnapshot, MeteringRecord};
@@ -265,10 +265,12 @@ pub(crate) struct Service {
 
 impl Service {
     pub fn new(config: Config) -> Self {
-        let quotas = config
-            .quota_per_second
-            .map(|rate| (Operation::RegisterUsage, Mutex::new(TokenBucket::new(rate))))
+        let quotas = Operation::ALL
             .into_iter()
+            .filter_map(|operation| {
+                let rate = config.quota(operation)?;
+                Some((operation, Mutex::new(TokenBucket::new(rate))))
+            })
             .collect();
         Self {
             injection: Mutex::new(Injection::new(config.faults.clone())),
@@ -290,14 +292,35 @@ impl Service {
     }
 
     /// Counters, for `GET /_emulator/stats`: RegisterUsage's at the top level, as the bench
-    /// scripts read them.
+    /// scripts read them, and every operation's under `operations`.
     pub fn stats(&self) -> Value {
-        let register_usage = &self.counters[&Operation::RegisterUsage];
+        let count = |operation: Operation| {
+            let counters = &self.counters[&operation];
+            (
+                counters.calls.load(Ordering::SeqCst),
+                counters.throttled.load(Ordering::SeqCst),
+            )
+        };
+        let (calls, throttled) = count(Operation::RegisterUsage);
+        let operations: serde_json::Map<String, Value> = Operation::ALL
+            .into_iter()
+            .map(|operation| {
+                let (calls, throttled) = count(operation);
+                let counts = json!({ "calls": calls, "throttled": throttled });
+                (operation.name().to_owned(), counts)
+            })
+            .collect();
         json!({
-            "calls": register_usage.calls.load(Ordering::SeqCst),
-            "throttled": register_usage.throttled.load(Ordering::SeqCst),
+            "calls": calls,
+            "throttled": throttled,
             "entitled": self.tokens_issued.load(Ordering::SeqCst),
+            "operations": operations,
         })
+    }
+
+    /// Replaces the faults; counted faults start counting again, random ones from their seed.
+    pub fn set_faults(&self, faults: Faults) {
+        *self.injection.lock().expect("injection lock") = Injection::new(faults);
     }
 
     pub fn handle(&self, request: &Request, now: SystemTime) -> Reply {
@@ -330,12 +353,17 @@ impl Service {
                     now,
                     faults: &plan,
                 };
-                match self.run(&call) {
+                let answer = match self.run(&call) {
                     Ok(answer) => match plan.response {
                         Some(fault) => answer.spoiled(fault),
                         None => answer,
                     },
                     Err(error) => error.render(),
+                };
+                if plan.lose_response {
+                    Answer::Drop
+                } else {
+                    answer
                 }
             }
         };
@@ -618,7 +646,6 @@ pub(crate) fn epoch_seconds(time: SystemTime) -> u64 {
 pub(crate) mod tests {
     use super::*;
     use crate::keys::shared_2048;
-    use crate::Faults;
 
     pub const AUTH: &str = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261123/us-east-1/aws-marketplace/aws4_request, SignedHeaders=host;x-amz-date, Signature=abc";
 

@@ -194,9 +194,14 @@ mod tests {
             .map(|_| code_of(&call(&service, request("paid"))).0)
             .collect();
         assert_eq!(codes, [200, 200, 200, 200, 200, 400, 400]);
+        let stats = service.stats();
         assert_eq!(
-            service.stats(),
-            json!({ "calls": 7, "throttled": 2, "entitled": 5 })
+            (&stats["calls"], &stats["throttled"], &stats["entitled"]),
+            (&json!(7), &json!(2), &json!(5))
+        );
+        assert_eq!(
+            stats["operations"]["RegisterUsage"],
+            json!({ "calls": 7, "throttled": 2 })
         );
         let later = noon() + Duration::from_millis(250);
         assert_eq!(
