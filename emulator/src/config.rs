@@ -29,7 +29,7 @@ pub struct Config {
     /// wins over `quotas[RegisterUsage]`.
     pub quota_per_second: Option<u32>,
     /// Per-operation quotas in calls per second, each a token bucket holding one second's worth
-    /// (0 or absent: none). Defaults to AWS's MeterUsage quota of 10 per second.
+    /// (0 or absent: none). Defaults to AWS's: MeterUsage and BatchMeterUsage 10 per second.
     pub quotas: BTreeMap<Operation, u32>,
     /// The metering period (AWS: one hour): MeterUsage timestamps round down to it, and the
     /// accepted window counts in it. Tests use seconds.
@@ -37,6 +37,9 @@ pub struct Config {
     /// The product's usage dimensions; MeterUsage for any other gets
     /// InvalidUsageDimensionException. Empty: any name is accepted.
     pub dimensions: BTreeSet<String>,
+    /// SaaS customers subscribed to the product, for BatchMeterUsage; records for anyone else
+    /// get `CustomerNotSubscribed`.
+    pub customers: Vec<Customer>,
     /// Operations the caller's role may not call: AccessDeniedException (or, for a DryRun,
     /// UnauthorizedException).
     pub denied: BTreeSet<Operation>,
@@ -56,9 +59,13 @@ impl Config {
             rotation_timestamp: None,
             imds: false,
             quota_per_second: None,
-            quotas: BTreeMap::from([(Operation::MeterUsage, 10)]),
+            quotas: BTreeMap::from([
+                (Operation::MeterUsage, 10),
+                (Operation::BatchMeterUsage, 10),
+            ]),
             period: Duration::from_secs(3600),
             dimensions: BTreeSet::new(),
+            customers: Vec::new(),
             denied: BTreeSet::new(),
             faults: Faults::default(),
         }
@@ -76,6 +83,11 @@ impl Config {
 
     pub fn dimension(mut self, name: &str) -> Self {
         self.dimensions.insert(name.to_owned());
+        self
+    }
+
+    pub fn customer(mut self, customer: Customer) -> Self {
+        self.customers.push(customer);
         self
     }
 
@@ -113,16 +125,100 @@ impl Config {
 pub enum Operation {
     RegisterUsage,
     MeterUsage,
+    BatchMeterUsage,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 2] = [Operation::RegisterUsage, Operation::MeterUsage];
+    pub const ALL: [Operation; 3] = [
+        Operation::RegisterUsage,
+        Operation::MeterUsage,
+        Operation::BatchMeterUsage,
+    ];
 
     /// The name on the wire, as in `X-Amz-Target: AWSMPMeteringService.RegisterUsage`.
     pub fn name(self) -> &'static str {
         match self {
             Operation::RegisterUsage => "RegisterUsage",
             Operation::MeterUsage => "MeterUsage",
+            Operation::BatchMeterUsage => "BatchMeterUsage",
         }
+    }
+}
+
+/// A SaaS customer subscribed to the product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Customer {
+    /// The `CustomerIdentifier` ResolveCustomer hands out.
+    pub identifier: String,
+    /// The buyer's 12-digit AWS account ID, `CustomerAWSAccountId`.
+    pub account_id: Option<String>,
+}
+
+impl Customer {
+    pub fn new(identifier: &str) -> Self {
+        Self {
+            identifier: identifier.to_owned(),
+            account_id: None,
+        }
+    }
+
+    pub fn account(mut self, account_id: &str) -> Self {
+        self.account_id = Some(account_id.to_owned());
+        self
+    }
+}
+
+impl std::str::FromStr for Customer {
+    type Err = String;
+
+    /// `ID` or `ID:ACCOUNT_ID`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (identifier, account) = match text.split_once(':') {
+            Some((identifier, account)) => (identifier, Some(account)),
+            None => (text, None),
+        };
+        if identifier.is_empty() {
+            return Err("a customer needs an identifier".to_owned());
+        }
+        if let Some(account) =
+            account.filter(|a| a.is_empty() || !a.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(format!("{account:?} is not an AWS account ID (digits)"));
+        }
+        Ok(Self {
+            identifier: identifier.to_owned(),
+            account_id: account.map(str::to_owned),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn customers_parse_with_an_optional_account() {
+        assert_eq!("c1".parse(), Ok(Customer::new("c1")));
+        assert_eq!(
+            "c1:111122223333".parse(),
+            Ok(Customer::new("c1").account("111122223333"))
+        );
+        assert!("c1:12ab".parse::<Customer>().is_err());
+        assert!("c1:".parse::<Customer>().is_err());
+        assert!(":1".parse::<Customer>().is_err());
+    }
+
+    #[test]
+    fn quotas_default_to_aws_and_register_usage_keeps_its_own_field() {
+        let mut config = Config::new(crate::keys::shared_2048());
+        assert_eq!(config.quota(Operation::RegisterUsage), None);
+        assert_eq!(config.quota(Operation::MeterUsage), Some(10));
+        assert_eq!(config.quota(Operation::BatchMeterUsage), Some(10));
+        config.quotas.insert(Operation::MeterUsage, 0);
+        config.quotas.insert(Operation::RegisterUsage, 2);
+        assert_eq!(config.quota(Operation::MeterUsage), None, "0 is off");
+        assert_eq!(config.quota(Operation::RegisterUsage), Some(2));
+        config.quota_per_second = Some(5);
+        assert_eq!(config.quota(Operation::RegisterUsage), Some(5));
     }
 }

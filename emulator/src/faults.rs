@@ -41,6 +41,9 @@ pub struct Faults {
     pub response: Option<ResponseFault>,
     /// Faults that strike calls at random, for chaos tests.
     pub random: Option<RandomFaults>,
+    /// BatchMeterUsage: return the first N records received (counted across calls) in
+    /// `UnprocessedRecords`, unrecorded, for the client to resend.
+    pub unprocessed_first: u32,
 }
 
 impl Faults {
@@ -73,6 +76,8 @@ pub struct RandomFaults {
     pub slow: f64,
     #[serde(rename = "slowMs", deserialize_with = "milliseconds")]
     pub slow_delay: Duration,
+    /// BatchMeterUsage: leave each record unprocessed with this probability.
+    pub unprocessed: f64,
 }
 
 fn milliseconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {

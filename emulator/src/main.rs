@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 use metering_emulator::keys::RsaKey;
 use metering_emulator::{
-    Config, Faults, InjectedError, Operation, RandomFaults, ResponseFault, StatusFault, TokenFault,
+    Config, Customer, Faults, InjectedError, Operation, RandomFaults, ResponseFault, StatusFault,
+    TokenFault,
 };
 
 /// A local stand-in for AWS Marketplace Metering RegisterUsage (awsJson1_1 over HTTP).
@@ -61,7 +62,7 @@ struct Cli {
     quota_per_second: Option<u32>,
 
     /// Another operation's quota in calls per second, 0 for none (repeatable). Defaults:
-    /// meter-usage=10, as AWS's.
+    /// meter-usage=10 and batch-meter-usage=10, as AWS's.
     #[arg(long = "quota", value_name = "OPERATION=N", value_parser = parse_quota)]
     quotas: Vec<(Operation, u32)>,
 
@@ -74,6 +75,11 @@ struct Cli {
     /// InvalidUsageDimensionException. None given: any dimension is accepted.
     #[arg(long = "dimension", value_name = "NAME")]
     dimensions: Vec<String>,
+
+    /// A SaaS customer subscribed to the product, for BatchMeterUsage (repeatable): its
+    /// CustomerIdentifier, optionally with its AWS account ID (CustomerAWSAccountId).
+    #[arg(long = "customer", value_name = "ID[:ACCOUNT]")]
+    customers: Vec<Customer>,
 
     /// Refuse this operation as IAM would (repeatable): AccessDeniedException, or
     /// UnauthorizedException for a MeterUsage DryRun.
@@ -136,6 +142,11 @@ struct FaultArgs {
     #[arg(long, value_enum, value_name = "FAULT")]
     token_fault: Option<TokenFault>,
 
+    /// BatchMeterUsage: return the first N records received (across calls) unprocessed, in
+    /// UnprocessedRecords, for the client to resend.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    unprocessed_first: u32,
+
     /// Seed for the random faults, so a chaos run can be replayed.
     #[arg(long, value_name = "N", default_value_t = 0)]
     random_seed: u64,
@@ -163,6 +174,10 @@ struct FaultArgs {
 
     #[arg(long, value_name = "MS", default_value_t = 3000)]
     random_slow_ms: u64,
+
+    /// Probability that a BatchMeterUsage record comes back unprocessed.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    random_unprocessed: f64,
 }
 
 impl FaultArgs {
@@ -175,6 +190,7 @@ impl FaultArgs {
             lose_response: self.random_lose_response,
             slow: self.random_slow,
             slow_delay: Duration::from_millis(self.random_slow_ms),
+            unprocessed: self.random_unprocessed,
         };
         let any_random = [
             random.drop,
@@ -182,6 +198,7 @@ impl FaultArgs {
             random.fail,
             random.lose_response,
             random.slow,
+            random.unprocessed,
         ]
         .iter()
         .any(|probability| *probability > 0.0);
@@ -197,6 +214,7 @@ impl FaultArgs {
             token: self.token_fault,
             response: self.response_fault,
             random: any_random.then_some(random),
+            unprocessed_first: self.unprocessed_first,
         }
     }
 }
@@ -240,6 +258,7 @@ async fn main() -> Result<(), String> {
     config.quotas.extend(cli.quotas);
     config.period = cli.period;
     config.dimensions = cli.dimensions.into_iter().collect();
+    config.customers = cli.customers;
     config.denied = cli.deny.into_iter().collect();
     config.faults = cli.faults.into_faults();
     let listener = tokio::net::TcpListener::bind(&cli.listen)

@@ -5,13 +5,14 @@ use std::net::TcpStream;
 
 use aws_sdk_marketplacemetering::primitives::DateTime;
 use metering_emulator::keys::shared_2048;
-use metering_emulator::{Config, Faults, Operation, RunningEmulator};
+use metering_emulator::{Config, Customer, Faults, Operation, RunningEmulator};
 
 fn emulator() -> RunningEmulator {
     metering_emulator::spawn(
         Config::new(shared_2048())
             .entitle("paid")
-            .dimension("requests"),
+            .dimension("requests")
+            .customer(Customer::new("cust-1").account("111122223333")),
     )
 }
 
@@ -79,6 +80,44 @@ async fn the_sdk_meters_usage_idempotently() {
     assert_eq!(ledger.records[0].resource, "AKIDTASKONE");
     assert_eq!(ledger.records[0].client_token.as_deref(), Some("sidecar-1"));
     assert_eq!((ledger.idempotent_replays, ledger.conflicts), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_reads_batch_results() {
+    use aws_sdk_marketplacemetering::types::{UsageRecord, UsageRecordResultStatus};
+    let emulator = emulator();
+    let client = aws_sdk_marketplacemetering::Client::new(&sdk_config(&emulator).await);
+    let record = |account: &str| {
+        UsageRecord::builder()
+            .timestamp(DateTime::from(std::time::SystemTime::now()))
+            .customer_aws_account_id(account)
+            .dimension("requests")
+            .quantity(3)
+            .build()
+            .expect("a usage record")
+    };
+    let answer = client
+        .batch_meter_usage()
+        .product_code("paid")
+        .usage_records(record("111122223333"))
+        .usage_records(record("999999999999"))
+        .send()
+        .await
+        .expect("batch");
+    let statuses: Vec<_> = answer
+        .results()
+        .iter()
+        .map(|r| r.status().cloned())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            Some(UsageRecordResultStatus::Success),
+            Some(UsageRecordResultStatus::CustomerNotSubscribed)
+        ]
+    );
+    assert!(answer.results()[0].metering_record_id().is_some());
+    assert!(answer.unprocessed_records().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,6 +12,8 @@ use crate::{Faults, InjectedError, Operation, ResponseFault, StatusFault, TokenF
 pub(super) struct Injection {
     faults: Faults,
     calls: BTreeMap<Operation, u64>,
+    /// Batch records left unprocessed so far by `unprocessed_first`.
+    unprocessed: u64,
     draws: u64,
 }
 
@@ -46,6 +48,7 @@ impl Injection {
         Self {
             faults,
             calls: BTreeMap::new(),
+            unprocessed: 0,
             draws: 0,
         }
     }
@@ -109,6 +112,24 @@ impl Injection {
         if self.chance(random.seed, random.slow) {
             plan.delay += random.slow_delay;
         }
+    }
+
+    /// For each of `count` batch records, whether to leave it unprocessed.
+    pub fn unprocessed_records(&mut self, operation: Operation, count: usize) -> Vec<bool> {
+        if !self.faults.apply_to(operation) {
+            return vec![false; count];
+        }
+        let random = self.faults.random.clone().unwrap_or_default();
+        (0..count)
+            .map(|_| {
+                if self.unprocessed < u64::from(self.faults.unprocessed_first) {
+                    self.unprocessed += 1;
+                    true
+                } else {
+                    self.chance(random.seed, random.unprocessed)
+                }
+            })
+            .collect()
     }
 
     /// True with the given probability: the next draw of a counter-based SplitMix64 stream.
@@ -194,6 +215,7 @@ mod tests {
             lose_response: 0.1,
             slow: 0.2,
             slow_delay: Duration::from_millis(300),
+            ..RandomFaults::default()
         };
         let plans = random(faults.clone());
         let count = |hit: &dyn Fn(&FaultPlan) -> bool| plans.iter().filter(|p| hit(p)).count();

@@ -1,6 +1,7 @@
 //! The emulated services as pure logic: a request and the current time in, an answer out. Nothing
 //! here does I/O or reads the clock; the HTTP plumbing (`server.rs`) does both.
 
+mod batch_meter_usage;
 mod injection;
 mod ledger;
 mod meter_usage;
@@ -424,7 +425,16 @@ impl Service {
         match call.operation {
             Operation::RegisterUsage => register_usage::handle(self, call),
             Operation::MeterUsage => meter_usage::handle(self, call),
+            Operation::BatchMeterUsage => batch_meter_usage::handle(self, call),
         }
+    }
+
+    /// For each of `count` batch records, whether a fault leaves it unprocessed.
+    fn unprocessed_records(&self, operation: Operation, count: usize) -> Vec<bool> {
+        self.injection
+            .lock()
+            .expect("injection lock")
+            .unprocessed_records(operation, count)
     }
 
     pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
@@ -498,19 +508,28 @@ impl Service {
             ));
         }
         if scope.region != self.config.region {
-            let code = match operation {
-                Operation::RegisterUsage => "InvalidRegionException",
-                Operation::MeterUsage => "InvalidEndpointRegionException",
-            };
-            return Err(ServiceError::client(
-                code,
-                format!(
-                    "{} must be called in the Region the task runs in ({}), not {}",
-                    operation.name(),
-                    self.config.region,
-                    scope.region
+            let message = format!(
+                "{} must be called in the Region the task runs in ({}), not {}",
+                operation.name(),
+                self.config.region,
+                scope.region
+            );
+            return Err(match operation {
+                Operation::RegisterUsage => ServiceError::client("InvalidRegionException", message),
+                Operation::MeterUsage => {
+                    ServiceError::client("InvalidEndpointRegionException", message)
+                }
+                // SaaS calls come from the seller's own account: another Region's scope is
+                // simply a signature that does not match this endpoint.
+                _ => ServiceError::new(
+                    403,
+                    "InvalidSignatureException",
+                    format!(
+                        "Credential should be scoped to a valid region, not '{}'",
+                        scope.region
+                    ),
                 ),
-            ));
+            });
         }
         Ok(Caller {
             access_key: scope.access_key.to_owned(),
