@@ -38,8 +38,10 @@ pub struct Config {
     /// InvalidUsageDimensionException. Empty: any name is accepted.
     pub dimensions: BTreeSet<String>,
     /// SaaS customers subscribed to the product, for BatchMeterUsage; records for anyone else
-    /// get `CustomerNotSubscribed`.
+    /// get `CustomerNotSubscribed`. The customers of `registration_tokens` count too.
     pub customers: Vec<Customer>,
+    /// What ResolveCustomer resolves; unknown tokens get InvalidTokenException.
+    pub registration_tokens: Vec<RegistrationToken>,
     /// Operations the caller's role may not call: AccessDeniedException (or, for a DryRun,
     /// UnauthorizedException).
     pub denied: BTreeSet<Operation>,
@@ -66,6 +68,7 @@ impl Config {
             period: Duration::from_secs(3600),
             dimensions: BTreeSet::new(),
             customers: Vec::new(),
+            registration_tokens: Vec::new(),
             denied: BTreeSet::new(),
             faults: Faults::default(),
         }
@@ -89,6 +92,20 @@ impl Config {
     pub fn customer(mut self, customer: Customer) -> Self {
         self.customers.push(customer);
         self
+    }
+
+    pub fn registration_token(mut self, token: RegistrationToken) -> Self {
+        self.registration_tokens.push(token);
+        self
+    }
+
+    /// Every subscribed SaaS customer: the configured ones and those of registration tokens.
+    pub fn subscribed_customers(&self) -> impl Iterator<Item = &Customer> {
+        self.customers.iter().chain(
+            self.registration_tokens
+                .iter()
+                .map(|registration| &registration.customer),
+        )
     }
 
     pub fn deny(mut self, operation: Operation) -> Self {
@@ -126,13 +143,15 @@ pub enum Operation {
     RegisterUsage,
     MeterUsage,
     BatchMeterUsage,
+    ResolveCustomer,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 3] = [
+    pub const ALL: [Operation; 4] = [
         Operation::RegisterUsage,
         Operation::MeterUsage,
         Operation::BatchMeterUsage,
+        Operation::ResolveCustomer,
     ];
 
     /// The name on the wire, as in `X-Amz-Target: AWSMPMeteringService.RegisterUsage`.
@@ -141,6 +160,7 @@ impl Operation {
             Operation::RegisterUsage => "RegisterUsage",
             Operation::MeterUsage => "MeterUsage",
             Operation::BatchMeterUsage => "BatchMeterUsage",
+            Operation::ResolveCustomer => "ResolveCustomer",
         }
     }
 }
@@ -192,6 +212,67 @@ impl std::str::FromStr for Customer {
     }
 }
 
+/// A SaaS registration token, as the buyer's browser posts it to the seller's site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationToken {
+    pub token: String,
+    pub customer: Customer,
+    pub product_code: String,
+    pub license_arn: Option<String>,
+    /// Resolving it answers ExpiredTokenException.
+    pub expired: bool,
+}
+
+impl RegistrationToken {
+    /// A live token resolving to `customer` and `product_code`.
+    pub fn new(token: &str, customer: Customer, product_code: &str) -> Self {
+        Self {
+            token: token.to_owned(),
+            customer,
+            product_code: product_code.to_owned(),
+            license_arn: None,
+            expired: false,
+        }
+    }
+
+    pub fn license(mut self, license_arn: &str) -> Self {
+        self.license_arn = Some(license_arn.to_owned());
+        self
+    }
+
+    pub fn expired(mut self) -> Self {
+        self.expired = true;
+        self
+    }
+}
+
+impl std::str::FromStr for RegistrationToken {
+    type Err = String;
+
+    /// `TOKEN=CUSTOMER_ID:ACCOUNT_ID:PRODUCT_CODE[:LICENSE_ARN]` (the token without `=`, the
+    /// other fields without `:`; the license ARN may have its own colons).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let usage = "expected TOKEN=CUSTOMER_ID:ACCOUNT_ID:PRODUCT_CODE[:LICENSE_ARN]";
+        let (token, resolved) = text.split_once('=').ok_or(usage)?;
+        let mut fields = resolved.splitn(4, ':');
+        let (Some(customer), Some(account), Some(product_code)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(usage.to_owned());
+        };
+        if token.is_empty() || product_code.is_empty() {
+            return Err(usage.to_owned());
+        }
+        Ok(Self {
+            token: token.to_owned(),
+            customer: format!("{customer}:{account}").parse()?,
+            product_code: product_code.to_owned(),
+            license_arn: fields.next().map(str::to_owned),
+            expired: false,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +287,29 @@ mod tests {
         assert!("c1:12ab".parse::<Customer>().is_err());
         assert!("c1:".parse::<Customer>().is_err());
         assert!(":1".parse::<Customer>().is_err());
+    }
+
+    #[test]
+    fn registration_tokens_parse_with_an_optional_license() {
+        let token: RegistrationToken = "tok-1=cust-1:111122223333:prod-saas".parse().unwrap();
+        assert_eq!(
+            token,
+            RegistrationToken::new(
+                "tok-1",
+                Customer::new("cust-1").account("111122223333"),
+                "prod-saas"
+            )
+        );
+        let licensed: RegistrationToken = "tok-2=c:1:p:arn:aws:license-manager::1:license:l-1"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            licensed.license_arn.as_deref(),
+            Some("arn:aws:license-manager::1:license:l-1")
+        );
+        for bad in ["tok", "=c:1:p", "tok=c:1", "tok=c:1:", "tok=c:x:p"] {
+            assert!(bad.parse::<RegistrationToken>().is_err(), "{bad}");
+        }
     }
 
     #[test]

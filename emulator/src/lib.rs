@@ -11,7 +11,7 @@ pub mod keys;
 mod server;
 mod service;
 
-pub use config::{Config, Customer, Operation};
+pub use config::{Config, Customer, Operation, RegistrationToken};
 pub use faults::{
     Faults, InjectedError, RandomFaults, ResponseFault, StatusBody, StatusFault, TokenFault,
 };

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 use metering_emulator::keys::RsaKey;
 use metering_emulator::{
-    Config, Customer, Faults, InjectedError, Operation, RandomFaults, ResponseFault, StatusFault,
-    TokenFault,
+    Config, Customer, Faults, InjectedError, Operation, RandomFaults, RegistrationToken,
+    ResponseFault, StatusFault, TokenFault,
 };
 
 /// A local stand-in for AWS Marketplace Metering RegisterUsage (awsJson1_1 over HTTP).
@@ -80,6 +80,22 @@ struct Cli {
     /// CustomerIdentifier, optionally with its AWS account ID (CustomerAWSAccountId).
     #[arg(long = "customer", value_name = "ID[:ACCOUNT]")]
     customers: Vec<Customer>,
+
+    /// A SaaS registration token ResolveCustomer resolves (repeatable), as
+    /// TOKEN=CUSTOMER_ID:ACCOUNT_ID:PRODUCT_CODE[:LICENSE_ARN]; its customer is subscribed for
+    /// BatchMeterUsage too. Unknown tokens get InvalidTokenException.
+    #[arg(
+        long = "registration-token",
+        value_name = "TOKEN=CUSTOMER:ACCOUNT:PRODUCT"
+    )]
+    registration_tokens: Vec<RegistrationToken>,
+
+    /// A registration token that has expired (same form): ExpiredTokenException.
+    #[arg(
+        long = "expired-registration-token",
+        value_name = "TOKEN=CUSTOMER:ACCOUNT:PRODUCT"
+    )]
+    expired_registration_tokens: Vec<RegistrationToken>,
 
     /// Refuse this operation as IAM would (repeatable): AccessDeniedException, or
     /// UnauthorizedException for a MeterUsage DryRun.
@@ -259,6 +275,12 @@ async fn main() -> Result<(), String> {
     config.period = cli.period;
     config.dimensions = cli.dimensions.into_iter().collect();
     config.customers = cli.customers;
+    config.registration_tokens = cli.registration_tokens;
+    config.registration_tokens.extend(
+        cli.expired_registration_tokens
+            .into_iter()
+            .map(RegistrationToken::expired),
+    );
     config.denied = cli.deny.into_iter().collect();
     config.faults = cli.faults.into_faults();
     let listener = tokio::net::TcpListener::bind(&cli.listen)

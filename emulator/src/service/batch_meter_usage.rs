@@ -188,8 +188,7 @@ pub(super) fn valid_arn(arn: &str) -> bool {
 fn process(service: &Service, call: &Call, product_code: Option<&str>, record: Record) -> Value {
     let known = service
         .config
-        .customers
-        .iter()
+        .subscribed_customers()
         .find(|customer| match record.customer {
             Customer::Identifier(id) => customer.identifier == id,
             Customer::AccountId(account) => customer.account_id.as_deref() == Some(account),

@@ -6,6 +6,7 @@ mod injection;
 mod ledger;
 mod meter_usage;
 mod register_usage;
+mod resolve_customer;
 mod usage;
 
 use std::collections::BTreeMap;
@@ -426,6 +427,7 @@ impl Service {
             Operation::RegisterUsage => register_usage::handle(self, call),
             Operation::MeterUsage => meter_usage::handle(self, call),
             Operation::BatchMeterUsage => batch_meter_usage::handle(self, call),
+            Operation::ResolveCustomer => resolve_customer::handle(self, call),
         }
     }
 
