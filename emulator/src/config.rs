@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::{keys, Faults};
+use crate::{keys, Faults, LicenseSpec, RefreshToken};
 
 /// Who is entitled, what may be metered, and which faults to inject.
 #[derive(Debug, Clone)]
@@ -42,6 +42,18 @@ pub struct Config {
     pub customers: Vec<Customer>,
     /// What ResolveCustomer resolves; unknown tokens get InvalidTokenException.
     pub registration_tokens: Vec<RegistrationToken>,
+    /// The buyer's License Manager licenses (contract pricing).
+    pub licenses: Vec<LicenseSpec>,
+    /// Refresh tokens GetAccessToken accepts (the Anywhere `license_token`).
+    pub refresh_tokens: Vec<RefreshToken>,
+    /// How long GetAccessToken's access tokens live (AWS: an hour).
+    pub access_token_ttl: Duration,
+    /// Role ARNs AssumeRoleWithWebIdentity may assume with such an access token (the Anywhere
+    /// `iam_role`); others get AccessDenied.
+    pub buyer_roles: BTreeSet<String>,
+    /// How long AssumeRoleWithWebIdentity's credentials live when the call names no
+    /// DurationSeconds (AWS: an hour).
+    pub session_ttl: Duration,
     /// Operations the caller's role may not call: AccessDeniedException (or, for a DryRun,
     /// UnauthorizedException).
     pub denied: BTreeSet<Operation>,
@@ -69,6 +81,11 @@ impl Config {
             dimensions: BTreeSet::new(),
             customers: Vec::new(),
             registration_tokens: Vec::new(),
+            licenses: Vec::new(),
+            refresh_tokens: Vec::new(),
+            access_token_ttl: Duration::from_secs(3600),
+            buyer_roles: BTreeSet::new(),
+            session_ttl: Duration::from_secs(3600),
             denied: BTreeSet::new(),
             faults: Faults::default(),
         }
@@ -108,6 +125,21 @@ impl Config {
         )
     }
 
+    pub fn license(mut self, license: LicenseSpec) -> Self {
+        self.licenses.push(license);
+        self
+    }
+
+    pub fn refresh_token(mut self, token: RefreshToken) -> Self {
+        self.refresh_tokens.push(token);
+        self
+    }
+
+    pub fn buyer_role(mut self, role_arn: &str) -> Self {
+        self.buyer_roles.insert(role_arn.to_owned());
+        self
+    }
+
     pub fn deny(mut self, operation: Operation) -> Self {
         self.denied.insert(operation);
         self
@@ -144,23 +176,42 @@ pub enum Operation {
     MeterUsage,
     BatchMeterUsage,
     ResolveCustomer,
+    CheckoutLicense,
+    CheckInLicense,
+    ExtendLicenseConsumption,
+    GetLicense,
+    GetAccessToken,
+    AssumeRoleWithWebIdentity,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 4] = [
+    pub const ALL: [Operation; 10] = [
         Operation::RegisterUsage,
         Operation::MeterUsage,
         Operation::BatchMeterUsage,
         Operation::ResolveCustomer,
+        Operation::CheckoutLicense,
+        Operation::CheckInLicense,
+        Operation::ExtendLicenseConsumption,
+        Operation::GetLicense,
+        Operation::GetAccessToken,
+        Operation::AssumeRoleWithWebIdentity,
     ];
 
-    /// The name on the wire, as in `X-Amz-Target: AWSMPMeteringService.RegisterUsage`.
+    /// The name on the wire, as in `X-Amz-Target: AWSMPMeteringService.RegisterUsage` or STS's
+    /// `Action=AssumeRoleWithWebIdentity`.
     pub fn name(self) -> &'static str {
         match self {
             Operation::RegisterUsage => "RegisterUsage",
             Operation::MeterUsage => "MeterUsage",
             Operation::BatchMeterUsage => "BatchMeterUsage",
             Operation::ResolveCustomer => "ResolveCustomer",
+            Operation::CheckoutLicense => "CheckoutLicense",
+            Operation::CheckInLicense => "CheckInLicense",
+            Operation::ExtendLicenseConsumption => "ExtendLicenseConsumption",
+            Operation::GetLicense => "GetLicense",
+            Operation::GetAccessToken => "GetAccessToken",
+            Operation::AssumeRoleWithWebIdentity => "AssumeRoleWithWebIdentity",
         }
     }
 }

@@ -199,11 +199,11 @@ impl TryFrom<String> for StatusFault {
 pub enum ResponseFault {
     /// Announce the whole body, send half of it, close the connection.
     TruncatedBody,
-    /// 200 with a body that is not JSON.
+    /// 200 with a body that is not JSON (or XML, for STS): the first half of the real one.
     MalformedJson,
     /// 200 with an empty body.
     EmptyBody,
-    /// 200 with an 8 MiB JSON body.
+    /// 200 with an 8 MiB body: the real one padded with whitespace.
     HugeBody,
     /// 200 with an HTML page (`text/html`), as a captive portal or proxy sends.
     HtmlPage,

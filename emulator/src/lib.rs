@@ -8,12 +8,17 @@
 mod config;
 mod faults;
 pub mod keys;
+mod license;
 mod server;
 mod service;
 
 pub use config::{Config, Customer, Operation, RegistrationToken};
 pub use faults::{
     Faults, InjectedError, RandomFaults, ResponseFault, StatusBody, StatusFault, TokenFault,
+};
+pub use license::{
+    parse_licenses, CheckoutRecord, CheckoutState, CheckoutType, EntitlementSpec, EntitlementUnit,
+    EntitlementUsage, LicenseSpec, LicenseUsage, RefreshToken, MARKETPLACE_KEY_FINGERPRINT,
 };
 pub use server::{serve, spawn, RunningEmulator};
 pub use service::{Allocation, LedgerSnapshot, MeteringRecord, Quantity};

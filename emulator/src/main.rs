@@ -1,14 +1,15 @@
 //! `metering-emulator`: serve RegisterUsage locally. See `--help`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use metering_emulator::keys::RsaKey;
 use metering_emulator::{
-    Config, Customer, Faults, InjectedError, Operation, RandomFaults, RegistrationToken,
-    ResponseFault, StatusFault, TokenFault,
+    parse_licenses, Config, Customer, Faults, InjectedError, Operation, RandomFaults, RefreshToken,
+    RegistrationToken, ResponseFault, StatusFault, TokenFault,
 };
 
 /// A local stand-in for AWS Marketplace Metering RegisterUsage (awsJson1_1 over HTTP).
@@ -96,6 +97,40 @@ struct Cli {
         value_name = "TOKEN=CUSTOMER:ACCOUNT:PRODUCT"
     )]
     expired_registration_tokens: Vec<RegistrationToken>,
+
+    /// License Manager licenses from a JSON file: {"licenses": [{"productSku": "prod-abc",
+    /// "entitlements": [{"name": "Seats", "unit": "Count", "maxCount": 3}]}]}. Optional per
+    /// license: licenseArn, licenseName, productName, keyFingerprint (default AWS
+    /// Marketplace's), begin and end (ISO 8601, e.g. 2027-01-01T00:00:00Z), homeRegion
+    /// (default --region; checkouts signed for another Region get RedirectException),
+    /// floatingTtlSeconds (default 3600). Per entitlement: unit (the model's, e.g. Count,
+    /// Gigabytes, None), maxCount (required unless unit is None), value (for None, default
+    /// Enabled), overage (default false), allowCheckIn (default true).
+    #[arg(long, value_name = "FILE")]
+    licenses: Option<PathBuf>,
+
+    /// A buyer's License Manager refresh token GetAccessToken accepts (repeatable); unknown
+    /// ones get AuthorizationException.
+    #[arg(long = "refresh-token", value_name = "TOKEN")]
+    refresh_tokens: Vec<String>,
+
+    /// A refresh token that has expired (repeatable): AuthorizationException.
+    #[arg(long = "expired-refresh-token", value_name = "TOKEN")]
+    expired_refresh_tokens: Vec<String>,
+
+    /// How long GetAccessToken's access tokens live.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    access_token_ttl: Duration,
+
+    /// A buyer role ARN STS AssumeRoleWithWebIdentity lets an access token assume
+    /// (repeatable); others get AccessDenied.
+    #[arg(long = "buyer-role", value_name = "ARN")]
+    buyer_roles: Vec<String>,
+
+    /// How long AssumeRoleWithWebIdentity's credentials live when the call names no
+    /// DurationSeconds.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    session_ttl: Duration,
 
     /// Refuse this operation as IAM would (repeatable): AccessDeniedException, or
     /// UnauthorizedException for a MeterUsage DryRun.
@@ -248,20 +283,36 @@ fn parse_quota(text: &str) -> Result<(Operation, u32), String> {
     Ok((operation, rate))
 }
 
-#[tokio::main]
-async fn main() -> Result<(), String> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => Err(format!("cannot start the async runtime: {e}.")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(sentence) => {
+            eprintln!("metering-emulator: {sentence}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until the listener fails; errors come back as sentences for the operator.
+async fn run(cli: Cli) -> Result<(), String> {
     let key = match &cli.private_key_file {
         Some(path) => {
-            let pem = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            RsaKey::from_private_pem(&pem)?
+            let pem = read(path)?;
+            RsaKey::from_private_pem(&pem)
+                .map_err(|e| format!("{} holds no usable signing key: {e}.", path.display()))?
         }
         None => RsaKey::generate(2048),
     };
     if let Some(path) = &cli.public_key_out {
-        std::fs::write(path, &key.public_spki_pem)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write(path, &key.public_spki_pem)?;
     }
     let mut config = Config::new(Arc::new(key));
     config.region = cli.region;
@@ -281,23 +332,49 @@ async fn main() -> Result<(), String> {
             .into_iter()
             .map(RegistrationToken::expired),
     );
+    if let Some(path) = &cli.licenses {
+        config.licenses =
+            parse_licenses(&read(path)?).map_err(|e| format!("{}: {e}.", path.display()))?;
+    }
+    let expired = cli
+        .expired_refresh_tokens
+        .iter()
+        .map(|token| RefreshToken::new(token).expired());
+    config.refresh_tokens = cli
+        .refresh_tokens
+        .iter()
+        .map(|token| RefreshToken::new(token))
+        .chain(expired)
+        .collect();
+    config.access_token_ttl = cli.access_token_ttl;
+    config.buyer_roles = cli.buyer_roles.into_iter().collect();
+    config.session_ttl = cli.session_ttl;
     config.denied = cli.deny.into_iter().collect();
     config.faults = cli.faults.into_faults();
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cli.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot listen on {}: {e}.", cli.listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot tell which address it listens on: {e}."))?;
     if let Some(path) = &cli.addr_file {
-        std::fs::write(path, addr.to_string())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write(path, &addr.to_string())?;
     }
     eprintln!(
-        "metering-emulator: serving RegisterUsage for {} on http://{addr}",
+        "metering-emulator: serving Metering ({}), License Manager and STS on http://{addr}",
         config.region
     );
     metering_emulator::serve(config, listener)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("stopped accepting connections: {e}."))
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}.", path.display()))
+}
+
+fn write(path: &Path, contents: &str) -> Result<(), String> {
+    std::fs::write(path, contents).map_err(|e| format!("cannot write {}: {e}.", path.display()))
 }
 
 /// `1h`, `10m`, `30s`, `500ms`, or a bare number of seconds; at least a millisecond.

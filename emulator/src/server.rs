@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::service::{self, Answer, Service};
-use crate::{Config, Faults, LedgerSnapshot, Operation};
+use crate::{Config, Faults, LedgerSnapshot, LicenseUsage, Operation};
 
 /// Request bodies above this are refused, as AWS refuses a BatchMeterUsage request of 1 MB.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -94,6 +94,11 @@ async fn handle(
                     .expect("the ledger serializes");
                 return Ok(json_response(200, &ledger));
             }
+            "/_emulator/licenses" => {
+                let usage = service.license_usage(SystemTime::now());
+                let licenses = serde_json::json!({ "licenses": usage });
+                return Ok(json_response(200, &licenses));
+            }
             _ => {}
         }
     }
@@ -117,6 +122,7 @@ async fn handle(
             .map(str::to_owned)
     };
     let target = header("x-amz-target");
+    let content_type = header("content-type");
     let authorization = header("authorization");
     let body = match Limited::new(request.into_body(), MAX_REQUEST_BYTES)
         .collect()
@@ -136,6 +142,7 @@ async fn handle(
     let reply = service.handle(
         &service::Request {
             target: target.as_deref(),
+            content_type: content_type.as_deref(),
             authorization: authorization.as_deref(),
             body: &body,
         },
@@ -167,9 +174,13 @@ async fn handle(
         }
         .status(status)
         .body(full(body)),
-        Answer::Truncated { sent, declared } => response
+        Answer::Truncated {
+            content_type,
+            sent,
+            declared,
+        } => response
             .status(200)
-            .header("content-type", "application/x-amz-json-1.1")
+            .header("content-type", content_type)
             .header("content-length", declared)
             .body(
                 TruncatedBody {
@@ -220,10 +231,7 @@ fn imds(config: &Config, method: &Method, path: &str) -> Response<Body> {
         }
         (&Method::GET, p) if p == credentials_path => plain(StatusCode::OK, IMDS_ROLE),
         (&Method::GET, p) if p.strip_prefix(credentials_path) == Some(IMDS_ROLE) => {
-            let expiration = SystemTime::now() + Duration::from_secs(6 * 3600);
-            let expiration = aws_smithy_types::DateTime::from(expiration)
-                .fmt(aws_smithy_types::date_time::Format::DateTime)
-                .expect("formattable time");
+            let expiration = service::iso8601(SystemTime::now() + Duration::from_secs(6 * 3600));
             let body = serde_json::json!({
                 "Code": "Success",
                 "Type": "AWS-HMAC",
@@ -272,6 +280,11 @@ impl RunningEmulator {
     /// The metering records accepted so far, and the idempotency counters.
     pub fn ledger(&self) -> LedgerSnapshot {
         self.service.ledger().snapshot()
+    }
+
+    /// Every license's seats in use and its checkouts, now.
+    pub fn licenses(&self) -> Vec<LicenseUsage> {
+        self.service.license_usage(SystemTime::now())
     }
 
     /// Replaces the faults while serving (a chaos harness turns them off for the final flush);

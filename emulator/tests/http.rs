@@ -5,14 +5,15 @@ use std::net::TcpStream;
 
 use aws_sdk_marketplacemetering::primitives::DateTime;
 use metering_emulator::keys::shared_2048;
-use metering_emulator::{Config, Customer, Faults, Operation, RunningEmulator};
+use metering_emulator::{Config, Customer, Faults, LicenseSpec, Operation, RunningEmulator};
 
 fn emulator() -> RunningEmulator {
     metering_emulator::spawn(
         Config::new(shared_2048())
             .entitle("paid")
             .dimension("requests")
-            .customer(Customer::new("cust-1").account("111122223333")),
+            .customer(Customer::new("cust-1").account("111122223333"))
+            .license(LicenseSpec::floating("prod-seats", "Seats", 3)),
     )
 }
 
@@ -166,4 +167,10 @@ async fn faults_can_be_replaced_while_running() {
     let (status, ledger) = http(&emulator, "GET", "/_emulator/ledger", "");
     assert_eq!(status, 200);
     assert!(ledger.contains(r#""dimension":"requests""#), "{ledger}");
+    let (status, licenses) = http(&emulator, "GET", "/_emulator/licenses", "");
+    assert_eq!(status, 200);
+    assert!(
+        licenses.contains(r#"{"inUse":0,"maxCount":3,"name":"Seats","unit":"Count"}"#),
+        "{licenses}"
+    );
 }

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use super::ledger::{ClientToken, Recorded, Usage, UsageKey};
 use super::usage::{self, Kind, Quantity, USAGE_QUANTITY};
 use super::{
-    check_entitlement, epoch_seconds, parse_input, product_code, Answer, Call, Service,
+    check_entitlement, dry_run, epoch_seconds, parse_input, product_code, Answer, Call, Service,
     ServiceError,
 };
 
@@ -14,11 +14,7 @@ const PERIODS_BACK: u32 = 6;
 
 pub(super) fn handle(service: &Service, call: &Call) -> Result<Answer, ServiceError> {
     let input = parse_input(call.body)?;
-    let dry_run = match &input["DryRun"] {
-        Value::Null => false,
-        Value::Bool(dry_run) => *dry_run,
-        _ => return Err(validation("DryRun must be a boolean")),
-    };
+    let dry_run = dry_run(&input)?;
     service.check_permission(call.operation, dry_run)?;
     let product_code = product_code(&input)?;
     let dimension = dimension(&input["UsageDimension"], "UsageDimension")?;
@@ -102,8 +98,7 @@ pub(super) fn dimension<'a>(value: &'a Value, field: &str) -> Result<&'a str, Se
 mod tests {
     use std::time::Duration;
 
-    use super::super::tests::{call_at, code_of, config, noon, AUTH};
-    use super::super::Request;
+    use super::super::tests::{call_at, code_of, config, noon, signed_call, AUTH};
     use super::*;
     use crate::{Config, Faults, Operation, RandomFaults};
 
@@ -285,17 +280,15 @@ mod tests {
     fn each_caller_is_its_own_resource() {
         let service = Service::new(period_config());
         let first = record_id(meter(&service, usage(5)));
-        let body = usage(6).to_string();
         let other_task = AUTH.replace("AKIDEXAMPLE", "ASIAOTHERTASK");
-        let reply = service.handle(
-            &Request {
-                target: Some("AWSMPMeteringService.MeterUsage"),
-                authorization: Some(&other_task),
-                body: body.as_bytes(),
-            },
+        let answer = signed_call(
+            &service,
+            Operation::MeterUsage,
+            &usage(6),
+            Some(&other_task),
             noon(),
         );
-        assert_ne!(record_id(reply.answer), first);
+        assert_ne!(record_id(answer), first);
     }
 
     #[test]
@@ -421,16 +414,14 @@ mod tests {
     #[test]
     fn another_region_is_an_invalid_endpoint_region() {
         let service = Service::new(period_config());
-        let body = usage(1).to_string();
         let elsewhere = AUTH.replace("us-east-1", "eu-west-1");
-        let reply = service.handle(
-            &Request {
-                target: Some("AWSMPMeteringService.MeterUsage"),
-                authorization: Some(&elsewhere),
-                body: body.as_bytes(),
-            },
+        let answer = signed_call(
+            &service,
+            Operation::MeterUsage,
+            &usage(1),
+            Some(&elsewhere),
             noon(),
         );
-        assert_eq!(code_of(&reply.answer).1, "InvalidEndpointRegionException");
+        assert_eq!(code_of(&answer).1, "InvalidEndpointRegionException");
     }
 }

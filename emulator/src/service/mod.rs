@@ -4,9 +4,11 @@
 mod batch_meter_usage;
 mod injection;
 mod ledger;
+mod license_manager;
 mod meter_usage;
 mod register_usage;
 mod resolve_customer;
+mod sts;
 mod usage;
 
 use std::collections::BTreeMap;
@@ -20,15 +22,140 @@ use crate::{Config, Faults, Operation, ResponseFault, StatusBody, StatusFault};
 use injection::{FaultPlan, Injection, Refusal};
 use ledger::Ledger;
 pub use ledger::{LedgerSnapshot, MeteringRecord};
+use license_manager::LicenseManagerState;
 pub use usage::{Allocation, Quantity};
-
-const METERING_TARGET_PREFIX: &str = "AWSMPMeteringService.";
 
 /// The parts of an HTTP request the services look at.
 pub(crate) struct Request<'a> {
     pub target: Option<&'a str>,
+    pub content_type: Option<&'a str>,
     pub authorization: Option<&'a str>,
     pub body: &'a [u8],
+}
+
+/// The emulated services, each with its own protocol flavour and error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// AWS Marketplace Metering: awsJson1_1, `AWSMPMeteringService.<Op>`.
+    Metering,
+    /// AWS License Manager: awsJson1_1, `AWSLicenseManager.<Op>`.
+    LicenseManager,
+    /// AWS STS: the awsQuery protocol, form-encoded requests and XML answers.
+    Sts,
+}
+
+impl Family {
+    /// The SigV4 signing name, and the IAM service prefix.
+    fn signing_name(self) -> &'static str {
+        match self {
+            Family::Metering => "aws-marketplace",
+            Family::LicenseManager => "license-manager",
+            Family::Sts => "sts",
+        }
+    }
+
+    fn target_prefix(self) -> Option<&'static str> {
+        match self {
+            Family::Metering => Some("AWSMPMeteringService."),
+            Family::LicenseManager => Some("AWSLicenseManager."),
+            Family::Sts => None,
+        }
+    }
+
+    fn throttling(self) -> ServiceError {
+        match self {
+            Family::Metering => ServiceError::client("ThrottlingException", "Rate exceeded"),
+            Family::LicenseManager => {
+                ServiceError::client("RateLimitExceededException", "Rate exceeded")
+            }
+            Family::Sts => ServiceError::client("Throttling", "Rate exceeded"),
+        }
+    }
+
+    fn internal_error(self) -> ServiceError {
+        let code = match self {
+            Family::Metering => "InternalServiceErrorException",
+            Family::LicenseManager => "ServerInternalException",
+            Family::Sts => "InternalFailure",
+        };
+        ServiceError::new(500, code, "Internal error")
+    }
+
+    fn validation(self, message: impl Into<String>) -> ServiceError {
+        let code = match self {
+            Family::Metering | Family::LicenseManager => "ValidationException",
+            Family::Sts => "ValidationError",
+        };
+        ServiceError::client(code, message)
+    }
+}
+
+impl Operation {
+    pub(crate) fn family(self) -> Family {
+        match self {
+            Operation::RegisterUsage
+            | Operation::MeterUsage
+            | Operation::BatchMeterUsage
+            | Operation::ResolveCustomer => Family::Metering,
+            Operation::CheckoutLicense
+            | Operation::CheckInLicense
+            | Operation::ExtendLicenseConsumption
+            | Operation::GetLicense
+            | Operation::GetAccessToken => Family::LicenseManager,
+            Operation::AssumeRoleWithWebIdentity => Family::Sts,
+        }
+    }
+
+    /// Operations callers make without signing: the Anywhere credential flow's first two steps,
+    /// which run before the caller has any credentials.
+    fn allows_anonymous(self) -> bool {
+        matches!(
+            self,
+            Operation::GetAccessToken | Operation::AssumeRoleWithWebIdentity
+        )
+    }
+}
+
+/// Which operation a request calls, by `X-Amz-Target` for the awsJson1_1 services and by the
+/// form's `Action` for STS; or the error for an unknown one, in the protocol it was asked in.
+fn route(request: &Request) -> Result<Operation, (Family, ServiceError)> {
+    let (family, name) = match request.target {
+        Some(target) => {
+            let found = [Family::Metering, Family::LicenseManager]
+                .into_iter()
+                .find_map(|family| Some((family, target.strip_prefix(family.target_prefix()?)?)));
+            found.unwrap_or((Family::Metering, ""))
+        }
+        None if sts::is_query(request.content_type) => {
+            let action = sts::action(request.body);
+            let known = Operation::ALL
+                .into_iter()
+                .find(|operation| operation.family() == Family::Sts && operation.name() == action);
+            return known.ok_or_else(|| {
+                (
+                    Family::Sts,
+                    ServiceError::client(
+                        "InvalidAction",
+                        format!("Could not find operation {action:?} for version 2011-06-15"),
+                    ),
+                )
+            });
+        }
+        None => (Family::Metering, ""),
+    };
+    Operation::ALL
+        .into_iter()
+        .find(|operation| operation.family() == family && operation.name() == name)
+        .ok_or_else(|| {
+            (
+                family,
+                ServiceError::client(
+                    "UnknownOperationException",
+                    "X-Amz-Target must name an operation, as AWSMPMeteringService.RegisterUsage \
+                     or AWSLicenseManager.CheckoutLicense",
+                ),
+            )
+        })
 }
 
 /// What to send back, and when.
@@ -61,6 +188,7 @@ pub(crate) enum Answer {
     },
     /// Headers announce `declared` bytes, `sent` arrive, then the connection closes.
     Truncated {
+        content_type: &'static str,
         sent: Vec<u8>,
         declared: usize,
     },
@@ -69,16 +197,6 @@ pub(crate) enum Answer {
 impl Answer {
     fn ok(body: Value) -> Self {
         Answer::Json { status: 200, body }
-    }
-
-    fn unknown_operation() -> Self {
-        ServiceError::client(
-            "UnknownOperationException",
-            format!(
-                "X-Amz-Target must name an operation, as {METERING_TARGET_PREFIX}RegisterUsage"
-            ),
-        )
-        .render()
     }
 
     /// A bare HTTP status, as something in front of the service would send it.
@@ -110,31 +228,40 @@ impl Answer {
         }
     }
 
-    /// A successful answer spoiled at the HTTP level.
+    /// A successful answer spoiled at the HTTP level, whatever its protocol.
     fn spoiled(self, fault: ResponseFault) -> Self {
-        let Answer::Json { status: 200, body } = self else {
-            return self;
+        let (content_type, body) = match self {
+            Answer::Json { status: 200, body } => {
+                ("application/x-amz-json-1.1", body.to_string().into_bytes())
+            }
+            Answer::Raw {
+                status: 200,
+                content_type: Some(content_type),
+                body,
+            } => (content_type, body),
+            other => return other,
         };
-        let json = |body: Vec<u8>| Answer::Raw {
+        let raw = |body: Vec<u8>| Answer::Raw {
             status: 200,
-            content_type: Some("application/x-amz-json-1.1"),
+            content_type: Some(content_type),
             body,
         };
+        let half = body.len() / 2;
         match fault {
-            ResponseFault::TruncatedBody => {
-                let full = body.to_string().into_bytes();
-                Answer::Truncated {
-                    declared: full.len(),
-                    sent: full[..full.len() / 2].to_vec(),
-                }
+            ResponseFault::TruncatedBody => Answer::Truncated {
+                content_type,
+                declared: body.len(),
+                sent: body[..half].to_vec(),
+            },
+            // Cut short but delivered whole: the document never closes.
+            ResponseFault::MalformedJson => raw(body[..half].to_vec()),
+            ResponseFault::EmptyBody => raw(Vec::new()),
+            // Trailing whitespace keeps the document well-formed: only its size is wrong.
+            ResponseFault::HugeBody => {
+                let mut huge = body;
+                huge.resize(8 * 1024 * 1024, b' ');
+                raw(huge)
             }
-            ResponseFault::MalformedJson => json(b"{\"Signature\": \"eyJhbGciOi".to_vec()),
-            ResponseFault::EmptyBody => json(Vec::new()),
-            ResponseFault::HugeBody => json(
-                json!({ "Signature": "A".repeat(8 * 1024 * 1024) })
-                    .to_string()
-                    .into_bytes(),
-            ),
             ResponseFault::HtmlPage => Answer::Raw {
                 status: 200,
                 content_type: Some("text/html; charset=utf-8"),
@@ -150,6 +277,8 @@ pub(crate) struct ServiceError {
     pub status: u16,
     pub code: String,
     pub message: String,
+    /// RedirectException's `Location`: the endpoint to call instead.
+    pub location: Option<String>,
 }
 
 impl ServiceError {
@@ -158,6 +287,7 @@ impl ServiceError {
             status,
             code: code.to_owned(),
             message: message.into(),
+            location: None,
         }
     }
 
@@ -176,19 +306,20 @@ impl ServiceError {
         )
     }
 
-    fn throttling() -> Self {
-        Self::client("ThrottlingException", "Rate exceeded")
-    }
-
-    fn internal_error() -> Self {
-        Self::new(500, "InternalServiceErrorException", "Internal error")
-    }
-
-    /// awsJson1_1: `{"__type": "...", "message": "..."}`.
-    fn render(&self) -> Answer {
+    /// On the wire: awsJson1_1's `{"__type": "...", "message": "..."}` (License Manager's
+    /// shapes spell it `Message`), or STS's XML `ErrorResponse`.
+    fn render(&self, family: Family, request_id: &str) -> Answer {
+        let mut body = match family {
+            Family::Metering => json!({ "__type": self.code, "message": self.message }),
+            Family::LicenseManager => json!({ "__type": self.code, "Message": self.message }),
+            Family::Sts => return sts::error(self, request_id),
+        };
+        if let Some(location) = &self.location {
+            body["Location"] = json!(location);
+        }
         Answer::Json {
             status: self.status,
-            body: json!({ "__type": self.code, "message": self.message }),
+            body,
         }
     }
 }
@@ -248,10 +379,12 @@ pub(crate) struct Caller {
 /// One call on its way through an operation.
 pub(crate) struct Call<'a> {
     pub operation: Operation,
+    /// Who signed it; `None` for the operations callers may make unsigned.
     pub caller: Option<Caller>,
     pub body: &'a [u8],
     pub now: SystemTime,
     pub faults: &'a FaultPlan,
+    pub request_id: &'a str,
 }
 
 pub(crate) struct Service {
@@ -263,6 +396,7 @@ pub(crate) struct Service {
     tokens_issued: AtomicU64,
     requests: AtomicU64,
     ledger: Mutex<Ledger>,
+    licenses: Mutex<LicenseManagerState>,
 }
 
 impl Service {
@@ -285,6 +419,7 @@ impl Service {
             tokens_issued: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             ledger: Mutex::new(Ledger::default()),
+            licenses: Mutex::new(LicenseManagerState::default()),
         }
     }
 
@@ -330,13 +465,17 @@ impl Service {
             "emulated-{}",
             self.requests.fetch_add(1, Ordering::SeqCst) + 1
         );
-        let Some(operation) = request.target.and_then(Operation::from_target) else {
-            return Reply {
-                answer: Answer::unknown_operation(),
-                delay: Duration::ZERO,
-                request_id,
-            };
+        let operation = match route(request) {
+            Ok(operation) => operation,
+            Err((family, error)) => {
+                return Reply {
+                    answer: error.render(family, &request_id),
+                    delay: Duration::ZERO,
+                    request_id,
+                }
+            }
         };
+        let family = operation.family();
         self.counters[&operation]
             .calls
             .fetch_add(1, Ordering::SeqCst);
@@ -345,7 +484,7 @@ impl Service {
             .lock()
             .expect("injection lock")
             .plan(operation);
-        let answer = match self.admit(operation, request, &plan, now) {
+        let answer = match self.admit(operation, request, &plan, now, &request_id) {
             Err(answer) => answer,
             Ok(caller) => {
                 let call = Call {
@@ -354,13 +493,14 @@ impl Service {
                     body: request.body,
                     now,
                     faults: &plan,
+                    request_id: &request_id,
                 };
                 let answer = match self.run(&call) {
                     Ok(answer) => match plan.response {
                         Some(fault) => answer.spoiled(fault),
                         None => answer,
                     },
-                    Err(error) => error.render(),
+                    Err(error) => error.render(family, &request_id),
                 };
                 if plan.lose_response {
                     Answer::Drop
@@ -384,13 +524,14 @@ impl Service {
         request: &Request,
         faults: &FaultPlan,
         now: SystemTime,
+        request_id: &str,
     ) -> Result<Option<Caller>, Answer> {
+        let family = operation.family();
+        let render = |error: ServiceError| error.render(family, request_id);
         if faults.drop {
             return Err(Answer::Drop);
         }
-        let caller = self
-            .check_envelope(operation, request)
-            .map_err(|error| error.render())?;
+        let caller = self.check_envelope(operation, request).map_err(render)?;
         let over_quota = self
             .quotas
             .get(&operation)
@@ -399,12 +540,12 @@ impl Service {
             self.counters[&operation]
                 .throttled
                 .fetch_add(1, Ordering::SeqCst);
-            return Err(ServiceError::throttling().render());
+            return Err(render(family.throttling()));
         }
         match &faults.refusal {
-            None => Ok(Some(caller)),
-            Some(Refusal::Throttle) => Err(ServiceError::throttling().render()),
-            Some(Refusal::Fail) => Err(ServiceError::internal_error().render()),
+            None => Ok(caller),
+            Some(Refusal::Throttle) => Err(render(family.throttling())),
+            Some(Refusal::Fail) => Err(render(family.internal_error())),
             Some(Refusal::Error {
                 error,
                 header_only: true,
@@ -412,12 +553,11 @@ impl Service {
                 status: error.status,
                 code: error.code.clone(),
             }),
-            Some(Refusal::Error { error, .. }) => {
-                Err(
-                    ServiceError::new(error.status, &error.code, "injected by metering-emulator")
-                        .render(),
-                )
-            }
+            Some(Refusal::Error { error, .. }) => Err(render(ServiceError::new(
+                error.status,
+                &error.code,
+                "injected by metering-emulator",
+            ))),
             Some(Refusal::Status(fault)) => Err(Answer::status_only(fault)),
         }
     }
@@ -428,6 +568,12 @@ impl Service {
             Operation::MeterUsage => meter_usage::handle(self, call),
             Operation::BatchMeterUsage => batch_meter_usage::handle(self, call),
             Operation::ResolveCustomer => resolve_customer::handle(self, call),
+            Operation::CheckoutLicense => license_manager::checkout(self, call),
+            Operation::CheckInLicense => license_manager::check_in(self, call),
+            Operation::ExtendLicenseConsumption => license_manager::extend(self, call),
+            Operation::GetLicense => license_manager::get_license(self, call),
+            Operation::GetAccessToken => license_manager::get_access_token(self, call),
+            Operation::AssumeRoleWithWebIdentity => sts::assume_role_with_web_identity(self, call),
         }
     }
 
@@ -443,28 +589,36 @@ impl Service {
         self.ledger.lock().expect("ledger lock")
     }
 
+    fn licenses(&self) -> MutexGuard<'_, LicenseManagerState> {
+        self.licenses.lock().expect("licenses lock")
+    }
+
+    /// Every license's seats in use and its checkouts, at `now`.
+    pub fn license_usage(&self, now: SystemTime) -> Vec<crate::LicenseUsage> {
+        self.licenses().usage(&self.config.licenses, now)
+    }
+
     /// IAM, as far as the emulator plays it: the operations `Config::denied` lists are refused.
+    /// A denied Metering DryRun is UnauthorizedException, as MeterUsage documents.
     fn check_permission(&self, operation: Operation, dry_run: bool) -> Result<(), ServiceError> {
-        let allowed = !self.config.denied.contains(&operation);
-        match (allowed, dry_run) {
-            (true, _) => Ok(()),
-            (false, true) => Err(ServiceError::new(
-                403,
-                "UnauthorizedException",
-                format!(
-                    "not authorized to perform aws-marketplace:{}",
-                    operation.name()
-                ),
-            )),
-            (false, false) => Err(ServiceError::new(
-                403,
-                "AccessDeniedException",
-                format!(
-                    "not authorized to perform aws-marketplace:{}",
-                    operation.name()
-                ),
-            )),
+        if !self.config.denied.contains(&operation) {
+            return Ok(());
         }
+        let family = operation.family();
+        let code = match family {
+            Family::Metering if dry_run => "UnauthorizedException",
+            Family::Metering | Family::LicenseManager => "AccessDeniedException",
+            Family::Sts => "AccessDenied",
+        };
+        Err(ServiceError::new(
+            403,
+            code,
+            format!(
+                "not authorized to perform {}:{}",
+                family.signing_name(),
+                operation.name()
+            ),
+        ))
     }
 
     fn check_dimension(&self, dimension: &str) -> Result<(), ServiceError> {
@@ -481,13 +635,18 @@ impl Service {
         ))
     }
 
-    /// SigV4 scope, checked before the body as the service front end does.
+    /// SigV4 scope, checked before the body as the service front end does. Anonymous calls
+    /// have no caller.
     fn check_envelope(
         &self,
         operation: Operation,
         request: &Request,
-    ) -> Result<Caller, ServiceError> {
+    ) -> Result<Option<Caller>, ServiceError> {
+        let family = operation.family();
         let Some(authorization) = request.authorization else {
+            if operation.allows_anonymous() {
+                return Ok(None);
+            }
             return Err(ServiceError::new(
                 403,
                 "MissingAuthenticationTokenException",
@@ -501,7 +660,7 @@ impl Service {
                 "Authorization header is not AWS4-HMAC-SHA256 with a Credential scope",
             )
         })?;
-        let signing_name = "aws-marketplace";
+        let signing_name = family.signing_name();
         if scope.service != signing_name {
             return Err(ServiceError::new(
                 403,
@@ -509,7 +668,9 @@ impl Service {
                 format!("Credential should be scoped to correct service: '{signing_name}'"),
             ));
         }
-        if scope.region != self.config.region {
+        // Metering serves one Region; License Manager and STS serve any, and License Manager
+        // redirects to a license's home Region itself.
+        if family == Family::Metering && scope.region != self.config.region {
             let message = format!(
                 "{} must be called in the Region the task runs in ({}), not {}",
                 operation.name(),
@@ -533,19 +694,10 @@ impl Service {
                 ),
             });
         }
-        Ok(Caller {
+        Ok(Some(Caller {
             access_key: scope.access_key.to_owned(),
             region: scope.region.to_owned(),
-        })
-    }
-}
-
-impl Operation {
-    fn from_target(target: &str) -> Option<Self> {
-        let name = target.strip_prefix(METERING_TARGET_PREFIX)?;
-        Operation::ALL
-            .into_iter()
-            .find(|operation| operation.name() == name)
+        }))
     }
 }
 
@@ -566,6 +718,18 @@ fn parse_input(body: &[u8]) -> Result<Value, ServiceError> {
         Err(e) => Err(ServiceError::client(
             "SerializationException",
             format!("the body is not JSON: {e}"),
+        )),
+    }
+}
+
+/// `DryRun`: absent means false.
+fn dry_run(input: &Value) -> Result<bool, ServiceError> {
+    match &input["DryRun"] {
+        Value::Null => Ok(false),
+        Value::Bool(dry_run) => Ok(*dry_run),
+        _ => Err(ServiceError::client(
+            "ValidationException",
+            "DryRun must be a boolean",
         )),
     }
 }
@@ -633,6 +797,39 @@ fn sigv4_scope(authorization: &str) -> Option<SigV4Scope<'_>> {
     })
 }
 
+/// The model's ARN pattern: `arn:aws[a-zA-Z-]*:service:region:account:resource`.
+fn valid_arn(arn: &str) -> bool {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some(service), Some(region), Some(account), Some(resource)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    let word = |part: &str, max: usize| {
+        part.len() <= max
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_/.-".contains(c))
+    };
+    partition
+        .strip_prefix("aws")
+        .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_alphabetic() || c == '-'))
+        && service.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && word(service, 63)
+        && word(region, 63)
+        && word(account, 63)
+        && (1..=1024).contains(&resource.len())
+        && resource.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && resource
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":_/+=,@.-".contains(c))
+}
+
 /// A UUID-shaped identifier, distinct for every `n`: the high half is SplitMix64's finalizer,
 /// a bijection, of `n`.
 pub(crate) fn opaque_id(n: u64) -> String {
@@ -654,6 +851,13 @@ pub(crate) fn mix64(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// ISO 8601 in UTC, as `2026-11-23T12:34:56Z`: License Manager's and STS's date-times.
+pub(crate) fn iso8601(time: SystemTime) -> String {
+    aws_smithy_types::DateTime::from(time)
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .expect("a time the format can express")
 }
 
 /// Whole seconds since the Unix epoch (0 before it).
@@ -685,20 +889,38 @@ pub(crate) mod tests {
         Service::new(config)
     }
 
-    /// Calls `operation` at `now` with a JSON body, signed for us-east-1.
+    /// Calls an awsJson1_1 `operation` at `now` with a JSON body, signed for us-east-1.
     pub fn call_at(
         service: &Service,
         operation: Operation,
         body: &Value,
         now: SystemTime,
     ) -> Answer {
-        let target = format!("{METERING_TARGET_PREFIX}{}", operation.name());
+        let family = operation.family();
+        let authorization = AUTH.replace("aws-marketplace", family.signing_name());
+        signed_call(service, operation, body, Some(&authorization), now)
+    }
+
+    /// Calls an awsJson1_1 `operation` with this Authorization header, if any.
+    pub fn signed_call(
+        service: &Service,
+        operation: Operation,
+        body: &Value,
+        authorization: Option<&str>,
+        now: SystemTime,
+    ) -> Answer {
+        let prefix = operation
+            .family()
+            .target_prefix()
+            .expect("an awsJson1_1 operation");
+        let target = format!("{prefix}{}", operation.name());
         let body = body.to_string();
         service
             .handle(
                 &Request {
                     target: Some(&target),
-                    authorization: Some(AUTH),
+                    content_type: Some("application/x-amz-json-1.1"),
+                    authorization,
                     body: body.as_bytes(),
                 },
                 now,
@@ -712,6 +934,11 @@ pub(crate) mod tests {
             Answer::Json { status, body } => {
                 (*status, body["__type"].as_str().unwrap_or("").to_owned())
             }
+            Answer::Raw {
+                status,
+                content_type: Some("text/xml"),
+                body,
+            } => (*status, sts::tests::error_code(body)),
             Answer::Drop => (0, "drop".to_owned()),
             Answer::ErrorHeader { status, code } => (*status, code.clone()),
             Answer::Raw { status, .. } => (*status, "raw".to_owned()),
@@ -730,6 +957,7 @@ pub(crate) mod tests {
             let reply = service.handle(
                 &Request {
                     target,
+                    content_type: Some("application/x-amz-json-1.1"),
                     authorization: Some(AUTH),
                     body: b"{}",
                 },
@@ -748,6 +976,7 @@ pub(crate) mod tests {
                 .handle(
                     &Request {
                         target: Some("AWSMPMeteringService.RegisterUsage"),
+                        content_type: Some("application/x-amz-json-1.1"),
                         authorization,
                         body,
                     },
@@ -771,6 +1000,26 @@ pub(crate) mod tests {
             code_of(&answer(Some("Bearer x"))).1,
             "IncompleteSignatureException"
         );
+    }
+
+    #[test]
+    fn license_arns_follow_the_model_pattern() {
+        assert!(valid_arn(
+            "arn:aws:license-manager::294406891311:license:l-0123456789abcdef"
+        ));
+        assert!(valid_arn(
+            "arn:aws-us-gov:license-manager:us-gov-west-1:1:license:l-1"
+        ));
+        for bad in [
+            "",
+            "arn:aws",
+            "arn:azure:s:r:a:x",
+            "arn:aws::r:a:x",
+            "arn:aws:s:r:a:",
+            "arn:aws:s:r:a:-x",
+        ] {
+            assert!(!valid_arn(bad), "{bad}");
+        }
     }
 
     #[test]

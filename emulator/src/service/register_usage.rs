@@ -223,7 +223,7 @@ mod tests {
             response: Some(ResponseFault::TruncatedBody),
             ..Faults::default()
         });
-        let Answer::Truncated { sent, declared } = call(&service, request("paid")) else {
+        let Answer::Truncated { sent, declared, .. } = call(&service, request("paid")) else {
             panic!("expected a truncated answer");
         };
         assert!(sent.len() < declared);
