@@ -1,9 +1,21 @@
-//! `metering-emulator`: a local stand-in for the AWS Marketplace Metering Service.
+//! `metering-emulator`: a local stand-in for AWS Marketplace Metering, AWS License Manager and
+//! STS web identity, on one port.
 //!
-//! It serves the awsJson1_1 `RegisterUsage` operation the AWS SDKs call, checks the request the
-//! way the service does (target header, body shape, SigV4 scope), signs real PS256 tokens with a
-//! local RSA key, and injects the faults the gate must survive. Tests start it in-process with
-//! [`spawn`]; sellers and the README demo run the `metering-emulator` binary.
+//! - Metering (awsJson1_1, `AWSMPMeteringService.*`): RegisterUsage with real PS256 tokens
+//!   signed by a local RSA key; MeterUsage and BatchMeterUsage with a [ledger](LedgerSnapshot)
+//!   that applies AWS's idempotency rules per metering [period](Config::period);
+//!   ResolveCustomer for SaaS registration tokens.
+//! - License Manager (awsJson1_1, `AWSLicenseManager.*`): CheckoutLicense,
+//!   ExtendLicenseConsumption, CheckInLicense, GetLicense for the [licenses](LicenseSpec) you
+//!   configure, and GetAccessToken for the Anywhere flow.
+//! - STS (awsQuery): AssumeRoleWithWebIdentity with GetAccessToken's access tokens.
+//!
+//! It checks each request the way the service does (target, body shape, SigV4 scope), answers
+//! the documented errors, and injects the [faults](Faults) clients must survive: counted,
+//! random (seeded, for chaos tests) and replaceable while running. The service logic is pure:
+//! the clock is an argument, so expiry and windows are tested without sleeping. Tests start
+//! the emulator in-process with [`spawn`]; sellers and the README demo run the
+//! `metering-emulator` binary.
 
 mod config;
 mod faults;

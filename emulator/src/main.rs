@@ -1,4 +1,5 @@
-//! `metering-emulator`: serve RegisterUsage locally. See `--help`.
+//! `metering-emulator`: serve AWS Marketplace Metering, License Manager and STS web identity
+//! locally. See `--help`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,11 +13,22 @@ use metering_emulator::{
     RegistrationToken, ResponseFault, StatusFault, TokenFault,
 };
 
-/// A local stand-in for AWS Marketplace Metering RegisterUsage (awsJson1_1 over HTTP).
+/// A local stand-in for AWS Marketplace Metering, License Manager and STS web identity, for
+/// tests and demos.
 ///
-/// Point an AWS SDK at it with AWS_ENDPOINT_URL_MARKETPLACE_METERING=http://ADDR and any
-/// credentials. It checks the X-Amz-Target header, the body and the SigV4 scope, answers the
-/// documented errors, and signs PS256 tokens with its own RSA key.
+/// One port serves Metering (RegisterUsage, MeterUsage, BatchMeterUsage, ResolveCustomer) and
+/// License Manager (CheckoutLicense, ExtendLicenseConsumption, CheckInLicense, GetLicense,
+/// GetAccessToken) over awsJson1_1, and STS AssumeRoleWithWebIdentity over awsQuery. Point an
+/// AWS SDK at it with AWS_ENDPOINT_URL=http://ADDR (or AWS_ENDPOINT_URL_MARKETPLACE_METERING,
+/// AWS_ENDPOINT_URL_LICENSE_MANAGER, AWS_ENDPOINT_URL_STS) and any credentials. It checks the
+/// target, the body and the SigV4 scope, answers the documented errors, and signs tokens with
+/// its own RSA key.
+///
+/// Control and inspection: GET /_emulator/stats (calls per operation), GET /_emulator/ledger
+/// (accepted metering records and idempotency counters), GET /_emulator/licenses (seats in use
+/// and checkouts), POST /_emulator/faults (replace the faults: a JSON object with the fault
+/// options below in camelCase, e.g. {"operations": ["meter-usage"], "throttleFirst": 2,
+/// "random": {"seed": 7, "loseResponse": 0.1}}, or {} for none).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
@@ -28,11 +40,14 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     addr_file: Option<PathBuf>,
 
-    /// The Region this endpoint serves; calls signed for another get InvalidRegionException.
+    /// The Region this endpoint serves: Metering calls signed for another get
+    /// InvalidRegionException (RegisterUsage) or InvalidEndpointRegionException (MeterUsage);
+    /// licenses live here unless they name another home Region.
     #[arg(long, default_value = "us-east-1")]
     region: String,
 
-    /// RSA private key (PKCS#8 or PKCS#1 PEM) that signs tokens; generated when absent.
+    /// RSA private key (PKCS#8 or PKCS#1 PEM) that signs RegisterUsage tokens, License Manager
+    /// SignedTokens and access tokens; generated when absent.
     #[arg(long, value_name = "PATH")]
     private_key_file: Option<PathBuf>,
 
@@ -158,11 +173,13 @@ struct FaultArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     drop_first: u32,
 
-    /// Answer ThrottlingException to the next N calls.
+    /// Answer the next N calls with the operation's throttling error (ThrottlingException,
+    /// RateLimitExceededException for License Manager, Throttling for STS).
     #[arg(long, value_name = "N", default_value_t = 0)]
     throttle_first: u32,
 
-    /// Answer InternalServiceErrorException (500) to the next N calls.
+    /// Answer the next N calls with the operation's 500 (InternalServiceErrorException,
+    /// ServerInternalException, InternalFailure).
     #[arg(long, value_name = "N", default_value_t = 0)]
     fail_first: u32,
 
@@ -189,7 +206,7 @@ struct FaultArgs {
     #[arg(long, value_enum, value_name = "FAULT")]
     response_fault: Option<ResponseFault>,
 
-    /// Spoil every token this way.
+    /// Spoil every RegisterUsage token this way.
     #[arg(long, value_enum, value_name = "FAULT")]
     token_fault: Option<TokenFault>,
 
