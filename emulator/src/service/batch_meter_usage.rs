@@ -201,7 +201,7 @@ fn process(service: &Service, call: &Call, product_code: Option<&str>, record: R
 mod tests {
     use std::time::Duration;
 
-    use super::super::tests::{call_at, code_of, config, noon};
+    use super::super::tests::{call_at, code_of, config, noon, signed_call, AUTH};
     use super::*;
     use crate::{Config, Customer as KnownCustomer, Faults, Operation, RandomFaults};
 
@@ -442,6 +442,21 @@ mod tests {
         });
         let body = results(batch(&service, json!([record("cust-2", 2)])));
         assert_eq!(body["UnprocessedRecords"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn another_regions_signature_does_not_match_this_endpoint() {
+        let service = Service::new(batch_config());
+        let elsewhere = AUTH.replace("us-east-1", "eu-west-1");
+        let body = json!({ "ProductCode": "paid", "UsageRecords": [] });
+        let answer = signed_call(
+            &service,
+            Operation::BatchMeterUsage,
+            &body,
+            Some(&elsewhere),
+            noon(),
+        );
+        assert_eq!(code_of(&answer), (403, "InvalidSignatureException".into()));
     }
 
     #[test]

@@ -577,6 +577,10 @@ impl Service {
         }
     }
 
+    fn count_token_issued(&self) {
+        self.tokens_issued.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// For each of `count` batch records, whether a fault leaves it unprocessed.
     fn unprocessed_records(&self, operation: Operation, count: usize) -> Vec<bool> {
         self.injection
@@ -698,12 +702,6 @@ impl Service {
             access_key: scope.access_key.to_owned(),
             region: scope.region.to_owned(),
         }))
-    }
-}
-
-impl Service {
-    fn count_token_issued(&self) {
-        self.tokens_issued.fetch_add(1, Ordering::SeqCst);
     }
 }
 
