@@ -394,7 +394,9 @@ fn write(path: &Path, contents: &str) -> Result<(), String> {
     std::fs::write(path, contents).map_err(|e| format!("cannot write {}: {e}.", path.display()))
 }
 
-/// `1h`, `10m`, `30s`, `500ms`, or a bare number of seconds; at least a millisecond.
+/// `1h`, `10m`, `30s`, `500ms`, or a bare number of seconds; at least a millisecond. The same
+/// syntax as the gate's `config::parse_duration`, which this crate cannot call: the gate depends
+/// on the emulator (for its tests), not the other way round.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
