@@ -1,224 +1,36 @@
-//! `metering-emulator`: a local stand-in for the AWS Marketplace Metering Service.
+//! `metering-emulator`: a local stand-in for AWS Marketplace Metering, AWS License Manager and
+//! STS web identity, on one port.
 //!
-//! It serves the awsJson1_1 `RegisterUsage` operation the AWS SDKs call, checks the request the
-//! way the service does (target header, body shape, SigV4 scope), signs real PS256 tokens with a
-//! local RSA key, and injects the faults the gate must survive. Tests start it in-process with
-//! [`spawn`]; sellers and the README demo run the `metering-emulator` binary.
+//! - Metering (awsJson1_1, `AWSMPMeteringService.*`): RegisterUsage with real PS256 tokens
+//!   signed by a local RSA key; MeterUsage and BatchMeterUsage with a [ledger](LedgerSnapshot)
+//!   that applies AWS's idempotency rules per metering [period](Config::period);
+//!   ResolveCustomer for SaaS registration tokens.
+//! - License Manager (awsJson1_1, `AWSLicenseManager.*`): CheckoutLicense,
+//!   ExtendLicenseConsumption, CheckInLicense, GetLicense for the [licenses](LicenseSpec) you
+//!   configure, and GetAccessToken for the Anywhere flow.
+//! - STS (awsQuery): AssumeRoleWithWebIdentity with GetAccessToken's access tokens.
+//!
+//! It checks each request the way the service does (target, body shape, SigV4 scope), answers
+//! the documented errors, and injects the [faults](Faults) clients must survive: counted,
+//! random (seeded, for chaos tests) and replaceable while running. The service logic is pure:
+//! the clock is an argument, so expiry and windows are tested without sleeping. Tests start
+//! the emulator in-process with [`spawn`]; sellers and the README demo run the
+//! `metering-emulator` binary.
 
+mod config;
+mod faults;
 pub mod keys;
+mod license;
 mod server;
 mod service;
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
-
+pub use config::{Config, Customer, Operation, RegistrationToken};
+pub use faults::{
+    Faults, InjectedError, RandomFaults, ResponseFault, StatusBody, StatusFault, TokenFault,
+};
+pub use license::{
+    parse_licenses, CheckoutRecord, CheckoutState, CheckoutType, EntitlementSpec, EntitlementUnit,
+    EntitlementUsage, LicenseSpec, LicenseUsage, RefreshToken, MARKETPLACE_KEY_FINGERPRINT,
+};
 pub use server::{serve, spawn, RunningEmulator};
-
-/// Who is entitled, and which faults to inject.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Region the emulated endpoint lives in; requests signed for another get InvalidRegionException.
-    pub region: String,
-    /// Public key versions the service knows; others get InvalidPublicKeyVersionException.
-    pub key_versions: BTreeSet<u32>,
-    pub signing_key: Arc<keys::RsaKey>,
-    /// Product codes with an active subscription.
-    pub entitled: BTreeSet<String>,
-    /// Known product codes without a subscription (CustomerNotEntitledException); any code in
-    /// neither list gets InvalidProductCodeException.
-    pub not_entitled: BTreeSet<String>,
-    /// Answer with `PublicKeyRotationTimestamp` (epoch seconds), as when a key version expires.
-    pub rotation_timestamp: Option<i64>,
-    /// Serve the IMDSv2 credential and Region paths, as an EC2 node would.
-    pub imds: bool,
-    /// The per-account RegisterUsage quota (AWS: 5 per second): a token bucket holding one
-    /// second's worth; calls beyond it get ThrottlingException.
-    pub quota_per_second: Option<u32>,
-    pub faults: Faults,
-}
-
-impl Config {
-    /// Region `us-east-1`, key version 1, signing with `key`, nothing entitled, no faults.
-    pub fn new(key: Arc<keys::RsaKey>) -> Self {
-        Self {
-            region: "us-east-1".to_owned(),
-            key_versions: BTreeSet::from([1]),
-            signing_key: key,
-            entitled: BTreeSet::new(),
-            not_entitled: BTreeSet::new(),
-            rotation_timestamp: None,
-            imds: false,
-            quota_per_second: None,
-            faults: Faults::default(),
-        }
-    }
-
-    pub fn entitle(mut self, product_code: &str) -> Self {
-        self.entitled.insert(product_code.to_owned());
-        self
-    }
-
-    pub fn refuse(mut self, product_code: &str) -> Self {
-        self.not_entitled.insert(product_code.to_owned());
-        self
-    }
-}
-
-/// Faults, applied to RegisterUsage calls in order: the first `drop_first` calls lose their
-/// connection, the next `throttle_first` are throttled, the next `fail_first` get a 500; after
-/// that `error` (if set) answers every call, else `status` (if set) answers every call, else
-/// `token` (if set) spoils every token.
-#[derive(Debug, Clone, Default)]
-pub struct Faults {
-    pub drop_first: u32,
-    pub throttle_first: u32,
-    pub fail_first: u32,
-    /// Wait this long before answering each call.
-    pub delay: Duration,
-    pub error: Option<InjectedError>,
-    /// Send the injected error's code only in the `X-Amzn-ErrorType` header, with an empty body.
-    pub error_in_header_only: bool,
-    /// An HTTP status with no AWS error code, as a load balancer or proxy answers.
-    pub status: Option<StatusFault>,
-    pub token: Option<TokenFault>,
-    /// Spoil every successful answer at the HTTP level.
-    pub response: Option<ResponseFault>,
-}
-
-/// An error response: awsJson1_1 `__type` code and HTTP status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InjectedError {
-    pub code: String,
-    pub status: u16,
-}
-
-impl std::str::FromStr for InjectedError {
-    type Err = String;
-
-    /// `CODE` or `CODE:STATUS`; the status defaults to 500 for InternalServiceErrorException,
-    /// 403 for authentication and authorization codes and 400 otherwise.
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (code, status) = match text.split_once(':') {
-            Some((code, status)) => {
-                let status = status
-                    .parse()
-                    .map_err(|_| format!("{status:?} is not an HTTP status"))?;
-                (code, status)
-            }
-            None => (text, default_status(text)),
-        };
-        if code.is_empty() {
-            return Err("empty error code".to_owned());
-        }
-        Ok(Self {
-            code: code.to_owned(),
-            status,
-        })
-    }
-}
-
-fn default_status(code: &str) -> u16 {
-    // A `namespace#Code` form has the same status as the bare code.
-    let code = code.rsplit('#').next().unwrap_or(code);
-    match code {
-        "InternalServiceErrorException" => 500,
-        "AccessDeniedException"
-        | "UnrecognizedClientException"
-        | "ExpiredTokenException"
-        | "InvalidSignatureException"
-        | "MissingAuthenticationTokenException" => 403,
-        _ => 400,
-    }
-}
-
-/// An error status that carries no AWS error code: what a load balancer, proxy or overloaded
-/// front end sends instead of the service's JSON error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatusFault {
-    /// 400 to 599.
-    pub status: u16,
-    pub body: StatusBody,
-}
-
-/// The body a [`StatusFault`] answers with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum StatusBody {
-    /// No body at all.
-    Empty,
-    /// An HTML error page (`text/html`).
-    Html,
-    /// JSON with only `{"message": "..."}`: no `__type`, so no error code.
-    Message,
-    /// A plain-text reason phrase (`text/plain`).
-    Text,
-}
-
-impl std::str::FromStr for StatusFault {
-    type Err = String;
-
-    /// `STATUS` or `STATUS:BODY`, BODY one of `empty` (the default), `html`, `message`, `text`.
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (status, body) = match text.split_once(':') {
-            Some((status, body)) => {
-                let body = <StatusBody as clap::ValueEnum>::from_str(body, true).map_err(|_| {
-                    format!("{body:?} is not a body kind (empty, html, message or text)")
-                })?;
-                (status, body)
-            }
-            None => (text, StatusBody::Empty),
-        };
-        let status = status
-            .parse()
-            .ok()
-            .filter(|status| (400..=599).contains(status))
-            .ok_or_else(|| format!("{status:?} is not an HTTP error status (400 to 599)"))?;
-        Ok(Self { status, body })
-    }
-}
-
-/// Ways to spoil a successful answer at the HTTP level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ResponseFault {
-    /// Announce the whole body, send half of it, close the connection.
-    TruncatedBody,
-    /// 200 with a body that is not JSON.
-    MalformedJson,
-    /// 200 with an empty body.
-    EmptyBody,
-    /// 200 with an 8 MiB JSON body.
-    HugeBody,
-    /// 200 with an HTML page (`text/html`), as a captive portal or proxy sends.
-    HtmlPage,
-}
-
-/// Ways to spoil the token in an otherwise successful answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TokenFault {
-    /// Signed by a different RSA key.
-    BadSignature,
-    /// The payload changed after signing.
-    Tampered,
-    /// `alg: none` and no signature.
-    AlgNone,
-    /// HS256, keyed with the public key text (the classic algorithm-confusion attack).
-    AlgHs256,
-    /// RS256 (PKCS#1 v1.5) instead of PS256.
-    AlgRs256,
-    WrongNonce,
-    WrongProductCode,
-    WrongKeyVersion,
-    /// `publicKeyVersion` as a string instead of a JSON number.
-    KeyVersionAsString,
-    MissingIat,
-    /// `iat` an hour in the future.
-    FutureIat,
-    /// `exp` an hour in the past.
-    Expired,
-    /// 200 with no Signature member.
-    MissingSignature,
-    /// A Signature that is not a JWT.
-    NotAJwt,
-    /// A validly signed token larger than 16 KiB.
-    Oversized,
-}
+pub use service::{Allocation, LedgerSnapshot, MeteringRecord, Quantity};

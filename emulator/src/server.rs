@@ -1,7 +1,6 @@
 //! HTTP plumbing: hyper on a loopback port, in-process for tests or as the binary's server.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,10 +13,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::service::{self, Answer, Service};
-use crate::Config;
+use crate::{Config, Faults, LedgerSnapshot, LicenseUsage, Operation};
 
-/// Request bodies above this are refused; RegisterUsage inputs are a few hundred bytes.
-const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Request bodies above this are refused, as AWS refuses a BatchMeterUsage request of 1 MB.
+const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 const IMDS_ROLE: &str = "emulated-node-role";
 
 /// Answers one connection's requests until the client closes it.
@@ -87,8 +86,21 @@ async fn handle(
     service: Arc<Service>,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Dropped> {
-    if request.method() == Method::GET && request.uri().path() == "/_emulator/stats" {
-        return Ok(json_response(200, &service.stats()));
+    if request.method() == Method::GET {
+        match request.uri().path() {
+            "/_emulator/stats" => return Ok(json_response(200, &service.stats())),
+            "/_emulator/ledger" => {
+                let ledger = serde_json::to_value(service.ledger().snapshot())
+                    .expect("the ledger serializes");
+                return Ok(json_response(200, &ledger));
+            }
+            "/_emulator/licenses" => {
+                let usage = service.license_usage(SystemTime::now());
+                let licenses = serde_json::json!({ "licenses": usage });
+                return Ok(json_response(200, &licenses));
+            }
+            _ => {}
+        }
     }
     if service.config.imds && request.uri().path().starts_with("/latest/") {
         return Ok(imds(
@@ -97,9 +109,11 @@ async fn handle(
             request.uri().path(),
         ));
     }
-    if request.method() != Method::POST || request.uri().path() != "/" {
-        return Ok(plain(StatusCode::NOT_FOUND, "not found"));
-    }
+    let control = match (request.method(), request.uri().path()) {
+        (&Method::POST, "/") => false,
+        (&Method::POST, "/_emulator/faults") => true,
+        _ => return Ok(plain(StatusCode::NOT_FOUND, "not found")),
+    };
     let header = |name: &str| {
         request
             .headers()
@@ -108,6 +122,7 @@ async fn handle(
             .map(str::to_owned)
     };
     let target = header("x-amz-target");
+    let content_type = header("content-type");
     let authorization = header("authorization");
     let body = match Limited::new(request.into_body(), MAX_REQUEST_BYTES)
         .collect()
@@ -121,21 +136,24 @@ async fn handle(
             ))
         }
     };
-    let answer = service.register_usage(&service::Request {
-        target: target.as_deref(),
-        authorization: authorization.as_deref(),
-        body: &body,
-    });
-    // Counted on arrival, answered late: tests can see a slow call is in flight.
-    let delay = service.config.faults.delay;
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+    if control {
+        return Ok(replace_faults(&service, &body));
     }
-    let response = Response::builder().header(
-        "x-amzn-requestid",
-        format!("emulated-{}", service.calls.load(Ordering::SeqCst)),
+    let reply = service.handle(
+        &service::Request {
+            target: target.as_deref(),
+            content_type: content_type.as_deref(),
+            authorization: authorization.as_deref(),
+            body: &body,
+        },
+        SystemTime::now(),
     );
-    let response = match answer {
+    // Processed on arrival, answered late: tests can see a slow call is in flight.
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let response = Response::builder().header("x-amzn-requestid", reply.request_id);
+    let response = match reply.answer {
         Answer::Drop => return Err(Dropped),
         // Every AWS answer names its request, errors included; clients log the ID.
         Answer::Json { status, body } => response
@@ -160,9 +178,13 @@ async fn handle(
         }
         .status(status)
         .body(full(body)),
-        Answer::Truncated { sent, declared } => response
+        Answer::Truncated {
+            content_type,
+            sent,
+            declared,
+        } => response
             .status(200)
-            .header("content-type", "application/x-amz-json-1.1")
+            .header("content-type", content_type)
             .header("content-length", declared)
             .body(
                 TruncatedBody {
@@ -172,6 +194,20 @@ async fn handle(
             ),
     };
     Ok(response.expect("valid response"))
+}
+
+/// `POST /_emulator/faults`: the new faults as JSON (see [`crate::Faults`]).
+fn replace_faults(service: &Service, body: &[u8]) -> Response<Body> {
+    match serde_json::from_slice(body) {
+        Ok(faults) => {
+            service.set_faults(faults);
+            plain(StatusCode::NO_CONTENT, "")
+        }
+        Err(e) => plain(
+            StatusCode::BAD_REQUEST,
+            &format!("the body is not a faults object: {e}\n"),
+        ),
+    }
 }
 
 fn json_response(status: u16, body: &serde_json::Value) -> Response<Body> {
@@ -199,10 +235,7 @@ fn imds(config: &Config, method: &Method, path: &str) -> Response<Body> {
         }
         (&Method::GET, p) if p == credentials_path => plain(StatusCode::OK, IMDS_ROLE),
         (&Method::GET, p) if p.strip_prefix(credentials_path) == Some(IMDS_ROLE) => {
-            let expiration = SystemTime::now() + Duration::from_secs(6 * 3600);
-            let expiration = aws_smithy_types::DateTime::from(expiration)
-                .fmt(aws_smithy_types::date_time::Format::DateTime)
-                .expect("formattable time");
+            let expiration = service::iso8601(SystemTime::now() + Duration::from_secs(6 * 3600));
             let body = serde_json::json!({
                 "Code": "Success",
                 "Type": "AWS-HMAC",
@@ -240,7 +273,28 @@ impl RunningEmulator {
 
     /// RegisterUsage calls received so far, faulted ones included.
     pub fn calls(&self) -> u64 {
-        self.service.calls.load(Ordering::SeqCst)
+        self.calls_to(Operation::RegisterUsage)
+    }
+
+    /// Calls to `operation` received so far, faulted ones included.
+    pub fn calls_to(&self, operation: Operation) -> u64 {
+        self.service.calls(operation)
+    }
+
+    /// The metering records accepted so far, and the idempotency counters.
+    pub fn ledger(&self) -> LedgerSnapshot {
+        self.service.ledger().snapshot()
+    }
+
+    /// Every license's seats in use and its checkouts, now.
+    pub fn licenses(&self) -> Vec<LicenseUsage> {
+        self.service.license_usage(SystemTime::now())
+    }
+
+    /// Replaces the faults while serving (a chaos harness turns them off for the final flush);
+    /// counted faults start counting again.
+    pub fn set_faults(&self, faults: Faults) {
+        self.service.set_faults(faults);
     }
 
     /// The SPKI PEM of the key that signs its tokens.
@@ -261,20 +315,23 @@ impl Drop for RunningEmulator {
 }
 
 /// Starts an emulator on `127.0.0.1` and an ephemeral port, in a background thread.
+/// Callable from async code too: the server's runtime lives on its own thread.
 pub fn spawn(config: Config) -> RunningEmulator {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let listener = runtime
-        .block_on(TcpListener::bind(("127.0.0.1", 0)))
-        .expect("bind loopback");
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind loopback");
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
     let addr = listener.local_addr().expect("local addr");
     let service = Arc::new(Service::new(config));
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server_service = service.clone();
     let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
         runtime.block_on(async move {
+            let listener = TcpListener::from_std(listener).expect("tokio listener");
             tokio::select! {
                 _ = accept_loop(server_service, listener) => {}
                 _ = stopped => {}
