@@ -9,15 +9,6 @@ use aws_lc_rs::signature::{KeyPair as _, RSA_PSS_SHA256};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
-/// The RSA-1024 key printed in AWS's Java RegisterUsage sample: the jwt.io demo key, whose
-/// private half is public. A verifier must refuse it.
-pub const AWS_JAVA_SAMPLE_1024_BIT_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
-MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDdlatRjRjogo3WojgGHFHYLugd
-UWAY9iR3fy4arWNA1KoS8kVw33cJibXr8bvwUAUparCwlvdbH6dvEOfou0/gCFQs
-HUfQrSDv+MuSUMAe8jzKE4qW+jK+xQU9a03GUnKHkkle+Q0pX/g6jXZ7r1/xAK5D
-o2kQ+X5xK9cipRgEKwIDAQAB
------END PUBLIC KEY-----\n";
-
 /// An RSA key pair with its PEM encodings.
 pub struct RsaKey {
     key_pair: KeyPair,

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub use metering_emulator::keys::{shared_2048, AWS_JAVA_SAMPLE_1024_BIT_PUBLIC_KEY};
+pub use entitlement_gate::domain::anchor_rules::AWS_JAVA_SAMPLE_PUBLIC_KEY as AWS_JAVA_SAMPLE_1024_BIT_PUBLIC_KEY;
+pub use metering_emulator::keys::shared_2048;
 pub use metering_emulator::{Config, RunningEmulator, TokenFault};
 use serde_json::Value;
 
