@@ -14,6 +14,7 @@
 pub mod aws;
 pub mod domain;
 pub mod gate;
+pub mod meter;
 pub mod outcome;
 
 /// The README's Rust examples, compiled as doctests so they stay true.

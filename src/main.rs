@@ -8,17 +8,20 @@ use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use entitlement_gate::aws::workload;
 use entitlement_gate::domain::handoff;
+use entitlement_gate::domain::time::SystemClock;
 use entitlement_gate::gate::check::{self, Phase, Progress};
 use entitlement_gate::gate::doctor;
 use entitlement_gate::gate::verify::{Evidence, Requirements, VerifyError};
+use entitlement_gate::meter;
 use entitlement_gate::outcome::{self, GateError};
 
-use cli::args::{ExecArgs, ReportFormat, VerifyArgs};
-use cli::supervisor::Supervisor;
+use cli::args::{ExecArgs, MeterArgs, ReportFormat, VerifyArgs};
+use cli::supervisor::{SignalPolicy, Supervisor};
 use cli::{exec, logging, usage, Cli, Command, LogFormat, ANCHORS, DEFAULT_TERMINATION_LOG};
 
 /// How long the ECS task metadata endpoint may take when `verify` resolves the workload.
@@ -89,6 +92,12 @@ fn run(supervisor: &Supervisor, command: Command) -> u8 {
             supervisor.arm_watchdog(args.deadline, progress.clone());
             block_on(supervisor.until_stopped(verify(&args)))
         }
+        Command::Meter(args) => return meter(supervisor, &args, &progress),
+        Command::Health(args) => {
+            // A probe runs beside the container's own process: the termination log is theirs.
+            supervisor.set_termination_log(None);
+            block_on(async { Ok(meter::health(&args.listen, args.timeout).await?) })
+        }
         Command::Doctor(args) => {
             supervisor.arm_watchdog(args.check.deadline, progress.clone());
             let diagnosis = block_on(async { Ok(doctor::run(&args.to_request(), &ANCHORS).await) });
@@ -112,6 +121,44 @@ fn run(supervisor: &Supervisor, command: Command) -> u8 {
     };
     match result {
         Ok(()) => supervisor.conclude_success().err().unwrap_or(0),
+        Err(error) => supervisor.conclude(&error),
+    }
+}
+
+/// `meter`: the metering sidecar, until a signal stops it and it has sent what it holds.
+fn meter(supervisor: &Supervisor, args: &MeterArgs, progress: &Progress) -> u8 {
+    let watchdog = supervisor.arm_watchdog(args.deadline, progress.clone());
+    let endpoint_overridden = ["AWS_ENDPOINT_URL_MARKETPLACE_METERING", "AWS_ENDPOINT_URL"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()));
+    let config = match args.to_config(&ANCHORS, endpoint_overridden) {
+        Ok(config) => config,
+        Err(error) => return supervisor.conclude(&error),
+    };
+    // The sidecar flushes on SIGTERM; only a flush that overruns its grace is cut short.
+    supervisor.set_signal_policy(SignalPolicy {
+        grace: config.shutdown_grace + Duration::from_secs(5),
+        overrun: |signal| GateError::StopOverran { signal },
+    });
+    let running = async {
+        // A signal during start-up stops at once (exit 8): nothing was accepted yet.
+        let sidecar = supervisor
+            .until_stopped(meter::start(&config, Arc::new(SystemClock)))
+            .await?;
+        watchdog.disarm();
+        Ok(sidecar.run_until(supervisor.stopped()).await?)
+    };
+    match block_on_threads(running) {
+        Ok(stopped) => {
+            tracing::info!(
+                signal = stopped.signal,
+                flushed = stopped.flushed,
+                exit_code = 0,
+                reason = "stopped",
+                "stopped: every acknowledged report was sent"
+            );
+            supervisor.conclude_success().err().unwrap_or(0)
+        }
         Err(error) => supervisor.conclude(&error),
     }
 }
@@ -174,6 +221,19 @@ fn termination_log_path(configured: Option<PathBuf>) -> Option<PathBuf> {
         let default = PathBuf::from(DEFAULT_TERMINATION_LOG);
         default.exists().then_some(default)
     })
+}
+
+/// Runs a long-running command's future on two worker threads (the sidecars serve many
+/// clients at once), then drops the runtime without waiting for abandoned blocking work.
+fn block_on_threads<T>(future: impl Future<Output = Result<T, GateError>>) -> Result<T, GateError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| GateError::Internal(format!("cannot start the async runtime: {e}")))?;
+    let result = runtime.block_on(future);
+    runtime.shutdown_background();
+    result
 }
 
 /// Runs a command's future on a single thread (the gate makes one call at a time), then drops

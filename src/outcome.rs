@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::aws::identity::{CredentialSource, IdentityError};
-use crate::aws::metering::{MeteringError, Persisting, SetupRefusal};
+use crate::aws::metering::{MeteringError, Operation, Persisting, SetupRefusal};
 use crate::domain::files::{self, FileError};
 use crate::domain::handoff::HandoffError;
 use crate::domain::key::KeyError;
@@ -15,6 +15,8 @@ use crate::domain::token::TokenError;
 use crate::gate::check::{CheckError, Phase};
 use crate::gate::doctor::{Diagnosis, Failure};
 use crate::gate::verify::VerifyError;
+use crate::meter::store::StoreError;
+use crate::meter::{HealthError, MeterError};
 
 /// The termination log holds at most this many bytes (Kubernetes truncates beyond it).
 pub const TERMINATION_LOG_MAX_BYTES: usize = 4096;
@@ -43,6 +45,13 @@ pub enum GateError {
     },
     #[error("cannot start {program}: {reason}")]
     ProgramNotStarted { program: String, reason: String },
+    /// A setting the command line checks itself (the library takes typed values).
+    #[error("{setting}: {problem}")]
+    InvalidSetting {
+        setting: &'static str,
+        problem: String,
+        remedy: &'static str,
+    },
     #[error(transparent)]
     ProductCode(#[from] ProductCodeError),
     #[error(transparent)]
@@ -51,6 +60,13 @@ pub enum GateError {
     Check(#[from] CheckError),
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Meter(#[from] MeterError),
+    #[error(transparent)]
+    Health(#[from] HealthError),
+    /// A stop signal came, and the graceful shutdown overran its grace.
+    #[error("stopped by {signal}, and the shutdown overran its grace")]
+    StopOverran { signal: &'static str },
     /// The process's watchdog: the run was stuck past its deadline.
     #[error("the {deadline:?} deadline passed while {phase}")]
     DeadlineExceeded { phase: Phase, deadline: Duration },
@@ -96,17 +112,7 @@ pub fn report(error: &GateError) -> Report {
     use exit_code::*;
     use CheckError as C;
     use GateError as G;
-    use MeteringError as M;
-    let token = |reason, e: &dyn std::fmt::Display, hint: &str| {
-        (
-            TOKEN_REJECTED,
-            reason,
-            format!("The RegisterUsage token failed verification: {e}; {hint}."),
-        )
-    };
-    const KEY_HINT: &str = "check that the configured public key is the one AWS Marketplace \
-                            issued for this key version, and that nothing between the workload \
-                            and the metering endpoint rewrites responses";
+    let token = token_rejected;
     let (exit_code, reason, message) = match error {
         G::Usage { help, .. } => (CONFIG, "usage", configuration(error, &format!("see {help}"))),
         G::ProgramNotStarted { .. } => (
@@ -179,55 +185,89 @@ pub fn report(error: &GateError) -> Report {
             };
             (CONFIG, reason, configuration(error, hint))
         }
-        G::Check(C::Identity(IdentityError::NoRegion)) => (
-            CONFIG,
-            "no_region",
-            configuration(
-                error,
-                "run on ECS or EKS, where the platform sets AWS_REGION, or set AWS_REGION yourself",
-            ),
-        ),
-        G::Check(C::Identity(IdentityError::AwsFile { .. })) => (
-            CONFIG,
-            "aws_file",
-            configuration(
-                error,
-                "the AWS SDK reads this file whole, so point the variable at an ordinary file \
-                 (or unset it)",
-            ),
-        ),
-        G::Check(C::Identity(IdentityError::NoCredentials {
-            tried,
-            web_identity_configured,
-        })) => {
-            let tried = tried
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            let remedy = if *web_identity_configured {
-                "the IRSA web identity token file is set but gave no credentials: check the \
-                 projected service-account token volume"
-            } else {
-                "IRSA is not configured for this pod (AWS_WEB_IDENTITY_TOKEN_FILE is not set): on \
-                 EKS annotate its service account with eks.amazonaws.com/role-arn and recreate the \
-                 pod, on ECS set the task role (taskRoleArn)"
-            };
-            (
-                CREDENTIALS,
-                "no_credentials",
-                format!(
-                    "No AWS credentials were found (tried {tried}); {remedy}, and let the role \
-                     allow aws-marketplace:RegisterUsage."
+        G::Check(C::Identity(e)) => identity(error, e, "aws-marketplace:RegisterUsage"),
+        G::Meter(MeterError::Identity(e)) => identity(error, e, "aws-marketplace:MeterUsage"),
+        G::InvalidSetting { remedy, .. } => (CONFIG, "invalid_setting", configuration(error, remedy)),
+        G::Meter(MeterError::Metering(e)) => metering(error, e),
+        G::Meter(MeterError::Store(e)) => {
+            let (reason, hint) = match e {
+                StoreError::InUse { .. } => (
+                    "state_in_use",
+                    "give every pod or task its own state volume (an emptyDir), never one shared \
+                     by two sidecars",
                 ),
-            )
+                StoreError::OtherProduct { .. } | StoreError::OtherPeriod { .. } => (
+                    "state_mismatch",
+                    "point ENTITLEMENT_GATE_STATE_DIR at this product's own state, or at an empty \
+                     directory",
+                ),
+                StoreError::Storage { .. } => (
+                    "state_unusable",
+                    "check the volume at ENTITLEMENT_GATE_STATE_DIR: a directory writable by the \
+                     container's user, not full",
+                ),
+            };
+            (CONFIG, reason, configuration(error, hint))
         }
-        G::Check(C::Identity(IdentityError::CredentialsFailed { provider, detail })) => (
-            CREDENTIALS,
-            "credentials_failed",
+        G::Meter(MeterError::Listen { .. }) => (
+            CONFIG,
+            "listen",
+            configuration(
+                error,
+                "set ENTITLEMENT_GATE_METER_LISTEN to a free loopback port (127.0.0.1:8478) or to \
+                 unix:/path in a writable directory",
+            ),
+        ),
+        G::Meter(MeterError::StartupDeadline { phase, deadline }) => (
+            UNREACHABLE,
+            "deadline_exceeded",
             format!(
-                "AWS credentials from {provider} could not be loaded ({detail}); {}.",
-                credential_remedy(*provider)
+                "The {} s start-up deadline passed while {phase}; check that the credential and \
+                 Region sources (IRSA, ECS task role, AWS_REGION) are reachable, or raise \
+                 ENTITLEMENT_GATE_DEADLINE.",
+                deadline.as_secs_f64()
+            ),
+        ),
+        G::Meter(MeterError::Unsent {
+            hours,
+            quantity,
+            state_dir,
+        }) => (
+            UNREACHABLE,
+            "usage_unsent",
+            format!(
+                "{hours} hour records ({quantity} units) could not be sent before the shutdown \
+                 grace ended; they stay in {} and a sidecar restarted with the same state \
+                 directory sends them, so keep that volume, and raise \
+                 ENTITLEMENT_GATE_SHUTDOWN_GRACE with the pod's terminationGracePeriodSeconds if \
+                 AWS was only slow.",
+                state_dir.display()
+            ),
+        ),
+        G::Meter(MeterError::Writer(e)) => internal(e),
+        G::StopOverran { signal } => (
+            UNREACHABLE,
+            "shutdown_overran",
+            format!(
+                "Stopped by {signal}, and sending the remaining usage overran the shutdown grace; \
+                 what was not sent stays in the state directory and a sidecar restarted with the \
+                 same directory sends it, so keep that volume."
+            ),
+        ),
+        G::Health(e @ HealthError::NotReady { .. }) => (
+            INTERNAL,
+            "not_ready",
+            format!(
+                "The metering sidecar is not ready ({e}); it is starting, stopping, or failed its \
+                 start-up: read its log."
+            ),
+        ),
+        G::Health(e @ HealthError::Unreachable { .. }) => (
+            UNREACHABLE,
+            "unreachable",
+            format!(
+                "The metering sidecar did not answer ({e}); check that it runs and listens on \
+                 ENTITLEMENT_GATE_METER_LISTEN."
             ),
         ),
         G::Check(C::Handoff(HandoffError::Directory { .. })) => (
@@ -257,123 +297,7 @@ pub fn report(error: &GateError) -> Report {
                  gate and the app container (the Helm chart sets it to the pod UID)."
             ),
         ),
-        G::Check(C::Metering(M::NotEntitled {
-            product_code,
-            region,
-            aws_message,
-            ..
-        })) => (
-            NOT_ENTITLED,
-            "not_entitled",
-            format!(
-                "Not entitled: AWS Marketplace reports no active subscription to product \
-                 {product_code} for this AWS account in {region} ({aws_message}); the buyer must \
-                 subscribe to the product in AWS Marketplace with the account this workload runs \
-                 in."
-            ),
-        ),
-        G::Check(C::Metering(M::SetupRefused {
-            refusal,
-            product_code,
-            public_key_version,
-            region,
-            aws_message,
-            ..
-        })) => (
-            SETUP_REFUSED,
-            setup_reason(*refusal),
-            setup_message(
-                *refusal,
-                product_code,
-                *public_key_version,
-                region,
-                aws_message,
-            ),
-        ),
-        G::Check(C::Metering(M::AccessDenied {
-            code,
-            aws_message,
-            credentials_from,
-            ..
-        })) => (
-            CREDENTIALS,
-            "access_denied",
-            format!(
-                "AWS rejected the credentials from {credentials_from} ({code}: {aws_message}); \
-                 the IRSA or ECS task role (not the node or execution role) must allow \
-                 aws-marketplace:RegisterUsage, e.g. via the managed policy \
-                 AWSMarketplaceMeteringRegisterUsage."
-            ),
-        ),
-        G::Check(C::Metering(M::Throttled(Persisting { gave_up, .. }))) => (
-            UNREACHABLE,
-            "throttled",
-            format!(
-                "AWS Marketplace Metering throttled RegisterUsage for {:.1} s over {} attempts \
-                 (last: {}); every workload of this AWS account in this Region shares a quota of \
-                 5 RegisterUsage calls per second, so raise ENTITLEMENT_GATE_DEADLINE \
-                 (--deadline) to give a large rollout time, or start fewer pods at once.",
-                gave_up.elapsed.as_secs_f64(),
-                gave_up.attempts,
-                gave_up.last.detail
-            ),
-        ),
-        G::Check(C::Metering(M::ServiceUnavailable(Persisting { gave_up, endpoint }))) => (
-            UNREACHABLE,
-            "service_unavailable",
-            format!(
-                "AWS Marketplace Metering at {endpoint} kept failing for {:.1} s over {} attempts \
-                 (last: {}); the service, or a proxy in front of it, is failing: Kubernetes \
-                 restarts the init container by itself, raise ENTITLEMENT_GATE_DEADLINE to wait \
-                 longer, and check the AWS Health Dashboard and any proxy if it persists.",
-                gave_up.elapsed.as_secs_f64(),
-                gave_up.attempts,
-                gave_up.last.detail
-            ),
-        ),
-        G::Check(C::Metering(M::Unreachable(Persisting { gave_up, endpoint }))) => (
-            UNREACHABLE,
-            "unreachable",
-            format!(
-                "AWS Marketplace Metering at {endpoint} kept failing for {:.1} s over {} attempts \
-                 (last: {}); check network egress to the metering endpoint (security groups, \
-                 NAT, VPC endpoint, proxy) or raise ENTITLEMENT_GATE_DEADLINE.",
-                gave_up.elapsed.as_secs_f64(),
-                gave_up.attempts,
-                gave_up.last.detail
-            ),
-        ),
-        G::Check(C::Metering(M::UnexpectedResponse {
-            status,
-            code,
-            aws_message,
-            ..
-        })) => (
-            INTERNAL,
-            "unexpected_response",
-            format!(
-                "RegisterUsage got an answer AWS does not document (HTTP {status} {code}: \
-                 {aws_message}); check the metering endpoint override and any proxy in between, \
-                 and report this to the seller."
-            ),
-        ),
-        G::Check(C::Metering(M::RequestNotBuilt(_))) => (
-            CONFIG,
-            "request_not_built",
-            configuration(
-                error,
-                "check AWS_REGION and any AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_MARKETPLACE_METERING",
-            ),
-        ),
-        G::Check(C::Metering(e @ (M::NoSignature | M::ResponseTooLarge { .. }))) => {
-            token("token_rejected", e, KEY_HINT)
-        }
-        G::Check(C::Metering(M::Unreadable(detail))) => token(
-            "token_rejected",
-            &format!("the token is malformed: {detail}"),
-            KEY_HINT,
-        ),
-        G::Check(C::Metering(e @ M::Sdk(_))) => internal(e),
+        G::Check(C::Metering(e)) => metering(error, e),
         G::Check(C::Token(e)) | G::Verify(VerifyError::Token(e)) => match e {
             TokenError::TooOld { .. } => token(
                 "token_too_old",
@@ -446,10 +370,267 @@ pub fn report(error: &GateError) -> Report {
     }
 }
 
+/// The outcome of an identity failure, for whichever use case resolved it.
+/// `action` is the permission the role needs (`aws-marketplace:RegisterUsage`, ...).
+fn identity(error: &GateError, e: &IdentityError, action: &str) -> (u8, &'static str, String) {
+    use exit_code::*;
+    match e {
+        IdentityError::NoRegion => (
+            CONFIG,
+            "no_region",
+            configuration(
+                error,
+                "run on ECS or EKS, where the platform sets AWS_REGION, or set AWS_REGION yourself",
+            ),
+        ),
+        IdentityError::AwsFile { .. } => (
+            CONFIG,
+            "aws_file",
+            configuration(
+                error,
+                "the AWS SDK reads this file whole, so point the variable at an ordinary file \
+                 (or unset it)",
+            ),
+        ),
+        IdentityError::NoCredentials {
+            tried,
+            web_identity_configured,
+        } => {
+            let tried = tried
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let remedy = if *web_identity_configured {
+                "the IRSA web identity token file is set but gave no credentials: check the \
+                 projected service-account token volume"
+            } else {
+                "IRSA is not configured for this pod (AWS_WEB_IDENTITY_TOKEN_FILE is not set): on \
+                 EKS annotate its service account with eks.amazonaws.com/role-arn and recreate the \
+                 pod, on ECS set the task role (taskRoleArn)"
+            };
+            (
+                CREDENTIALS,
+                "no_credentials",
+                format!(
+                    "No AWS credentials were found (tried {tried}); {remedy}, and let the role \
+                     allow {action}."
+                ),
+            )
+        }
+        IdentityError::CredentialsFailed { provider, detail } => (
+            CREDENTIALS,
+            "credentials_failed",
+            format!(
+                "AWS credentials from {provider} could not be loaded ({detail}); {}.",
+                credential_remedy(*provider)
+            ),
+        ),
+    }
+}
+
+/// The outcome of a Metering API failure, for whichever use case called it.
+fn metering(error: &GateError, e: &MeteringError) -> (u8, &'static str, String) {
+    use exit_code::*;
+    use MeteringError as M;
+    match e {
+        M::NotEntitled {
+            product_code,
+            region,
+            aws_message,
+            ..
+        } => (
+            NOT_ENTITLED,
+            "not_entitled",
+            format!(
+                "Not entitled: AWS Marketplace reports no active subscription to product \
+                 {product_code} for this AWS account in {region} ({aws_message}); the buyer must \
+                 subscribe to the product in AWS Marketplace with the account this workload runs \
+                 in."
+            ),
+        ),
+        M::SetupRefused {
+            refusal,
+            product_code,
+            public_key_version,
+            region,
+            aws_message,
+            ..
+        } => (
+            SETUP_REFUSED,
+            setup_reason(*refusal),
+            setup_message(
+                *refusal,
+                product_code,
+                *public_key_version,
+                region,
+                aws_message,
+            ),
+        ),
+        M::InvalidUsage {
+            code, aws_message, ..
+        } => (
+            SETUP_REFUSED,
+            "invalid_usage",
+            format!(
+                "AWS Marketplace refused the metering setup ({code}: {aws_message}); check \
+                 ENTITLEMENT_GATE_DIMENSIONS against the dimension API names of the product in \
+                 the AWS Marketplace Management Portal."
+            ),
+        ),
+        M::AccessDenied {
+            operation,
+            code,
+            aws_message,
+            credentials_from,
+            ..
+        } => {
+            let policy = match operation {
+                Operation::RegisterUsage => "AWSMarketplaceMeteringRegisterUsage",
+                // The RegisterUsage policy does not grant MeterUsage, whatever an AWS page says.
+                Operation::MeterUsage => {
+                    "AWSMarketplaceMeteringFullAccess (AWSMarketplaceMeteringRegisterUsage does not \
+                     grant it)"
+                }
+            };
+            (
+                CREDENTIALS,
+                "access_denied",
+                format!(
+                    "AWS rejected the credentials from {credentials_from} ({code}: \
+                     {aws_message}); the IRSA or ECS task role (not the node or execution role) \
+                     must allow aws-marketplace:{operation}, e.g. via the managed policy {policy}."
+                ),
+            )
+        }
+        M::Throttled(Persisting {
+            operation, gave_up, ..
+        }) => {
+            let quota = match operation {
+                Operation::RegisterUsage => 5,
+                Operation::MeterUsage => 10,
+            };
+            (
+                UNREACHABLE,
+                "throttled",
+                format!(
+                    "AWS Marketplace Metering throttled {operation} for {:.1} s over {} attempts \
+                     (last: {}); every workload of this AWS account in this Region shares a quota \
+                     of {quota} {operation} calls per second, so raise ENTITLEMENT_GATE_DEADLINE \
+                     (--deadline) to give a large rollout time, or start fewer pods at once.",
+                    gave_up.elapsed.as_secs_f64(),
+                    gave_up.attempts,
+                    gave_up.last.detail
+                ),
+            )
+        }
+        M::ServiceUnavailable(Persisting {
+            gave_up, endpoint, ..
+        }) => (
+            UNREACHABLE,
+            "service_unavailable",
+            format!(
+                "AWS Marketplace Metering at {endpoint} kept failing for {:.1} s over {} attempts \
+                 (last: {}); the service, or a proxy in front of it, is failing: Kubernetes \
+                 restarts the container by itself, raise ENTITLEMENT_GATE_DEADLINE to wait \
+                 longer, and check the AWS Health Dashboard and any proxy if it persists.",
+                gave_up.elapsed.as_secs_f64(),
+                gave_up.attempts,
+                gave_up.last.detail
+            ),
+        ),
+        M::Unreachable(Persisting {
+            gave_up, endpoint, ..
+        }) => (
+            UNREACHABLE,
+            "unreachable",
+            format!(
+                "AWS Marketplace Metering at {endpoint} kept failing for {:.1} s over {} attempts \
+                 (last: {}); check network egress to the metering endpoint (security groups, \
+                 NAT, VPC endpoint, proxy) or raise ENTITLEMENT_GATE_DEADLINE.",
+                gave_up.elapsed.as_secs_f64(),
+                gave_up.attempts,
+                gave_up.last.detail
+            ),
+        ),
+        M::UnexpectedResponse {
+            operation,
+            status,
+            code,
+            aws_message,
+            ..
+        } => (
+            INTERNAL,
+            "unexpected_response",
+            format!(
+                "{operation} got an answer AWS does not document (HTTP {status} {code}: \
+                 {aws_message}); check the metering endpoint override and any proxy in between, \
+                 and report this to the seller."
+            ),
+        ),
+        M::RequestNotBuilt(_) => (
+            CONFIG,
+            "request_not_built",
+            configuration(
+                error,
+                "check AWS_REGION and any AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_MARKETPLACE_METERING",
+            ),
+        ),
+        M::NoSignature
+        | M::ResponseTooLarge {
+            operation: Operation::RegisterUsage,
+            ..
+        } => token_rejected("token_rejected", e, KEY_HINT),
+        M::Unreadable {
+            operation: Operation::RegisterUsage,
+            ..
+        } => token_rejected(
+            "token_rejected",
+            &format!("the token is malformed: {e}"),
+            KEY_HINT,
+        ),
+        M::ResponseTooLarge { .. } | M::Unreadable { .. } => (
+            INTERNAL,
+            "unexpected_response",
+            format!(
+                "{e}; check the metering endpoint override and any proxy in between, and report \
+                 this to the seller."
+            ),
+        ),
+        M::TimestampOutOfBounds { .. }
+        | M::DuplicateRequest { .. }
+        | M::IdempotencyConflict { .. } => (
+            INTERNAL,
+            "metering_refused",
+            format!("MeterUsage refused a record ({e}); report this to the seller."),
+        ),
+        M::Sdk(_) => internal(e),
+    }
+}
+
+/// The hint for a token failure that is not the app's doing.
+const KEY_HINT: &str = "check that the configured public key is the one AWS Marketplace issued \
+                        for this key version, and that nothing between the workload and the \
+                        metering endpoint rewrites responses";
+
+/// `The RegisterUsage token failed verification: <what>; <hint>.`
+fn token_rejected(
+    reason: &'static str,
+    e: &dyn std::fmt::Display,
+    hint: &str,
+) -> (u8, &'static str, String) {
+    (
+        exit_code::TOKEN_REJECTED,
+        reason,
+        format!("The RegisterUsage token failed verification: {e}; {hint}."),
+    )
+}
+
 /// The AWS request ID of the last answer that led to `error`, when there was one.
 fn request_id(error: &GateError) -> Option<&str> {
     match error {
         GateError::Check(CheckError::Metering(e)) => e.request_id(),
+        GateError::Meter(MeterError::Metering(e)) => e.request_id(),
         _ => None,
     }
 }
@@ -785,12 +966,19 @@ mod tests {
         let cases: Vec<(GateError, &str)> = vec![
             (metering(MeteringError::NoSignature), "without a Signature"),
             (
-                metering(MeteringError::ResponseTooLarge { limit: 65536 }),
+                metering(MeteringError::ResponseTooLarge {
+                    operation: Operation::RegisterUsage,
+                    limit: 65536,
+                }),
                 "more than 65536 bytes",
             ),
             (
-                metering(MeteringError::Unreadable("not its JSON".into())),
-                "malformed: not its JSON",
+                metering(MeteringError::Unreadable {
+                    operation: Operation::RegisterUsage,
+                    status: 200,
+                    detail: "x".into(),
+                }),
+                "malformed: RegisterUsage answered HTTP 200 with a body that is not its JSON",
             ),
             (token(TokenError::TooLarge { len: 20000 }), "20000 bytes"),
             (token(TokenError::Malformed("x".into())), "malformed"),
@@ -920,6 +1108,7 @@ mod tests {
         );
         assert_report(
             metering(MeteringError::AccessDenied {
+                operation: Operation::RegisterUsage,
                 code: "AccessDeniedException".into(),
                 aws_message: "not authorized".into(),
                 credentials_from: CredentialSource::WebIdentityToken,
@@ -936,6 +1125,7 @@ mod tests {
 
     fn persisting(kind: TransientKind, detail: &str) -> Persisting {
         Persisting {
+            operation: Operation::RegisterUsage,
             gave_up: GaveUp {
                 attempts: 9,
                 elapsed: Duration::from_millis(2500),
@@ -1033,6 +1223,7 @@ mod tests {
     fn unexpected_answers_and_internal_errors_exit_1() {
         let unexpected = assert_report(
             metering(MeteringError::UnexpectedResponse {
+                operation: Operation::RegisterUsage,
                 status: 418,
                 code: "Teapot".into(),
                 aws_message: "short".into(),

@@ -8,7 +8,7 @@ use aws_config::meta::region::ProvideRegion;
 use aws_config::provider_config::ProviderConfig;
 use aws_config::Region;
 use aws_credential_types::provider::error::CredentialsError;
-use aws_credential_types::provider::ProvideCredentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
 
 use std::fmt;
@@ -107,11 +107,13 @@ pub struct ResolvedRegion {
     pub source: RegionSource,
 }
 
-/// Credentials and the provider that supplied them.
+/// Credentials, and the provider that supplied them (which a long-running client keeps
+/// asking, behind the SDK's cache, as credentials expire).
 #[derive(Debug, Clone)]
 pub struct ResolvedCredentials {
     pub credentials: Credentials,
     pub source: CredentialSource,
+    pub provider: SharedCredentialsProvider,
 }
 
 /// The SDK's default Region chain (environment, profile, IMDS), unless overridden.
@@ -206,6 +208,7 @@ pub async fn resolve_credentials(region: &Region) -> Result<ResolvedCredentials,
                 return Ok(ResolvedCredentials {
                     credentials,
                     source,
+                    provider: SharedCredentialsProvider::new(BoxedProvider(provider)),
                 })
             }
             Err(CredentialsError::CredentialsNotLoaded(_)) => not_found.push(source),
@@ -258,6 +261,21 @@ pub fn check_aws_files(env: impl Fn(&str) -> Option<String>) -> Result<(), Ident
         }
     }
     Ok(())
+}
+
+/// A boxed provider as the SDK's shared provider wants it.
+#[derive(Debug)]
+struct BoxedProvider(Box<dyn ProvideCredentials>);
+
+impl ProvideCredentials for BoxedProvider {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        self.0.provide_credentials()
+    }
 }
 
 /// EKS Pod Identity hands the SDK a container-credentials URI on its agent's link-local address.

@@ -1,18 +1,22 @@
-//! The AWS Marketplace Metering API client: RegisterUsage today, with its failure classes.
+//! The AWS Marketplace Metering API client: RegisterUsage for the gate, MeterUsage for the
+//! metering sidecar, with their failure classes.
 //! The SDK's own retries are off; [`retry::until_deadline`] owns retries.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
-use aws_credential_types::Credentials;
+use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_marketplacemetering::config::interceptors::BeforeDeserializationInterceptorContextMut;
 use aws_sdk_marketplacemetering::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_marketplacemetering::error::BoxError;
 use aws_sdk_marketplacemetering::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_marketplacemetering::operation::meter_usage::MeterUsageError;
 use aws_sdk_marketplacemetering::operation::register_usage::RegisterUsageError;
 use aws_sdk_marketplacemetering::operation::RequestId as _;
+use aws_sdk_marketplacemetering::primitives::DateTime;
+use aws_sdk_marketplacemetering::types::{Tag, UsageAllocation};
 use aws_sdk_marketplacemetering::Client;
 use aws_smithy_types::body::SdkBody;
 use http_body_util::{LengthLimitError, Limited};
@@ -22,6 +26,7 @@ use super::identity::{error_chain, CredentialSource};
 use super::retry::{
     self, Attempt, GaveUp, RetryError, RetryPolicy, TransientFailure, TransientKind,
 };
+use crate::domain::product_code::ProductCode;
 use crate::domain::text;
 use crate::domain::token::Binding;
 
@@ -47,9 +52,32 @@ impl SetupRefusal {
     }
 }
 
+/// The Metering operations the gate calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    RegisterUsage,
+    MeterUsage,
+}
+
+impl Operation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::RegisterUsage => "RegisterUsage",
+            Operation::MeterUsage => "MeterUsage",
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Calls that kept failing in a way worth retrying, until the deadline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Persisting {
+    pub operation: Operation,
     pub gave_up: GaveUp,
     pub endpoint: String,
 }
@@ -75,6 +103,7 @@ pub enum MeteringError {
     },
     #[error("{code}: {aws_message}")]
     AccessDenied {
+        operation: Operation,
         code: String,
         aws_message: String,
         credentials_from: CredentialSource,
@@ -88,6 +117,7 @@ pub enum MeteringError {
     Unreachable(Persisting),
     #[error("an answer AWS does not document: HTTP {status} {code}: {aws_message}")]
     UnexpectedResponse {
+        operation: Operation,
         status: u16,
         code: String,
         aws_message: String,
@@ -97,11 +127,40 @@ pub enum MeteringError {
     RequestNotBuilt(String),
     #[error("RegisterUsage answered without a Signature token")]
     NoSignature,
-    #[error("RegisterUsage answered with more than {limit} bytes")]
-    ResponseTooLarge { limit: usize },
+    #[error("{operation} answered with more than {limit} bytes")]
+    ResponseTooLarge { operation: Operation, limit: usize },
     /// A success status whose body is not the operation's JSON.
-    #[error("{0}")]
-    Unreadable(String),
+    #[error("{operation} answered HTTP {status} with a body that is not its JSON ({detail})")]
+    Unreadable {
+        operation: Operation,
+        status: u16,
+        detail: String,
+    },
+    /// MeterUsage refused a dimension, tag or allocation the sidecar sent.
+    #[error("{code}: {aws_message}")]
+    InvalidUsage {
+        code: String,
+        aws_message: String,
+        request_id: Option<String>,
+    },
+    /// MeterUsage: the hour is outside the window AWS accepts.
+    #[error("TimestampOutOfBoundsException: {aws_message}")]
+    TimestampOutOfBounds {
+        aws_message: String,
+        request_id: Option<String>,
+    },
+    /// MeterUsage: AWS already holds another quantity for this task or pod, dimension and hour.
+    #[error("DuplicateRequestException: {aws_message}")]
+    DuplicateRequest {
+        aws_message: String,
+        request_id: Option<String>,
+    },
+    /// MeterUsage: the `ClientToken` was used with other parameters.
+    #[error("IdempotencyConflictException: {aws_message}")]
+    IdempotencyConflict {
+        aws_message: String,
+        request_id: Option<String>,
+    },
     #[error("the AWS SDK failed: {0}")]
     Sdk(String),
 }
@@ -113,7 +172,11 @@ impl MeteringError {
             MeteringError::NotEntitled { request_id, .. }
             | MeteringError::SetupRefused { request_id, .. }
             | MeteringError::AccessDenied { request_id, .. }
-            | MeteringError::UnexpectedResponse { request_id, .. } => request_id.as_deref(),
+            | MeteringError::UnexpectedResponse { request_id, .. }
+            | MeteringError::InvalidUsage { request_id, .. }
+            | MeteringError::TimestampOutOfBounds { request_id, .. }
+            | MeteringError::DuplicateRequest { request_id, .. }
+            | MeteringError::IdempotencyConflict { request_id, .. } => request_id.as_deref(),
             MeteringError::Throttled(persisting)
             | MeteringError::ServiceUnavailable(persisting)
             | MeteringError::Unreachable(persisting) => persisting.gave_up.request_id.as_deref(),
@@ -121,8 +184,9 @@ impl MeteringError {
         }
     }
 
-    fn persisting(gave_up: GaveUp, endpoint: &str) -> Self {
+    fn persisting(operation: Operation, gave_up: GaveUp, endpoint: &str) -> Self {
         let persisting = Persisting {
+            operation,
             gave_up,
             endpoint: endpoint.to_owned(),
         };
@@ -181,13 +245,19 @@ impl Intercept for ResponseSizeLimit {
     }
 }
 
-/// Builds a client for `region` with fixed credentials; the SDK still reads the endpoint
-/// overrides (`AWS_ENDPOINT_URL_MARKETPLACE_METERING`, `AWS_ENDPOINT_URL`) and profile settings.
-pub async fn client(region: Region, credentials: Credentials, attempt_timeout: Duration) -> Client {
+/// Builds a client for `region` with `credentials` (fixed ones for a one-shot gate, the
+/// provider that supplied them for a long-running sidecar, refreshed behind the SDK's cache);
+/// the SDK still reads the endpoint overrides (`AWS_ENDPOINT_URL_MARKETPLACE_METERING`,
+/// `AWS_ENDPOINT_URL`) and profile settings.
+pub async fn client(
+    region: Region,
+    credentials: impl ProvideCredentials + 'static,
+    attempt_timeout: Duration,
+) -> Client {
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(region)
         .credentials_provider(credentials)
-        // The retry loop below owns retries: it knows the deadline and the jitter policy.
+        // The retry loop owns retries: it knows the deadline and the jitter policy.
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
@@ -231,7 +301,9 @@ pub async fn register_usage(
     .await
     .map_err(|error| match error {
         RetryError::Failed(error) => error,
-        RetryError::GaveUp(gave_up) => MeteringError::persisting(gave_up, &call.endpoint),
+        RetryError::GaveUp(gave_up) => {
+            MeteringError::persisting(Operation::RegisterUsage, gave_up, &call.endpoint)
+        }
     })?;
     Ok(RegisterUsageAnswer {
         request_id: answer.request_id().map(text::quoted),
@@ -268,12 +340,44 @@ const THROTTLING_CODES: &[&str] = &[
     "SlowDown",
 ];
 
-/// Sorts a failed attempt into retry-or-stop, with the error that ends the call. A documented
-/// error code decides first; otherwise the HTTP status does, before anything in the body.
+/// What a call's classification needs to know about it, whatever the operation.
+#[derive(Debug, Clone, Copy)]
+struct Classifying<'a> {
+    operation: Operation,
+    product_code: &'a str,
+    public_key_version: u32,
+    region: &'a str,
+    credentials_from: CredentialSource,
+}
+
+/// Sorts a failed RegisterUsage attempt into retry-or-stop, with the error that ends the call.
 pub fn classify<T>(
     error: &SdkError<RegisterUsageError>,
     call: &RegisterUsageCall<'_>,
 ) -> Attempt<T, MeteringError> {
+    let context = Classifying {
+        operation: Operation::RegisterUsage,
+        product_code: call.binding.product_code.as_str(),
+        public_key_version: call.binding.public_key_version,
+        region: call.region,
+        credentials_from: call.credentials_from,
+    };
+    classify_sdk(error, &context, |error, code, aws_message, request_id| {
+        register_usage_documented(error, code, aws_message, &context, request_id)
+    })
+}
+
+/// Sorts a failed attempt into retry-or-stop: a documented error code decides first (through
+/// `documented`, then the codes every AWS front end uses); otherwise the HTTP status does,
+/// before anything in the body.
+fn classify_sdk<E, T>(
+    error: &SdkError<E>,
+    context: &Classifying<'_>,
+    documented: impl Fn(&E, &str, &str, &Option<String>) -> Option<Attempt<T, MeteringError>>,
+) -> Attempt<T, MeteringError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     let request_id = error.request_id().map(text::quoted);
     let transient = |kind, detail| Attempt::Retry {
         failure: TransientFailure { kind, detail },
@@ -306,10 +410,20 @@ pub fn classify<T>(
         _ => (String::new(), "no message".to_owned()),
     };
     if let SdkError::ServiceError(service) = error {
-        if let Some(decision) =
-            classify_documented(service.err(), &code, &aws_message, call, &request_id)
-        {
+        if let Some(decision) = documented(service.err(), &code, &aws_message, &request_id) {
             return decision;
+        }
+        if THROTTLING_CODES.contains(&code.as_str()) {
+            return transient(TransientKind::Throttled, format!("{code}: {aws_message}"));
+        }
+        if CREDENTIAL_ERROR_CODES.contains(&code.as_str()) {
+            return Attempt::Failed(MeteringError::AccessDenied {
+                operation: context.operation,
+                code,
+                aws_message,
+                credentials_from: context.credentials_from,
+                request_id,
+            });
         }
     }
     let named = |code: &str| {
@@ -328,8 +442,9 @@ pub fn classify<T>(
                 message => format!("{}: {message}", named(&code)),
             },
         ),
-        200..=299 => classify_unreadable_success(error, status, transient),
+        200..=299 => classify_unreadable_success(error, context.operation, status, transient),
         _ => Attempt::Failed(MeteringError::UnexpectedResponse {
+            operation: context.operation,
             status,
             code: if code.is_empty() {
                 "(no error code)".to_owned()
@@ -342,14 +457,19 @@ pub fn classify<T>(
     }
 }
 
-/// A success status whose body is not a RegisterUsage answer.
-fn classify_unreadable_success<T>(
-    error: &SdkError<RegisterUsageError>,
+/// A success status whose body is not the operation's answer.
+fn classify_unreadable_success<E, T>(
+    error: &SdkError<E>,
+    operation: Operation,
     status: u16,
     transient: impl Fn(TransientKind, String) -> Attempt<T, MeteringError>,
-) -> Attempt<T, MeteringError> {
+) -> Attempt<T, MeteringError>
+where
+    E: std::error::Error + 'static,
+{
     if caused_by::<LengthLimitError>(error) {
         return Attempt::Failed(MeteringError::ResponseTooLarge {
+            operation,
             limit: MAX_RESPONSE_BYTES,
         });
     }
@@ -363,10 +483,11 @@ fn classify_unreadable_success<T>(
             ),
         ),
         // The SDK kept the whole body but could not parse it (a proxy's page, broken JSON).
-        _ => Attempt::Failed(MeteringError::Unreadable(format!(
-            "RegisterUsage answered HTTP {status} with a body that is not its JSON ({})",
-            text::quoted(&error_chain(error))
-        ))),
+        _ => Attempt::Failed(MeteringError::Unreadable {
+            operation,
+            status,
+            detail: text::quoted(&error_chain(error)),
+        }),
     }
 }
 
@@ -382,39 +503,19 @@ fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
     false
 }
 
-/// The decision for an error AWS documents by its code, or `None` for an undocumented one.
-fn classify_documented<T>(
+/// The decision for a RegisterUsage error AWS documents by its code, or `None`.
+fn register_usage_documented<T>(
     error: &RegisterUsageError,
     code: &str,
     aws_message: &str,
-    call: &RegisterUsageCall<'_>,
+    context: &Classifying<'_>,
     request_id: &Option<String>,
 ) -> Option<Attempt<T, MeteringError>> {
-    let refused = |refusal| {
-        Attempt::Failed(MeteringError::SetupRefused {
-            refusal,
-            product_code: call.binding.product_code.to_string(),
-            public_key_version: call.binding.public_key_version,
-            region: call.region.to_owned(),
-            aws_message: aws_message.to_owned(),
-            request_id: request_id.clone(),
-        })
-    };
-    let transient = |kind| Attempt::Retry {
-        failure: TransientFailure {
-            kind,
-            detail: format!("{code}: {aws_message}"),
-        },
-        request_id: request_id.clone(),
-    };
+    let refused = |refusal| refuse(refusal, aws_message, context, request_id);
+    let transient = |kind| retry_later(kind, code, aws_message, request_id);
     Some(match error {
         RegisterUsageError::CustomerNotEntitledException(_) => {
-            Attempt::Failed(MeteringError::NotEntitled {
-                product_code: call.binding.product_code.to_string(),
-                region: call.region.to_owned(),
-                aws_message: aws_message.to_owned(),
-                request_id: request_id.clone(),
-            })
+            not_entitled(aws_message, context, request_id)
         }
         RegisterUsageError::PlatformNotSupportedException(_) => {
             refused(SetupRefusal::PlatformNotSupported)
@@ -431,16 +532,262 @@ fn classify_documented<T>(
         RegisterUsageError::InternalServiceErrorException(_) => {
             transient(TransientKind::ServerError)
         }
-        _ if THROTTLING_CODES.contains(&code) => transient(TransientKind::Throttled),
-        _ if CREDENTIAL_ERROR_CODES.contains(&code) => {
-            Attempt::Failed(MeteringError::AccessDenied {
-                code: code.to_owned(),
-                aws_message: aws_message.to_owned(),
-                credentials_from: call.credentials_from,
-                request_id: request_id.clone(),
-            })
-        }
         _ => return None,
+    })
+}
+
+fn refuse<T>(
+    refusal: SetupRefusal,
+    aws_message: &str,
+    context: &Classifying<'_>,
+    request_id: &Option<String>,
+) -> Attempt<T, MeteringError> {
+    Attempt::Failed(MeteringError::SetupRefused {
+        refusal,
+        product_code: context.product_code.to_owned(),
+        public_key_version: context.public_key_version,
+        region: context.region.to_owned(),
+        aws_message: aws_message.to_owned(),
+        request_id: request_id.clone(),
+    })
+}
+
+fn not_entitled<T>(
+    aws_message: &str,
+    context: &Classifying<'_>,
+    request_id: &Option<String>,
+) -> Attempt<T, MeteringError> {
+    Attempt::Failed(MeteringError::NotEntitled {
+        product_code: context.product_code.to_owned(),
+        region: context.region.to_owned(),
+        aws_message: aws_message.to_owned(),
+        request_id: request_id.clone(),
+    })
+}
+
+fn retry_later<T>(
+    kind: TransientKind,
+    code: &str,
+    aws_message: &str,
+    request_id: &Option<String>,
+) -> Attempt<T, MeteringError> {
+    Attempt::Retry {
+        failure: TransientFailure {
+            kind,
+            detail: format!("{code}: {aws_message}"),
+        },
+        request_id: request_id.clone(),
+    }
+}
+
+/// One MeterUsage call: one dimension's usage for one hour, sent idempotently.
+#[derive(Debug, Clone)]
+pub struct MeterUsageCall<'a> {
+    pub product_code: &'a ProductCode,
+    pub dimension: &'a str,
+    /// The start of the hour: MeterUsage rounds it down to the hour anyway.
+    pub timestamp: SystemTime,
+    pub quantity: u64,
+    /// Quantities by tag set (sorted key/value pairs); empty when no usage was tagged. The
+    /// untagged set, if any, is an allocation without tags.
+    pub allocations: &'a [(Vec<(String, String)>, u64)],
+    /// The same for every resend of this hour, so AWS answers a resend with the same record.
+    pub client_token: &'a str,
+    pub region: &'a str,
+    pub credentials_from: CredentialSource,
+    pub endpoint: &'a str,
+    pub retry: RetryPolicy,
+}
+
+/// MeterUsage's answer: the record AWS keeps for this dimension and hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterUsageAnswer {
+    pub metering_record_id: String,
+    pub request_id: Option<String>,
+}
+
+/// Sends one MeterUsage record, retrying until it answers, fails for good, or no useful attempt
+/// fits before `deadline`.
+pub async fn meter_usage(
+    client: &Client,
+    call: &MeterUsageCall<'_>,
+    deadline: Instant,
+) -> Result<MeterUsageAnswer, MeteringError> {
+    let allocations = usage_allocations(call.allocations)?;
+    let answer = retry::until_deadline("MeterUsage", call.retry, deadline, || async {
+        let sent = meter_usage_request(client, call, allocations.clone(), false)
+            .send()
+            .await;
+        match sent {
+            Ok(output) => Attempt::Answered(output),
+            Err(error) => classify_meter_usage(&error, call),
+        }
+    })
+    .await
+    .map_err(|error| match error {
+        RetryError::Failed(error) => error,
+        RetryError::GaveUp(gave_up) => {
+            MeteringError::persisting(Operation::MeterUsage, gave_up, call.endpoint)
+        }
+    })?;
+    Ok(MeterUsageAnswer {
+        request_id: answer.request_id().map(text::quoted),
+        metering_record_id: answer
+            .metering_record_id
+            .map(|id| text::quoted(&id))
+            .unwrap_or_default(),
+    })
+}
+
+/// A MeterUsage `DryRun`: checks the permission and the request without recording anything.
+/// AWS answers `DryRunOperation` when the call would succeed.
+pub async fn dry_run_meter_usage(
+    client: &Client,
+    call: &MeterUsageCall<'_>,
+    deadline: Instant,
+) -> Result<(), MeteringError> {
+    let allocations = usage_allocations(call.allocations)?;
+    retry::until_deadline("MeterUsage (DryRun)", call.retry, deadline, || async {
+        let sent = meter_usage_request(client, call, allocations.clone(), true)
+            .send()
+            .await;
+        match sent {
+            // An answer without the error means the service recorded nothing either.
+            Ok(_) => Attempt::Answered(()),
+            Err(error) if error.code() == Some("DryRunOperation") => Attempt::Answered(()),
+            Err(error) => classify_meter_usage(&error, call),
+        }
+    })
+    .await
+    .map_err(|error| match error {
+        RetryError::Failed(error) => error,
+        RetryError::GaveUp(gave_up) => {
+            MeteringError::persisting(Operation::MeterUsage, gave_up, call.endpoint)
+        }
+    })
+}
+
+fn meter_usage_request(
+    client: &Client,
+    call: &MeterUsageCall<'_>,
+    allocations: Option<Vec<UsageAllocation>>,
+    dry_run: bool,
+) -> aws_sdk_marketplacemetering::operation::meter_usage::builders::MeterUsageFluentBuilder {
+    client
+        .meter_usage()
+        .product_code(call.product_code.as_str())
+        .usage_dimension(call.dimension)
+        .timestamp(DateTime::from(call.timestamp))
+        .usage_quantity(call.quantity as i32)
+        .set_usage_allocations(allocations)
+        .client_token(call.client_token)
+        .dry_run(dry_run)
+}
+
+/// The SDK's allocations; none when no usage was tagged.
+fn usage_allocations(
+    allocations: &[(Vec<(String, String)>, u64)],
+) -> Result<Option<Vec<UsageAllocation>>, MeteringError> {
+    if allocations.iter().all(|(tags, _)| tags.is_empty()) {
+        return Ok(None);
+    }
+    let built = allocations
+        .iter()
+        .map(|(tags, quantity)| {
+            let tags = tags
+                .iter()
+                .map(|(key, value)| Tag::builder().key(key).value(value).build())
+                .collect::<Result<Vec<_>, _>>()?;
+            UsageAllocation::builder()
+                .allocated_usage_quantity(*quantity as i32)
+                .set_tags((!tags.is_empty()).then_some(tags))
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| MeteringError::RequestNotBuilt(e.to_string()))?;
+    Ok(Some(built))
+}
+
+/// Sorts a failed MeterUsage attempt into retry-or-stop.
+fn classify_meter_usage<T>(
+    error: &SdkError<MeterUsageError>,
+    call: &MeterUsageCall<'_>,
+) -> Attempt<T, MeteringError> {
+    let context = Classifying {
+        operation: Operation::MeterUsage,
+        product_code: call.product_code.as_str(),
+        public_key_version: 0,
+        region: call.region,
+        credentials_from: call.credentials_from,
+    };
+    classify_sdk(error, &context, |error, code, aws_message, request_id| {
+        let failed = |error| Some(Attempt::Failed(error));
+        let (aws_message, request_id) = (aws_message.to_owned(), request_id.clone());
+        match error {
+            MeterUsageError::CustomerNotEntitledException(_) => {
+                Some(not_entitled(&aws_message, &context, &request_id))
+            }
+            MeterUsageError::InvalidProductCodeException(_) => Some(refuse(
+                SetupRefusal::InvalidProductCode,
+                &aws_message,
+                &context,
+                &request_id,
+            )),
+            MeterUsageError::InvalidEndpointRegionException(_) => Some(refuse(
+                SetupRefusal::InvalidRegion,
+                &aws_message,
+                &context,
+                &request_id,
+            )),
+            MeterUsageError::InvalidUsageDimensionException(_)
+            | MeterUsageError::InvalidTagException(_)
+            | MeterUsageError::InvalidUsageAllocationsException(_) => {
+                failed(MeteringError::InvalidUsage {
+                    code: code.to_owned(),
+                    aws_message,
+                    request_id,
+                })
+            }
+            MeterUsageError::TimestampOutOfBoundsException(_) => {
+                failed(MeteringError::TimestampOutOfBounds {
+                    aws_message,
+                    request_id,
+                })
+            }
+            MeterUsageError::DuplicateRequestException(_) => {
+                failed(MeteringError::DuplicateRequest {
+                    aws_message,
+                    request_id,
+                })
+            }
+            MeterUsageError::IdempotencyConflictException(_) => {
+                failed(MeteringError::IdempotencyConflict {
+                    aws_message,
+                    request_id,
+                })
+            }
+            MeterUsageError::ThrottlingException(_) => Some(retry_later(
+                TransientKind::Throttled,
+                code,
+                &aws_message,
+                &request_id,
+            )),
+            MeterUsageError::InternalServiceErrorException(_) => Some(retry_later(
+                TransientKind::ServerError,
+                code,
+                &aws_message,
+                &request_id,
+            )),
+            // DryRun's refusal of a permission is documented under this name.
+            _ if code == "UnauthorizedException" => failed(MeteringError::AccessDenied {
+                operation: Operation::MeterUsage,
+                code: code.to_owned(),
+                aws_message,
+                credentials_from: context.credentials_from,
+                request_id,
+            }),
+            _ => None,
+        }
     })
 }
 
@@ -492,7 +839,7 @@ mod tests {
             }
             Attempt::Failed(MeteringError::AccessDenied { .. }) => Decision::AccessDenied,
             Attempt::Failed(MeteringError::UnexpectedResponse { .. }) => Decision::Undocumented,
-            Attempt::Failed(MeteringError::Unreadable(_)) => Decision::Unreadable,
+            Attempt::Failed(MeteringError::Unreadable { .. }) => Decision::Unreadable,
             other => panic!("unexpected decision {other:?}"),
         }
     }

@@ -3,12 +3,14 @@
 //!
 //! - [`identity`]: Region and credentials from the SDK's chains, and where each came from
 //! - [`workload`]: the pod or task this process belongs to (environment, ECS task metadata)
+//! - [`local_http`]: bounded HTTP GETs to endpoints on this host or task
 //! - [`endpoint`]: the endpoint the SDK will call, for messages and `doctor`
 //! - [`retry`]: deadline-aware retries with jittered backoff, shared by every client
 //! - [`metering`]: the AWS Marketplace Metering API
 
 pub mod endpoint;
 pub mod identity;
+pub mod local_http;
 pub mod metering;
 pub mod retry;
 pub mod workload;

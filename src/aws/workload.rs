@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper::body::Bytes;
 use serde::Deserialize;
 
+use super::local_http;
 use crate::domain::text;
 use crate::domain::workload::{
     WorkloadId, WorkloadIdSource, MAX_WORKLOAD_ID_BYTES, WORKLOAD_ID_VARIABLE,
@@ -75,9 +74,16 @@ async fn task_arn(url: &str, timeout: Duration) -> Result<String, String> {
         #[serde(rename = "TaskARN")]
         task_arn: String,
     }
-    let body = tokio::time::timeout(timeout, http_get(url))
-        .await
-        .map_err(|_| format!("no answer within {timeout:?}"))??;
+    let answer = local_http::get(
+        &local_http::Target::Url(url.to_owned()),
+        timeout,
+        MAX_TASK_METADATA_BYTES,
+    )
+    .await?;
+    if answer.status != 200 {
+        return Err(format!("HTTP {}", answer.status));
+    }
+    let body = answer.body;
     let task: Task = serde_json::from_slice(&body).map_err(|e| {
         format!(
             "the answer has no TaskARN ({})",
@@ -88,41 +94,6 @@ async fn task_arn(url: &str, timeout: Duration) -> Result<String, String> {
         return Err("the answer's TaskARN is empty or too long".to_owned());
     }
     Ok(task.task_arn)
-}
-
-/// One `GET` over HTTP/1.1, the body capped at [`MAX_TASK_METADATA_BYTES`].
-async fn http_get(url: &str) -> Result<Bytes, String> {
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("invalid URL ({e})"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err("only http:// task metadata endpoints are supported".to_owned());
-    }
-    let host = uri.host().ok_or("the URL has no host")?.to_owned();
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| format!("cannot connect ({e})"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP handshake failed ({e})"))?;
-    tokio::spawn(connection);
-    let authority = uri.authority().map_or(host, |a| a.to_string());
-    let request = hyper::Request::get(uri)
-        .header(hyper::header::HOST, authority)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request failed ({e})"))?;
-    if !response.status().is_success() {
-        return Err(format!("HTTP {}", response.status().as_u16()));
-    }
-    Limited::new(response.into_body(), MAX_TASK_METADATA_BYTES)
-        .collect()
-        .await
-        .map(|body| body.to_bytes())
-        .map_err(|e| format!("cannot read the answer ({e})"))
 }
 
 /// This host's name (the pod name on Kubernetes, the same in every container of the pod).

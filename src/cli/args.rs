@@ -1,6 +1,7 @@
 //! Flags and environment variables of every command, and their conversion into the library's
 //! validated configuration before any network call, so a typo never costs a metered call.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +15,9 @@ use entitlement_gate::domain::trust::TrustAnchors;
 use entitlement_gate::gate::check::CheckConfig;
 use entitlement_gate::gate::doctor::DoctorRequest;
 use entitlement_gate::gate::verify::EvidenceRequest;
+use entitlement_gate::meter::api::Listen;
+use entitlement_gate::meter::period::Period;
+use entitlement_gate::meter::MeterConfig;
 use entitlement_gate::outcome::GateError;
 
 /// The longest duration any option takes: a run bound beyond a day is a typo, and larger values
@@ -238,6 +242,158 @@ impl DoctorArgs {
             call: self.call,
         }
     }
+}
+
+/// Flags and environment variables of `entitlement-gate meter`, the metering sidecar.
+#[derive(Debug, Clone, Args)]
+pub struct MeterArgs {
+    /// AWS Marketplace product code of the paid product.
+    #[arg(long, env = "ENTITLEMENT_GATE_PRODUCT_CODE")]
+    pub product_code: Option<String>,
+
+    /// A dimension API name of the product (repeatable; the variable is a comma list).
+    #[arg(
+        long = "dimension",
+        env = "ENTITLEMENT_GATE_DIMENSIONS",
+        value_name = "NAME",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub dimensions: Vec<String>,
+
+    /// Where the local API listens: host:port, or unix:/path for a Unix socket.
+    #[arg(
+        long,
+        env = "ENTITLEMENT_GATE_METER_LISTEN",
+        default_value = "127.0.0.1:8478",
+        value_name = "ADDR"
+    )]
+    pub listen: Listen,
+
+    /// Where acknowledged usage lives (a volume that outlives the container: emptyDir or PVC).
+    #[arg(long, env = "ENTITLEMENT_GATE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: PathBuf,
+
+    /// The metering period: 1h against AWS; shorter only when the endpoint is overridden
+    /// (emulator testing).
+    #[arg(long, env = "ENTITLEMENT_GATE_METER_PERIOD", default_value = "1h",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub period: Duration,
+
+    /// Give every dimension a record every closed hour, zero when unused (the default).
+    #[arg(long, env = "ENTITLEMENT_GATE_SEND_ZERO", default_value_t = true,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          value_name = "BOOL")]
+    pub send_zero: bool,
+
+    /// Send records only for dimensions with usage.
+    #[arg(long, overrides_with = "send_zero")]
+    pub no_send_zero: bool,
+
+    /// After SIGTERM, how long to send what is unsent; the pod's terminationGracePeriodSeconds
+    /// (ECS stopTimeout) must exceed it.
+    #[arg(long, env = "ENTITLEMENT_GATE_SHUTDOWN_GRACE", default_value = "25s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_grace: Duration,
+
+    /// Bound on start-up: Region, credentials and the MeterUsage DryRun.
+    #[arg(long, env = "ENTITLEMENT_GATE_DEADLINE", default_value = "120s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub deadline: Duration,
+
+    /// Bound on one MeterUsage attempt; a slower attempt is retried.
+    #[arg(long, env = "ENTITLEMENT_GATE_ATTEMPT_TIMEOUT", default_value = "10s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub attempt_timeout: Duration,
+
+    /// Jitter window before the first retry; it doubles with each retry up to --retry-cap.
+    #[arg(long, env = "ENTITLEMENT_GATE_RETRY_BASE", default_value = "2s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub retry_base: Duration,
+
+    /// Largest jitter window between retries.
+    #[arg(long, env = "ENTITLEMENT_GATE_RETRY_CAP", default_value = "8s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub retry_cap: Duration,
+
+    /// Region override for local testing only; on ECS/EKS the platform sets AWS_REGION.
+    #[arg(long, env = "ENTITLEMENT_GATE_REGION")]
+    pub region: Option<String>,
+}
+
+impl MeterArgs {
+    /// The validated configuration of the sidecar. `endpoint_overridden`: whether the SDK will
+    /// call another Metering endpoint than AWS's (an emulator), the only case a period other
+    /// than an hour makes sense.
+    pub fn to_config(
+        &self,
+        anchors: &TrustAnchors,
+        endpoint_overridden: bool,
+    ) -> Result<MeterConfig, GateError> {
+        let product_code = anchors.product_code(self.product_code.as_deref())?;
+        let mut dimensions = BTreeSet::new();
+        for name in &self.dimensions {
+            let name = name.trim();
+            if name.is_empty() || name.chars().count() > 255 {
+                return Err(GateError::InvalidSetting {
+                    setting: "--dimension (ENTITLEMENT_GATE_DIMENSIONS)",
+                    problem: format!("{name:?} is not a dimension name of 1 to 255 characters"),
+                    remedy: "list the product's dimension API names, comma-separated",
+                });
+            }
+            dimensions.insert(name.to_owned());
+        }
+        let period = Period::from_duration(self.period)
+            .filter(|period| *period == Period::HOUR || endpoint_overridden)
+            .ok_or(GateError::InvalidSetting {
+                setting: "--period (ENTITLEMENT_GATE_METER_PERIOD)",
+                problem: format!(
+                    "{} is not allowed: MeterUsage meters by the hour",
+                    humantime::format_duration(self.period)
+                ),
+                remedy: "leave the period at 1h; shorter whole-second periods are for an \
+                         emulator, with AWS_ENDPOINT_URL_MARKETPLACE_METERING set",
+            })?;
+        Ok(MeterConfig {
+            product_code,
+            dimensions,
+            listen: self.listen.clone(),
+            state_dir: self.state_dir.clone(),
+            period,
+            send_zero: self.send_zero && !self.no_send_zero,
+            shutdown_grace: self.shutdown_grace,
+            deadline: self.deadline,
+            retry: RetryPolicy {
+                attempt_timeout: self.attempt_timeout.min(self.deadline),
+                backoff: Backoff {
+                    base: self.retry_base,
+                    cap: self.retry_cap.max(self.retry_base),
+                },
+            },
+            region_override: self.region.clone(),
+        })
+    }
+}
+
+/// Flags of `entitlement-gate health`: is the metering sidecar ready?
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// The sidecar's listen address: host:port, or unix:/path.
+    #[arg(long = "url", env = "ENTITLEMENT_GATE_METER_LISTEN", default_value = "127.0.0.1:8478",
+          value_parser = parse_health_url, value_name = "URL")]
+    pub listen: Listen,
+
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+/// `http://host:port[/...]`, `host:port` or `unix:/path`.
+fn parse_health_url(text: &str) -> Result<Listen, String> {
+    let bare = text
+        .strip_prefix("http://")
+        .map_or(text, |rest| rest.split('/').next().unwrap_or(rest));
+    bare.parse()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

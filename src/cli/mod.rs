@@ -20,7 +20,7 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEn
 
 use entitlement_gate::domain::trust::TrustAnchors;
 
-use args::{CheckArgs, DoctorArgs, ExecArgs, VerifyArgs};
+use args::{CheckArgs, DoctorArgs, ExecArgs, HealthArgs, MeterArgs, VerifyArgs};
 
 /// The trust anchors compiled into this binary (see `build.rs`).
 pub const ANCHORS: TrustAnchors = TrustAnchors::EMBEDDED;
@@ -56,6 +56,10 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Diagnose the setup (platform, Region, credentials, endpoint, key); read-only unless --call.
     Doctor(DoctorArgs),
+    /// The metering sidecar: report custom-dimension usage with MeterUsage, hourly, durably.
+    Meter(MeterArgs),
+    /// Exit 0 when the metering sidecar is ready (for ECS health checks and exec probes).
+    Health(HealthArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

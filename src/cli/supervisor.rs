@@ -8,7 +8,7 @@
 //! exit code; the others then do nothing, so an operator never reads two reasons.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +44,7 @@ struct State {
     /// The exit code of whoever concluded, or [`RUNNING`].
     concluded: AtomicU8,
     termination_log: Mutex<Option<PathBuf>>,
+    policy: Mutex<SignalPolicy>,
     stop: watch::Sender<Option<&'static str>>,
 }
 
@@ -58,6 +59,7 @@ impl Supervisor {
         let supervisor = Supervisor(Arc::new(State {
             concluded: AtomicU8::new(RUNNING),
             termination_log: Mutex::new(None),
+            policy: Mutex::new(SignalPolicy::STOP),
             stop: watch::Sender::new(None),
         }));
         match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
@@ -81,6 +83,11 @@ impl Supervisor {
 
     pub fn set_termination_log(&self, path: Option<PathBuf>) {
         *lock(&self.0.termination_log) = path;
+    }
+
+    /// What a signal means for the command now running (by default: stop at once).
+    pub fn set_signal_policy(&self, policy: SignalPolicy) {
+        *lock(&self.0.policy) = policy;
     }
 
     /// Resolves to the signal's name once SIGTERM or SIGINT arrived.
@@ -107,17 +114,23 @@ impl Supervisor {
     }
 
     /// Ends the process with exit 7 and the deadline sentence if it is still running
-    /// `deadline` plus a second from now: the command's own deadline normally fires first.
-    pub fn arm_watchdog(&self, deadline: Duration, progress: Progress) {
+    /// `deadline` plus a second from now (the command's own deadline normally fires first),
+    /// unless the returned watchdog is disarmed before.
+    pub fn arm_watchdog(&self, deadline: Duration, progress: Progress) -> Watchdog {
         let watchdog = self.clone();
+        let armed = Arc::new(AtomicBool::new(true));
+        let still_armed = armed.clone();
         std::thread::spawn(move || {
             std::thread::sleep(deadline.saturating_add(Duration::from_secs(1)));
-            let error = GateError::DeadlineExceeded {
-                phase: progress.current(),
-                deadline,
-            };
-            watchdog.conclude_and_exit(error);
+            if still_armed.load(Ordering::SeqCst) {
+                let error = GateError::DeadlineExceeded {
+                    phase: progress.current(),
+                    deadline,
+                };
+                watchdog.conclude_and_exit(error);
+            }
         });
+        Watchdog(armed)
     }
 
     /// Concludes a failed run (sentence on stderr and in the termination log) and returns its
@@ -181,7 +194,7 @@ impl Supervisor {
 
     fn on_signal(&self, signal: &'static str) {
         let already = self.0.stop.send_replace(Some(signal)).is_some();
-        let policy = SignalPolicy::STOP;
+        let policy = *lock(&self.0.policy);
         let error = (policy.overrun)(signal);
         if already {
             // A second signal: the operator insists.
@@ -193,6 +206,16 @@ impl Supervisor {
             std::thread::sleep(policy.grace);
             supervisor.conclude_and_exit(error);
         });
+    }
+}
+
+/// A watchdog armed by [`Supervisor::arm_watchdog`].
+pub struct Watchdog(Arc<AtomicBool>);
+
+impl Watchdog {
+    /// A long-running command past its start-up: its deadline no longer applies.
+    pub fn disarm(&self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 

@@ -49,7 +49,7 @@ pub fn describe(
     let invalid_arg = context(ContextKind::InvalidArg).unwrap_or_default();
     let detail = match error.kind() {
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
-            "no command given: use check, exec, verify or doctor".to_owned()
+            "no command given: use check, exec, verify, doctor, meter or health".to_owned()
         }
         ErrorKind::InvalidSubcommand => format!(
             "unknown command {}{}",
@@ -145,7 +145,7 @@ fn env_variable(command: Option<&str>, long: &str) -> Option<String> {
 
 /// The subcommand named in `args`, if any (the first argument that is one).
 pub fn subcommand(args: &[OsString]) -> Option<&'static str> {
-    const NAMES: [&str; 4] = ["check", "exec", "verify", "doctor"];
+    const NAMES: [&str; 6] = ["check", "exec", "verify", "doctor", "meter", "health"];
     args.iter()
         .skip(1)
         .take_while(|arg| *arg != "--")
@@ -217,7 +217,7 @@ mod tests {
         let usage = describe_args(&["entitlement-gate"], &[]);
         assert_eq!(
             usage.detail,
-            "no command given: use check, exec, verify or doctor"
+            "no command given: use check, exec, verify, doctor, meter or health"
         );
         assert_eq!(usage.help, "entitlement-gate --help");
     }

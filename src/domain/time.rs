@@ -2,6 +2,21 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Where time comes from: the system clock in production, a controlled one in tests.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
 /// Seconds since the Unix epoch (0 for a clock before it).
 pub fn epoch_seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())

@@ -674,6 +674,7 @@ async fn register_usage(config: &CheckConfig) -> Finding {
 mod tests {
     use super::*;
     use crate::aws::identity::CredentialSource;
+    use aws_credential_types::provider::SharedCredentialsProvider;
     use aws_credential_types::Credentials;
 
     fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
@@ -711,14 +712,11 @@ mod tests {
     #[test]
     fn credentials_warn_on_node_roles_pod_identity_and_long_term_keys() {
         let resolved = |source, session: Option<&str>| {
+            let credentials =
+                Credentials::new("AKID", "secret", session.map(str::to_owned), None, "test");
             Ok(ResolvedCredentials {
-                credentials: Credentials::new(
-                    "AKID",
-                    "secret",
-                    session.map(str::to_owned),
-                    None,
-                    "test",
-                ),
+                provider: SharedCredentialsProvider::new(credentials.clone()),
+                credentials,
                 source,
             })
         };

@@ -191,7 +191,7 @@ fn process(service: &Service, call: &Call, product_code: Option<&str>, record: R
             "MeteringRecordId": id,
             "Status": "Success",
         }),
-        Recorded::Duplicate | Recorded::Conflict => {
+        Recorded::Duplicate(_) | Recorded::Conflict => {
             json!({ "UsageRecord": record.input, "Status": "DuplicateRecord" })
         }
     }

@@ -75,8 +75,8 @@ pub(super) enum Recorded {
     New(String),
     /// The same usage again: the existing record's ID.
     Replayed(String),
-    /// The same key with another quantity or other allocations.
-    Duplicate,
+    /// The same key with another quantity or other allocations: the quantity on record.
+    Duplicate(Quantity),
     /// The ClientToken was used before with other parameters.
     Conflict,
 }
@@ -120,7 +120,7 @@ impl Ledger {
                 if existing.quantity != usage.quantity || existing.allocations != usage.allocations
                 {
                     self.snapshot.duplicates_refused += 1;
-                    return Recorded::Duplicate;
+                    return Recorded::Duplicate(existing.quantity);
                 }
                 self.snapshot.idempotent_replays += 1;
                 (index, Recorded::Replayed(self.id_of(index)))
@@ -194,7 +194,7 @@ mod tests {
         );
         assert_eq!(
             ledger.record(usage("task-a", 3600, 6), None, 3),
-            Recorded::Duplicate
+            Recorded::Duplicate(Quantity::whole(5))
         );
         assert!(
             matches!(ledger.record(usage("task-b", 3600, 6), None, 4), Recorded::New(other) if other != id)

@@ -68,11 +68,11 @@ pub(super) fn handle(service: &Service, call: &Call) -> Result<Answer, ServiceEr
         Recorded::New(id) | Recorded::Replayed(id) => {
             Ok(Answer::ok(json!({ "MeteringRecordId": id })))
         }
-        Recorded::Duplicate => Err(ServiceError::client(
+        Recorded::Duplicate(recorded) => Err(ServiceError::client(
             "DuplicateRequestException",
             format!(
                 "usage for {dimension} in the period starting {period_start} was already \
-                 recorded with another quantity"
+                 recorded with quantity {recorded}, not {quantity}"
             ),
         )),
         Recorded::Conflict => Err(ServiceError::client(

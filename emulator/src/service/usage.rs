@@ -25,6 +25,11 @@ impl Quantity {
         Self(u64::from(units) * Self::MILLIONTHS)
     }
 
+    /// The quantity in whole units, or `None` when it has a fraction (for ledger checks).
+    pub fn whole_units(self) -> Option<u64> {
+        (self.0 % Self::MILLIONTHS == 0).then_some(self.0 / Self::MILLIONTHS)
+    }
+
     /// A decimal string as the model allows it: `^(0|[1-9][0-9]{0,9})(\.[0-9]{1,6})?$`.
     pub fn parse_decimal(text: &str) -> Option<Self> {
         let (units, fraction) = text.split_once('.').unwrap_or((text, ""));

@@ -1,0 +1,315 @@
+//! The sidecar's local HTTP API (loopback or a Unix socket): `POST /v1/usage`, `GET /v1/status`,
+//! `/healthz`, `/readyz`, `/metrics`.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+use super::metrics::Metrics;
+use super::period::Period;
+use super::report;
+use super::store::{HourRecord, Reader};
+use super::writer::{Refused, Writer};
+use crate::domain::time::Clock;
+
+/// The largest request body accepted (a batch of about 10,000 records).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Where the API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(std::net::SocketAddr),
+    /// `unix:/path`: a Unix socket, for an app in the same pod that shares the volume.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.strip_prefix("unix:") {
+            Some(path) if path.starts_with('/') => Ok(Listen::Unix(PathBuf::from(path))),
+            Some(_) => Err(format!(
+                "{text:?}: a Unix socket needs an absolute path, unix:/path"
+            )),
+            None => text.parse().map(Listen::Tcp).map_err(|_| {
+                format!("{text:?} is neither host:port (127.0.0.1:8478) nor unix:/path")
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(addr) => write!(f, "http://{addr}"),
+            Listen::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Whether the sidecar takes usage.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    ready: AtomicBool,
+    stopping: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything the handlers need.
+pub struct Api {
+    pub writer: Writer,
+    pub reader: Reader,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    pub dimensions: BTreeSet<String>,
+    pub period: Period,
+    pub clock: Arc<dyn Clock>,
+    pub instance_id: String,
+    pub product_code: String,
+}
+
+type Body = Full<Bytes>;
+
+/// Serves the API on an accepted connection until the client closes it (keep-alive).
+pub async fn serve_connection<S>(api: Arc<Api>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let api = api.clone();
+        async move { Ok::<_, Infallible>(handle(&api, request).await) }
+    });
+    // An error here is a client that went away mid-request.
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
+    match (request.method(), request.uri().path()) {
+        (&Method::POST, "/v1/usage") => usage(api, request).await,
+        (&Method::GET, "/v1/status") => respond(StatusCode::OK, &status(api)),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&Method::GET, "/readyz") if api.readiness.is_ready() => {
+            text(StatusCode::OK, "text/plain", "ready\n".to_owned())
+        }
+        (&Method::GET, "/readyz") => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready\n".to_owned(),
+        ),
+        (&Method::GET, "/metrics") => {
+            let unsent = api.reader.unsent().unwrap_or_default();
+            let body = api.metrics.render(
+                api.readiness.is_ready(),
+                &unsent,
+                &api.writer.settled(),
+                api.period,
+                api.clock.now(),
+            );
+            text(StatusCode::OK, "text/plain; version=0.0.4", body)
+        }
+        (_, "/v1/usage" | "/v1/status" | "/healthz" | "/readyz" | "/metrics") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed".to_owned(),
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "no such path; the API is POST /v1/usage, GET /v1/status, /healthz, /readyz, /metrics"
+                .to_owned(),
+        ),
+    }
+}
+
+/// `POST /v1/usage`: 200 only once every record is durable; nothing of a refused body counts.
+async fn usage(api: &Api, request: Request<Incoming>) -> Response<Body> {
+    if !api.readiness.is_ready() {
+        let why = if api.readiness.is_stopping() {
+            "the sidecar is shutting down; report to the next one"
+        } else {
+            "the sidecar is not ready yet"
+        };
+        return error(StatusCode::SERVICE_UNAVAILABLE, why.to_owned());
+    }
+    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over {MAX_BODY_BYTES} bytes; send fewer records per request"),
+            )
+        }
+    };
+    let reports = match report::parse(&body, &api.dimensions) {
+        Ok(reports) => reports,
+        Err(invalid) => {
+            api.metrics.rejected();
+            return error(StatusCode::BAD_REQUEST, invalid.0);
+        }
+    };
+    match api.writer.submit(reports).await {
+        Ok(Ok(accepted)) => {
+            for (dimension, (reports, quantity)) in &accepted.counted {
+                api.metrics.accepted(dimension, *reports, *quantity);
+            }
+            respond(
+                StatusCode::OK,
+                &json!({ "accepted": accepted.records, "duplicates": accepted.duplicates }),
+            )
+        }
+        Ok(Err(invalid)) => {
+            api.metrics.rejected();
+            error(StatusCode::BAD_REQUEST, invalid.0)
+        }
+        Err(Refused::ShuttingDown) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the sidecar is shutting down; report to the next one".to_owned(),
+        ),
+        Err(refused @ Refused::Storage(_)) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, refused.to_string())
+        }
+    }
+}
+
+/// `GET /v1/status`: per dimension the open hours, unsent hours, the last record sent, the last
+/// error, duplicates and carried hours; and the instance ID.
+fn status(api: &Api) -> Value {
+    let settled = api.writer.settled();
+    let records = api.reader.records().unwrap_or_default();
+    let label = |hour: u64| api.period.label(hour);
+    let dimensions: serde_json::Map<String, Value> = api
+        .dimensions
+        .iter()
+        .map(|dimension| {
+            let open: Vec<Value> = settled
+                .open
+                .iter()
+                .filter(|(_, name, _)| name == dimension)
+                .map(|(hour, _, quantity)| json!({ "hour": label(*hour), "quantity": quantity }))
+                .collect();
+            let mine = records.iter().filter(|(_, name, _)| name == dimension);
+            let mut unsent = Vec::new();
+            let mut settled_problems = Vec::new();
+            let mut last_sent = Value::Null;
+            let mut last_error = Value::Null;
+            for (hour, _, record) in mine {
+                match record {
+                    HourRecord::Unsent {
+                        quantity,
+                        attempts,
+                        last_error: error,
+                    } => {
+                        unsent.push(json!({ "hour": label(*hour), "quantity": quantity, "attempts": attempts, "lastError": error }));
+                        if error.is_some() {
+                            last_error = json!(error);
+                        }
+                    }
+                    HourRecord::Sent {
+                        quantity,
+                        record_id,
+                        ..
+                    } => {
+                        last_sent = json!({ "hour": label(*hour), "quantity": quantity, "meteringRecordId": record_id });
+                    }
+                    HourRecord::Duplicate {
+                        quantity, message, ..
+                    } => {
+                        last_error = json!(format!("DuplicateRequestException for {}: {message}", label(*hour)));
+                        settled_problems.push(json!({ "hour": label(*hour), "state": "duplicate", "quantity": quantity, "message": message }));
+                    }
+                    HourRecord::Carried { quantity, into, .. } => {
+                        settled_problems.push(json!({ "hour": label(*hour), "state": "carried", "quantity": quantity, "into": label(*into) }));
+                    }
+                }
+            }
+            (
+                dimension.clone(),
+                json!({
+                    "openHours": open,
+                    "unsentHours": unsent,
+                    "lastSent": last_sent,
+                    "lastError": last_error,
+                    "duplicatesAndCarried": settled_problems,
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "instanceId": api.instance_id,
+        "productCode": api.product_code,
+        "period": api.period.to_string(),
+        "ready": api.readiness.is_ready(),
+        "acceptingHour": label(settled.accepting_hour),
+        "dimensions": dimensions,
+    })
+}
+
+fn respond(status: StatusCode, body: &Value) -> Response<Body> {
+    text(status, "application/json", body.to_string())
+}
+
+fn error(status: StatusCode, message: String) -> Response<Body> {
+    respond(status, &json!({ "error": message }))
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_are_tcp_or_an_absolute_unix_path() {
+        assert_eq!(
+            "127.0.0.1:8478".parse::<Listen>(),
+            Ok(Listen::Tcp("127.0.0.1:8478".parse().unwrap()))
+        );
+        assert_eq!(
+            "unix:/run/meter.sock".parse::<Listen>(),
+            Ok(Listen::Unix("/run/meter.sock".into()))
+        );
+        assert!("unix:relative.sock".parse::<Listen>().is_err());
+        assert!("localhost".parse::<Listen>().is_err());
+        assert_eq!(
+            Listen::Tcp("127.0.0.1:8478".parse().unwrap()).to_string(),
+            "http://127.0.0.1:8478"
+        );
+    }
+}

@@ -1,0 +1,409 @@
+//! The metering sidecar: reports custom-dimension usage with MeterUsage, once per hour per
+//! dimension, durably, losing and duplicating nothing.
+//!
+//! Local clients `POST /v1/usage`; each report is acknowledged only once it is durable in the
+//! state directory ([`store`], written by one [`writer`] thread with group commit). When an hour
+//! closes, [`sender`] sends one MeterUsage record per dimension with an idempotent
+//! `ClientToken`; on SIGTERM the open hour closes early and everything unsent is sent within
+//! the shutdown grace. [`api`] serves the HTTP API and [`metrics`] its counters.
+//!
+//! - [`report`]: what a client may report, by MeterUsage's rules
+//! - [`period`]: the metering hour (shorter only against an emulator)
+
+pub mod api;
+pub mod metrics;
+pub mod period;
+pub mod report;
+pub mod sender;
+pub mod store;
+pub mod writer;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::aws::endpoint;
+use crate::aws::identity::{self, IdentityError};
+use crate::aws::metering::{self, MeterUsageCall, MeteringError};
+use crate::aws::retry::RetryPolicy;
+use crate::domain::product_code::ProductCode;
+use crate::domain::time::Clock;
+use api::{Api, Listen, Readiness};
+use metrics::Metrics;
+use period::Period;
+use sender::{Destination, Limit, Sender};
+use store::{Store, StoreError};
+use writer::{Closing, Refused, Writer};
+
+/// A validated configuration of the metering sidecar.
+#[derive(Debug, Clone)]
+pub struct MeterConfig {
+    pub product_code: ProductCode,
+    /// The dimension API names of the product.
+    pub dimensions: BTreeSet<String>,
+    pub listen: Listen,
+    pub state_dir: PathBuf,
+    pub period: Period,
+    /// Give every dimension a record every closed hour, zero when unused.
+    pub send_zero: bool,
+    /// How long, after SIGTERM, the sidecar may take to send what is unsent.
+    pub shutdown_grace: Duration,
+    /// Bound on start-up (Region, credentials, the DryRun).
+    pub deadline: Duration,
+    pub retry: RetryPolicy,
+    /// For local testing only: on ECS and EKS the platform sets the Region.
+    pub region_override: Option<String>,
+}
+
+/// Why the sidecar did not start, or stopped with usage unsent.
+#[derive(Debug, thiserror::Error)]
+pub enum MeterError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The start-up DryRun was refused. Boxed: the gate's errors stay small enough to return.
+    #[error(transparent)]
+    Metering(Box<MeteringError>),
+    #[error("cannot listen on {listen}: {reason}")]
+    Listen { listen: String, reason: String },
+    #[error("the {deadline:?} start-up deadline passed while {phase}")]
+    StartupDeadline {
+        phase: &'static str,
+        deadline: Duration,
+    },
+    #[error(
+        "{hours} hour records ({quantity} units) were still unsent when the shutdown grace ended"
+    )]
+    Unsent {
+        hours: usize,
+        quantity: u64,
+        state_dir: PathBuf,
+    },
+    #[error(transparent)]
+    Writer(#[from] Refused),
+}
+
+impl From<MeteringError> for MeterError {
+    fn from(error: MeteringError) -> Self {
+        MeterError::Metering(Box::new(error))
+    }
+}
+
+/// Why `health` found the sidecar not ready.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("{url} answered HTTP {status}")]
+    NotReady { url: String, status: u16 },
+    #[error("{url} did not answer: {reason}")]
+    Unreachable { url: String, reason: String },
+}
+
+/// Asks the sidecar listening on `listen` whether it is ready (`GET /readyz` answers 200).
+pub async fn health(listen: &Listen, timeout: Duration) -> Result<(), HealthError> {
+    let (target, url) = match listen {
+        Listen::Tcp(addr) => {
+            let url = format!("http://{addr}/readyz");
+            (crate::aws::local_http::Target::Url(url.clone()), url)
+        }
+        Listen::Unix(socket) => (
+            crate::aws::local_http::Target::Unix {
+                socket: socket.clone(),
+                path: "/readyz".to_owned(),
+            },
+            format!("unix:{}/readyz", socket.display()),
+        ),
+    };
+    match crate::aws::local_http::get(&target, timeout, 4096).await {
+        Ok(answer) if answer.status == 200 => Ok(()),
+        Ok(answer) => Err(HealthError::NotReady {
+            url,
+            status: answer.status,
+        }),
+        Err(reason) => Err(HealthError::Unreachable { url, reason }),
+    }
+}
+
+/// How the sidecar ended after a stop request: everything sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    pub signal: &'static str,
+    /// Hour records settled during the shutdown flush.
+    pub flushed: usize,
+}
+
+/// A started sidecar: ready, taking usage and sending closed hours.
+pub struct Sidecar {
+    config: MeterConfig,
+    writer: Writer,
+    reader: store::Reader,
+    readiness: Arc<Readiness>,
+    sender: Arc<Sender>,
+    serving: tokio::task::JoinHandle<()>,
+    ticking: tokio::task::JoinHandle<()>,
+    sending: tokio::task::JoinHandle<()>,
+    stop_sending: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts the sidecar: opens the state and listens at once (answering 503 until ready, so that
+/// probes get an answer), then proves the MeterUsage permission, the product code and every
+/// dimension with a DryRun (all within `config.deadline`), and becomes ready.
+pub async fn start(config: &MeterConfig, clock: Arc<dyn Clock>) -> Result<Sidecar, MeterError> {
+    let deadline = Instant::now() + config.deadline;
+    let bound = |phase: &'static str| {
+        move |_| MeterError::StartupDeadline {
+            phase,
+            deadline: config.deadline,
+        }
+    };
+    let store = Store::open(
+        &config.state_dir,
+        config.product_code.as_str(),
+        config.period,
+    )?;
+    tracing::info!(state_dir = %config.state_dir.display(), instance_id = %store.instance_id,
+        "opened the metering state");
+    let reader = store.reader();
+    let instance_id = store.instance_id.clone();
+    let writer = Writer::start(
+        store,
+        Closing {
+            dimensions: config.dimensions.clone(),
+            send_zero: config.send_zero,
+        },
+        clock.clone(),
+    );
+    // Hours that ended while the sidecar was down close now, before the first report.
+    writer.tick().await?;
+    let metrics = Arc::new(Metrics::new(&config.dimensions));
+    let readiness = Arc::new(Readiness::default());
+    let api = Arc::new(Api {
+        writer: writer.clone(),
+        reader: reader.clone(),
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        dimensions: config.dimensions.clone(),
+        period: config.period,
+        clock: clock.clone(),
+        instance_id: instance_id.clone(),
+        product_code: config.product_code.to_string(),
+    });
+    let serving = tokio::spawn(listen(&config.listen).await?.serve(api));
+
+    identity::check_aws_files(|name| std::env::var(name).ok())?;
+    let region = tokio::time::timeout_at(
+        deadline,
+        identity::resolve_region(config.region_override.as_deref()),
+    )
+    .await
+    .map_err(bound("resolving the AWS Region"))?
+    .ok_or(IdentityError::NoRegion)?;
+    let credentials =
+        tokio::time::timeout_at(deadline, identity::resolve_credentials(&region.region))
+            .await
+            .map_err(bound("resolving AWS credentials"))??;
+    tracing::info!(region = %region.region, credentials = %credentials.source, "resolved the AWS identity");
+    if credentials.source.unsupported_for_metering() {
+        tracing::warn!(source = %credentials.source,
+            "AWS Marketplace does not support these credentials for metering; give the workload its own role with IRSA or the ECS task role");
+    }
+    let region_name = region.region.to_string();
+    let destination = Destination {
+        client: metering::client(
+            region.region.clone(),
+            credentials.provider.clone(),
+            config.retry.attempt_timeout,
+        )
+        .await,
+        product_code: config.product_code.clone(),
+        endpoint: endpoint::metering(&region_name).await,
+        region: region_name,
+        credentials_from: credentials.source,
+        retry: config.retry,
+    };
+    dry_run(config, &destination, clock.as_ref(), &instance_id, deadline).await?;
+
+    let ticking = tokio::spawn(tick(writer.clone(), config.period, clock.clone()));
+    let sender = Arc::new(Sender {
+        destination,
+        reader: reader.clone(),
+        writer: writer.clone(),
+        metrics,
+        clock,
+        period: config.period,
+        instance_id,
+    });
+    let (stop_sending, sending_stopped) = tokio::sync::oneshot::channel::<()>();
+    let sending = tokio::spawn({
+        let sender = sender.clone();
+        async move {
+            sender
+                .run(async {
+                    let _ = sending_stopped.await;
+                })
+                .await
+        }
+    });
+    readiness.set_ready();
+    tracing::info!(listen = %config.listen, dimensions = ?config.dimensions, period = %config.period,
+        "ready: accepting usage");
+    Ok(Sidecar {
+        config: config.clone(),
+        writer,
+        reader,
+        readiness,
+        sender,
+        serving,
+        ticking,
+        sending,
+        stop_sending,
+    })
+}
+
+impl Sidecar {
+    /// Takes usage and sends closed hours until `stop` resolves; then stops accepting (503),
+    /// closes the open hour early (it is this instance's last) and sends everything unsent
+    /// within the shutdown grace.
+    pub async fn run_until(
+        self,
+        stop: impl Future<Output = &'static str>,
+    ) -> Result<Stopped, MeterError> {
+        let config = &self.config;
+        let signal = stop.await;
+        let grace_ends = Instant::now() + config.shutdown_grace;
+        self.readiness.set_stopping();
+        tracing::info!(signal, grace = ?config.shutdown_grace,
+            "stopping: no more usage accepted; closing the open hour and sending what is unsent");
+        self.ticking.abort();
+        let _ = self.stop_sending.send(());
+        let _ = self.sending.await;
+        let future_hour = self.writer.close_for_shutdown().await?;
+        let flush = self.sender.pass(Limit::All(grace_ends)).await;
+        self.serving.abort();
+        let unsent = self.reader.unsent()?;
+        let carried_ahead: u64 = self
+            .writer
+            .settled()
+            .open
+            .iter()
+            .map(|(_, _, quantity)| quantity)
+            .sum();
+        if let Some(hour) = future_hour.filter(|_| carried_ahead > 0) {
+            tracing::warn!(hour = %config.period.label(hour), quantity = carried_ahead,
+                "usage accepted after a restart within an hour already reported waits for its own hour; a restart with the same state directory sends it, a deleted pod loses it");
+        }
+        if unsent.is_empty() && carried_ahead == 0 {
+            return Ok(Stopped {
+                signal,
+                flushed: flush.settled,
+            });
+        }
+        Err(MeterError::Unsent {
+            hours: unsent.len(),
+            quantity: unsent.iter().map(|u| u.quantity).sum::<u64>() + carried_ahead,
+            state_dir: config.state_dir.clone(),
+        })
+    }
+}
+
+/// A MeterUsage DryRun for every dimension: the permission, the product code and every
+/// dimension name are proven before the sidecar takes usage it could never send.
+async fn dry_run(
+    config: &MeterConfig,
+    destination: &Destination,
+    clock: &dyn Clock,
+    instance_id: &str,
+    deadline: Instant,
+) -> Result<(), MeterError> {
+    let hour_start = config.period.start(config.period.index_at(clock.now()));
+    for dimension in &config.dimensions {
+        let token = sender::client_token(&format!("{instance_id}/dry-run"), dimension, hour_start);
+        let call = MeterUsageCall {
+            product_code: &destination.product_code,
+            dimension,
+            timestamp: hour_start,
+            quantity: 0,
+            allocations: &[],
+            client_token: &token,
+            region: &destination.region,
+            credentials_from: destination.credentials_from,
+            endpoint: &destination.endpoint,
+            retry: destination.retry,
+        };
+        metering::dry_run_meter_usage(&destination.client, &call, deadline).await?;
+    }
+    tracing::info!(
+        dimensions = config.dimensions.len(),
+        "MeterUsage DryRun passed: the role may meter these dimensions"
+    );
+    Ok(())
+}
+
+/// Closes hours as their time passes, even when nothing is reported.
+async fn tick(writer: Writer, period: Period, clock: Arc<dyn Clock>) {
+    loop {
+        let now = clock.now();
+        let next = period.start(period.index_at(now) + 1);
+        let wait = next.duration_since(now).unwrap_or(Duration::ZERO);
+        // A moment past the boundary, so the clock reads the new hour.
+        tokio::time::sleep(wait + Duration::from_millis(20)).await;
+        if let Err(error) = writer.tick().await {
+            tracing::error!(error = %error, "cannot close the hour");
+        }
+    }
+}
+
+/// A bound listener.
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+async fn listen(listen: &Listen) -> Result<Listener, MeterError> {
+    let failed = |e: std::io::Error| MeterError::Listen {
+        listen: listen.to_string(),
+        reason: e.to_string(),
+    };
+    match listen {
+        Listen::Tcp(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .map(Listener::Tcp)
+            .map_err(failed),
+        Listen::Unix(path) => {
+            // A socket left by an earlier run would refuse the bind; anything else stays.
+            if std::fs::symlink_metadata(path)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            {
+                let _ = std::fs::remove_file(path);
+            }
+            tokio::net::UnixListener::bind(path)
+                .map(Listener::Unix)
+                .map_err(failed)
+        }
+    }
+}
+
+impl Listener {
+    async fn serve(self, api: Arc<Api>) {
+        loop {
+            match &self {
+                Listener::Tcp(listener) => {
+                    if let Ok((stream, _)) = listener.accept().await {
+                        // Small answers: send them now rather than wait for Nagle.
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(api::serve_connection(api.clone(), stream));
+                    }
+                }
+                Listener::Unix(listener) => {
+                    if let Ok((stream, _)) = listener.accept().await {
+                        tokio::spawn(api::serve_connection(api.clone(), stream));
+                    }
+                }
+            }
+        }
+    }
+}

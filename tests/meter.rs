@@ -1,0 +1,833 @@
+//! The metering sidecar (`entitlement-gate meter`) as a process against the emulator: the local
+//! API, what reaches MeterUsage, the shutdown path, carry-over, duplicates and start-up refusals.
+//!
+//! Most tests use a one-day "hour" (the emulator and the sidecar agree on any period when the
+//! endpoint is overridden) and wait out a boundary that is too close, so that no assertion
+//! depends on when the test runs; the carry-over and duplicate tests need hours to pass and use
+//! two seconds, with assertions that hold however the hours fall.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read as _, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metering_emulator::{Faults, InjectedError, LedgerSnapshot, Operation, RandomFaults};
+use serde_json::{json, Value};
+use support::*;
+
+const DAY: Duration = Duration::from_secs(86_400);
+const DIMENSIONS: &str = "requests,users";
+
+fn metering_emulator(period: Duration) -> RunningEmulator {
+    emulator_with(|config| {
+        config.period = period;
+        config.dimensions = BTreeSet::from(["requests".to_owned(), "users".to_owned()]);
+    })
+}
+
+/// Waits until the current period has at least two minutes left, so that a test's reports all
+/// land in one period.
+fn away_from_a_boundary(period: Duration) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let left = period.as_secs() - now.as_secs() % period.as_secs();
+    if left < 120 {
+        std::thread::sleep(Duration::from_secs(left + 1));
+    }
+}
+
+/// `entitlement-gate meter` against `emulator`, listening on a Unix socket in its own directory.
+fn meter(emulator: &RunningEmulator, state: &Path, period: Duration) -> Gate {
+    let gate = Gate::against(
+        &emulator.endpoint_url(),
+        emulator.public_key_pem(),
+        &["meter"],
+    );
+    let socket = gate.path("meter.sock");
+    gate.env("ENTITLEMENT_GATE_DIMENSIONS", DIMENSIONS)
+        .env("ENTITLEMENT_GATE_STATE_DIR", state)
+        .env(
+            "ENTITLEMENT_GATE_METER_LISTEN",
+            format!("unix:{}", socket.display()),
+        )
+        .env(
+            "ENTITLEMENT_GATE_METER_PERIOD",
+            humantime::format_duration(period).to_string(),
+        )
+        .env("ENTITLEMENT_GATE_SHUTDOWN_GRACE", "60s")
+}
+
+/// A running sidecar; its log goes to a file (a long run would fill a pipe nobody reads).
+struct Sidecar {
+    running: Running,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Sidecar {
+    fn spawn(gate: Gate) -> Sidecar {
+        let socket = gate.path("meter.sock");
+        let log = gate.path("stderr.log");
+        let running = gate
+            .stderr_to(std::fs::File::create(&log).expect("log file"))
+            .spawn();
+        Sidecar {
+            running,
+            socket,
+            log,
+        }
+    }
+
+    /// Starts and waits until `/readyz` answers 200.
+    fn ready(gate: Gate) -> Sidecar {
+        let mut sidecar = Sidecar::spawn(gate);
+        sidecar.wait_ready();
+        sidecar
+    }
+
+    fn wait_ready(&mut self) {
+        let ready = wait_until(Duration::from_secs(60), || {
+            if let Ok(Some(status)) = self.running.child.try_wait() {
+                panic!("the sidecar exited ({status}):\n{}", self.log());
+            }
+            self.try_request("GET", "/readyz", "")
+                .is_some_and(|(status, _)| status == 200)
+        });
+        assert!(ready, "the sidecar never became ready:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn try_request(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+        http(&self.socket, method, path, body.as_bytes())
+    }
+
+    fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        self.try_request(method, path, body)
+            .unwrap_or_else(|| panic!("no answer to {method} {path}:\n{}", self.log()))
+    }
+
+    /// `POST /v1/usage`: the status and the JSON answer.
+    fn post(&self, body: &str) -> (u16, Value) {
+        let (status, text) = self.request("POST", "/v1/usage", body);
+        (status, serde_json::from_str(&text).expect("a JSON answer"))
+    }
+
+    #[track_caller]
+    fn accept(&self, body: &str) -> Value {
+        let (status, answer) = self.post(body);
+        assert_eq!(status, 200, "{body} -> {answer}");
+        answer
+    }
+
+    fn status(&self) -> Value {
+        let (status, text) = self.request("GET", "/v1/status", "");
+        assert_eq!(status, 200);
+        serde_json::from_str(&text).expect("status JSON")
+    }
+
+    /// The value of a Prometheus sample, e.g. `entitlement_gate_meter_carried_hours_total`.
+    fn metric(&self, sample: &str) -> f64 {
+        let (_, text) = self.request("GET", "/metrics", "");
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no sample {sample} in\n{text}"))
+            .parse()
+            .expect("a number")
+    }
+
+    fn terminate(&self) {
+        self.running.signal(libc::SIGTERM);
+    }
+
+    /// SIGTERM, then the exit.
+    fn stop(self) -> Ended {
+        self.terminate();
+        self.wait()
+    }
+
+    fn wait(self) -> Ended {
+        let log = self.log.clone();
+        let finished = self.running.wait();
+        Ended {
+            code: finished.code,
+            log: std::fs::read_to_string(log).unwrap_or_default(),
+            termination_log: finished.termination_log(),
+            _dir: finished.dir,
+        }
+    }
+}
+
+struct Ended {
+    code: Option<i32>,
+    log: String,
+    termination_log: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Ended {
+    #[track_caller]
+    fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, Some(code), "log:\n{}", self.log);
+        self
+    }
+
+    /// The failure sentence: in the termination log and the same in the log.
+    #[track_caller]
+    fn reason(&self) -> String {
+        let reason = self.termination_log.clone().expect("a termination log");
+        assert!(self.log.contains(&reason), "the log lacks {reason:?}");
+        reason
+    }
+}
+
+/// One HTTP/1.1 request over a Unix socket; `None` when nothing listens (yet).
+fn http(socket: &Path, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: meter\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    // A refused body may be answered before it is all read, and the rest then refused.
+    let _ = stream.write_all(body);
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).ok()?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// Whole units per dimension in the ledger's MeterUsage records.
+fn ledger_totals(ledger: &LedgerSnapshot) -> BTreeMap<String, u64> {
+    let mut totals = BTreeMap::new();
+    for record in &ledger.records {
+        *totals.entry(record.dimension.clone()).or_default() +=
+            record.quantity.whole_units().expect("whole units");
+    }
+    totals
+}
+
+/// Asserts that no (resource, dimension, hour) has two records.
+#[track_caller]
+fn one_record_per_dimension_and_hour(ledger: &LedgerSnapshot) {
+    let mut seen = BTreeSet::new();
+    for record in &ledger.records {
+        assert!(
+            seen.insert((&record.resource, &record.dimension, record.timestamp)),
+            "two records for {} at {}",
+            record.dimension,
+            record.timestamp
+        );
+    }
+}
+
+fn faults_on_meter_usage(edit: impl FnOnce(&mut Faults)) -> Faults {
+    let mut faults = Faults {
+        operations: Some(BTreeSet::from([Operation::MeterUsage])),
+        ..Faults::default()
+    };
+    edit(&mut faults);
+    faults
+}
+
+#[test]
+fn reports_become_one_record_per_dimension_and_hour_with_their_allocations() {
+    away_from_a_boundary(DAY);
+    let emulator = metering_emulator(DAY);
+    let state = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::ready(meter(&emulator, state.path(), DAY));
+
+    for body in [
+        r#"{"dimension": "requests", "quantity": 3, "tags": {"team": "a"}}"#,
+        r#"{"dimension": "requests", "quantity": 3, "tags": {"team": "a"}}"#,
+        r#"{"dimension": "requests", "quantity": 4}"#,
+        r#"[{"dimension": "users", "quantity": 2},
+            {"dimension": "requests", "quantity": 1, "tags": {"team": "b", "env": "prod"}}]"#,
+    ] {
+        sidecar.accept(body);
+    }
+    // A report resent with its ID after a lost answer counts once.
+    let with_id = r#"{"dimension": "users", "quantity": 5, "id": "report-1"}"#;
+    assert_eq!(
+        sidecar.accept(with_id),
+        json!({"accepted": 1, "duplicates": 0})
+    );
+    assert_eq!(
+        sidecar.accept(with_id),
+        json!({"accepted": 1, "duplicates": 1})
+    );
+
+    let status = sidecar.status();
+    assert_eq!(
+        status["dimensions"]["requests"]["openHours"][0]["quantity"],
+        11
+    );
+    assert_eq!(status["dimensions"]["users"]["openHours"][0]["quantity"], 7);
+    assert_eq!(status["dimensions"]["users"]["lastSent"], Value::Null);
+    assert!(status["instanceId"]
+        .as_str()
+        .is_some_and(|id| id.len() == 32));
+    assert_eq!(
+        sidecar.metric("entitlement_gate_meter_quantity_total{dimension=\"requests\"}"),
+        11.0
+    );
+    // Nothing is sent while the hour is open: a record would lock it.
+    assert_eq!(emulator.ledger().records.len(), 0);
+
+    sidecar.stop().expect_code(0);
+    let ledger = emulator.ledger();
+    one_record_per_dimension_and_hour(&ledger);
+    assert_eq!(
+        ledger_totals(&ledger),
+        BTreeMap::from([("requests".to_owned(), 11), ("users".to_owned(), 7)])
+    );
+    let requests = ledger
+        .records
+        .iter()
+        .find(|record| record.dimension == "requests")
+        .unwrap();
+    let allocations: BTreeMap<String, u64> = requests
+        .allocations
+        .iter()
+        .map(|allocation| {
+            (
+                serde_json::to_string(&allocation.tags).unwrap(),
+                allocation.quantity.whole_units().unwrap(),
+            )
+        })
+        .collect();
+    // Untagged usage is an allocation without tags.
+    assert_eq!(
+        allocations,
+        BTreeMap::from([
+            ("{}".to_owned(), 4),
+            (r#"{"env":"prod","team":"b"}"#.to_owned(), 1),
+            (r#"{"team":"a"}"#.to_owned(), 6),
+        ])
+    );
+    let users = ledger
+        .records
+        .iter()
+        .find(|record| record.dimension == "users")
+        .unwrap();
+    assert!(
+        users.allocations.is_empty(),
+        "untagged usage: no allocations"
+    );
+}
+
+#[test]
+fn invalid_reports_are_refused_whole_and_never_recorded() {
+    away_from_a_boundary(DAY);
+    let emulator = metering_emulator(DAY);
+    let state = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::ready(meter(&emulator, state.path(), DAY));
+
+    let long_value = "v".repeat(257);
+    let cases = [
+        ("not json", "not JSON"),
+        ("[]", "no records"),
+        ("42", "record object"),
+        (r#"{"quantity": 1}"#, "\"dimension\" must be a string"),
+        (
+            r#"{"dimension": "bytes", "quantity": 1}"#,
+            "unknown dimension \"bytes\"",
+        ),
+        (r#"{"dimension": "requests"}"#, "whole number >= 0"),
+        (
+            r#"{"dimension": "requests", "quantity": "3"}"#,
+            "whole number >= 0",
+        ),
+        (
+            r#"{"dimension": "requests", "quantity": -1}"#,
+            "must not be negative",
+        ),
+        (
+            r#"{"dimension": "requests", "quantity": 1.5}"#,
+            "whole number",
+        ),
+        (
+            r#"{"dimension": "requests", "quantity": 2147483648}"#,
+            "maximum of 2147483647",
+        ),
+        (
+            r#"{"dimension": "requests", "quantity": 1, "colour": "red"}"#,
+            "unknown field \"colour\"",
+        ),
+        (
+            r#"{"dimension": "requests", "quantity": 1, "tags": ["a"]}"#,
+            "\"tags\" must be an object",
+        ),
+        (
+            r#"{"dimension": "requests", "quantity": 1, "tags": {"team": 7}}"#,
+            "string value",
+        ),
+        (
+            r#"{"dimension": "requests", "quantity": 1, "tags": {"team": "a|b"}}"#,
+            "'|'",
+        ),
+        (
+            r#"{"dimension": "requests", "quantity": 1, "tags": {"": "a"}}"#,
+            "1 to 100 characters",
+        ),
+        (
+            r#"{"dimension": "requests", "quantity": 1, "tags": {"a": "1", "b": "2", "c": "3", "d": "4", "e": "5", "f": "6"}}"#,
+            "maximum of 5",
+        ),
+        (
+            r#"{"dimension": "requests", "quantity": 1, "id": ""}"#,
+            "\"id\" must be a string",
+        ),
+        // All or none: the valid first record is not recorded either.
+        (
+            r#"[{"dimension": "requests", "quantity": 1000}, {"dimension": "requests", "quantity": -1}]"#,
+            "record 1: \"quantity\" must not be negative",
+        ),
+    ];
+    let mut cases: Vec<(String, &str)> = cases
+        .into_iter()
+        .map(|(body, problem)| (body.to_owned(), problem))
+        .collect();
+    cases.push((
+        format!(
+            r#"{{"dimension": "requests", "quantity": 1, "tags": {{"team": "{long_value}"}}}}"#
+        ),
+        "1 to 256 characters",
+    ));
+    for (body, problem) in &cases {
+        let (status, answer) = sidecar.post(body);
+        assert_eq!(status, 400, "{body} -> {answer}");
+        let error = answer["error"].as_str().expect("an error message");
+        assert!(
+            error.contains(problem),
+            "{body}: {error:?} lacks {problem:?}"
+        );
+    }
+
+    // The hour's total may reach MeterUsage's maximum, not pass it.
+    sidecar.accept(r#"{"dimension": "users", "quantity": 2147483647}"#);
+    let (status, answer) = sidecar.post(r#"{"dimension": "users", "quantity": 1}"#);
+    assert_eq!(status, 400);
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("over MeterUsage's maximum"));
+
+    // 2,500 tag sets fit in one record; the 2,501st (an untagged report is one too) does not.
+    let tag_sets: Vec<Value> = (0..2500)
+        .map(|n| json!({"dimension": "requests", "quantity": 1, "tags": {"n": n.to_string()}}))
+        .collect();
+    sidecar.accept(&Value::Array(tag_sets).to_string());
+    for body in [
+        r#"{"dimension": "requests", "quantity": 1, "tags": {"n": "new"}}"#,
+        r#"{"dimension": "requests", "quantity": 1}"#,
+    ] {
+        let (status, answer) = sidecar.post(body);
+        assert_eq!(status, 400, "{body}");
+        assert!(answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("2500 allocations"));
+    }
+    // A known tag set still takes usage.
+    sidecar.accept(r#"{"dimension": "requests", "quantity": 1, "tags": {"n": "7"}}"#);
+
+    let oversized = format!(
+        r#"{{"dimension": "requests", "quantity": 1, "pad": "{}"}}"#,
+        "x".repeat(1024 * 1024)
+    );
+    let (status, answer) = sidecar.post(&oversized);
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(
+        sidecar.metric("entitlement_gate_meter_rejected_requests_total"),
+        (cases.len() + 3) as f64
+    );
+
+    sidecar.stop().expect_code(0);
+    let ledger = emulator.ledger();
+    one_record_per_dimension_and_hour(&ledger);
+    assert_eq!(
+        ledger_totals(&ledger),
+        BTreeMap::from([
+            ("requests".to_owned(), 2501),
+            ("users".to_owned(), 2_147_483_647)
+        ])
+    );
+}
+
+#[test]
+fn usage_answers_503_until_the_dry_run_passes() {
+    let emulator = metering_emulator(DAY);
+    // The DryRun is throttled (and retried) until the test lifts the fault.
+    emulator.set_faults(faults_on_meter_usage(|f| f.throttle_first = u32::MAX));
+    let state = tempfile::tempdir().unwrap();
+    let mut sidecar = Sidecar::spawn(meter(&emulator, state.path(), DAY));
+    assert!(
+        wait_until(Duration::from_secs(60), || sidecar
+            .try_request("GET", "/healthz", "")
+            .is_some()),
+        "the sidecar never listened:\n{}",
+        sidecar.log()
+    );
+    assert_eq!(sidecar.request("GET", "/healthz", "").0, 200);
+    assert_eq!(sidecar.request("GET", "/readyz", "").0, 503);
+    let (status, answer) = sidecar.post(r#"{"dimension": "requests", "quantity": 1}"#);
+    assert_eq!(status, 503);
+    assert!(answer["error"].as_str().unwrap().contains("not ready"));
+    assert_eq!(sidecar.status()["ready"], false);
+    let health = Gate::against(
+        &emulator.endpoint_url(),
+        emulator.public_key_pem(),
+        &["health"],
+    )
+    .arg("--url")
+    .arg(format!("unix:{}", sidecar.socket.display()))
+    .run();
+    health.expect_code(1);
+    assert!(health.stderr.contains("not ready"), "{}", health.stderr);
+
+    emulator.set_faults(Faults::default());
+    sidecar.wait_ready();
+    assert!(emulator.calls_to(Operation::MeterUsage) >= 2);
+    sidecar.stop().expect_code(0);
+    // The DryRun recorded nothing; the shutdown sent zeros for the hour the sidecar ran in.
+    assert_eq!(
+        ledger_totals(&emulator.ledger()),
+        BTreeMap::from([("requests".to_owned(), 0), ("users".to_owned(), 0)])
+    );
+}
+
+#[test]
+fn a_stopping_sidecar_refuses_usage_and_sends_the_hour_it_closed_early() {
+    away_from_a_boundary(DAY);
+    let emulator = metering_emulator(DAY);
+    let state = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::ready(meter(&emulator, state.path(), DAY));
+    sidecar.accept(r#"{"dimension": "requests", "quantity": 9}"#);
+    // The flush is throttled until the test has seen the stopping sidecar.
+    emulator.set_faults(faults_on_meter_usage(|f| f.throttle_first = u32::MAX));
+    sidecar.terminate();
+    assert!(
+        wait_until(Duration::from_secs(60), || sidecar
+            .request("GET", "/readyz", "")
+            .0
+            == 503),
+        "{}",
+        sidecar.log()
+    );
+    let (status, answer) = sidecar.post(r#"{"dimension": "requests", "quantity": 1}"#);
+    assert_eq!(status, 503);
+    assert!(answer["error"].as_str().unwrap().contains("shutting down"));
+    emulator.set_faults(Faults::default());
+    let ended = sidecar.wait();
+    ended.expect_code(0);
+    assert!(ended.log.contains("stopping: no more usage accepted"));
+    let ledger = emulator.ledger();
+    one_record_per_dimension_and_hour(&ledger);
+    assert_eq!(ledger_totals(&ledger)["requests"], 9);
+}
+
+#[test]
+fn usage_that_cannot_be_sent_exits_7_and_a_restart_with_the_same_state_sends_it() {
+    away_from_a_boundary(DAY);
+    let emulator = metering_emulator(DAY);
+    let state = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::ready(
+        meter(&emulator, state.path(), DAY).env("ENTITLEMENT_GATE_SHUTDOWN_GRACE", "2s"),
+    );
+    sidecar.accept(r#"{"dimension": "requests", "quantity": 5}"#);
+    emulator.set_faults(faults_on_meter_usage(|f| {
+        f.error = Some(
+            "InternalServiceErrorException"
+                .parse::<InjectedError>()
+                .unwrap(),
+        );
+    }));
+    let ended = sidecar.stop();
+    ended.expect_code(7);
+    let reason = ended.reason();
+    assert!(
+        reason.contains("2 hour records (5 units)")
+            && reason.contains(&state.path().display().to_string()),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("ENTITLEMENT_GATE_SHUTDOWN_GRACE"),
+        "{reason}"
+    );
+    assert!(emulator.ledger().records.is_empty());
+
+    emulator.set_faults(Faults::default());
+    let restarted = Sidecar::ready(meter(&emulator, state.path(), DAY));
+    assert!(
+        wait_until(Duration::from_secs(60), || emulator.ledger().records.len()
+            == 2),
+        "{}",
+        restarted.log()
+    );
+    let status = restarted.status();
+    assert_eq!(status["dimensions"]["requests"]["lastSent"]["quantity"], 5);
+    assert_eq!(status["dimensions"]["requests"]["unsentHours"], json!([]));
+    restarted.stop().expect_code(0);
+    let ledger = emulator.ledger();
+    one_record_per_dimension_and_hour(&ledger);
+    assert_eq!(ledger_totals(&ledger)["requests"], 5);
+}
+
+#[test]
+fn an_hour_about_to_leave_the_window_is_carried_into_a_later_hour_not_lost() {
+    let period = Duration::from_secs(2);
+    let emulator = metering_emulator(period);
+    let state = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::ready(meter(&emulator, state.path(), period));
+    emulator.set_faults(faults_on_meter_usage(|f| {
+        f.error = Some(
+            "InternalServiceErrorException"
+                .parse::<InjectedError>()
+                .unwrap(),
+        );
+    }));
+    sidecar.accept(r#"{"dimension": "requests", "quantity": 5, "tags": {"team": "a"}}"#);
+    let carried = |status: &Value| {
+        status["dimensions"]["requests"]["duplicatesAndCarried"]
+            .as_array()
+            .is_some_and(|entries| entries.iter().any(|e| e["state"] == "carried"))
+    };
+    // Six periods of failures: the oldest hours reach their carry time.
+    assert!(
+        wait_until(Duration::from_secs(120), || carried(&sidecar.status())),
+        "nothing was carried:\n{}",
+        sidecar.log()
+    );
+    assert!(sidecar.metric("entitlement_gate_meter_carried_hours_total") >= 1.0);
+    emulator.set_faults(Faults::default());
+    let ended = sidecar.stop();
+    ended.expect_code(0);
+    assert!(ended.log.contains("it is carried into the current hour"));
+    let ledger = emulator.ledger();
+    one_record_per_dimension_and_hour(&ledger);
+    assert_eq!(ledger_totals(&ledger)["requests"], 5);
+    assert_eq!(ledger.duplicates_refused, 0);
+}
+
+#[test]
+fn a_duplicate_request_is_surfaced_once_and_never_retried() {
+    // Two sidecars with their own state but the same AWS identity: AWS sees one workload, so
+    // in every hour where their quantities differ the second record is a duplicate.
+    let period = Duration::from_secs(2);
+    let emulator = metering_emulator(period);
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Sidecar::ready(meter(&emulator, state_a.path(), period));
+    let b = Sidecar::ready(meter(&emulator, state_b.path(), period));
+    a.accept(r#"{"dimension": "requests", "quantity": 5}"#);
+    b.accept(r#"{"dimension": "requests", "quantity": 7}"#);
+    assert!(
+        wait_until(Duration::from_secs(60), || emulator
+            .ledger()
+            .duplicates_refused
+            >= 1),
+        "no duplicate:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    let surfaced: Vec<(Value, f64)> = [&a, &b]
+        .iter()
+        .map(|sidecar| {
+            let duplicates =
+                sidecar.metric("entitlement_gate_meter_calls_total{outcome=\"duplicate\"}");
+            (sidecar.status(), duplicates)
+        })
+        .collect();
+    assert!(surfaced.iter().map(|(_, n)| n).sum::<f64>() >= 1.0);
+    let (a_ended, b_ended) = (a.stop(), b.stop());
+    a_ended.expect_code(0);
+    b_ended.expect_code(0);
+    let ledger = emulator.ledger();
+    one_record_per_dimension_and_hour(&ledger);
+    // One error per refused record, each naming the sidecar's own quantity, and never two for
+    // the same dimension and hour: a duplicate is settled, not retried.
+    let mut logged = 0;
+    for (ended, quantity) in [(&a_ended, 5), (&b_ended, 7)] {
+        let mut hours = BTreeSet::new();
+        for line in ended
+            .log
+            .lines()
+            .filter(|line| line.contains("ERROR") && line.contains("already holds a record"))
+        {
+            let field = |name: &str| {
+                line.split(' ')
+                    .find_map(|part| part.strip_prefix(name))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            assert!(
+                hours.insert((field("dimension="), field("hour="))),
+                "retried: {line}"
+            );
+            assert!(
+                line.contains("this instance's 0 units")
+                    || line.contains(&format!("this instance's {quantity} units")),
+                "{line}"
+            );
+            logged += 1;
+        }
+    }
+    assert_eq!(
+        logged, ledger.duplicates_refused,
+        "one error log per duplicate"
+    );
+    // The status of whoever hit one shows it, with its own quantity.
+    let shown = surfaced.iter().any(|(status, _)| {
+        status["dimensions"]["requests"]["duplicatesAndCarried"]
+            .as_array()
+            .is_some_and(|entries| entries.iter().any(|e| e["state"] == "duplicate"))
+    });
+    assert!(shown, "{surfaced:?}");
+}
+
+#[test]
+fn dry_run_refusals_end_start_up_with_the_gates_exit_codes() {
+    let denied = emulator_with(|config| {
+        config.period = DAY;
+        config.denied.insert(Operation::MeterUsage);
+    });
+    let state = tempfile::tempdir().unwrap();
+    let ended = Sidecar::spawn(meter(&denied, state.path(), DAY)).wait();
+    ended.expect_code(6);
+    let reason = ended.reason();
+    assert!(reason.contains("aws-marketplace:MeterUsage"), "{reason}");
+    assert!(
+        reason.contains("AWSMarketplaceMeteringFullAccess"),
+        "{reason}"
+    );
+
+    let one_dimension = emulator_with(|config| {
+        config.period = DAY;
+        config.dimensions = BTreeSet::from(["requests".to_owned()]);
+    });
+    let state = tempfile::tempdir().unwrap();
+    let ended = Sidecar::spawn(meter(&one_dimension, state.path(), DAY)).wait();
+    ended.expect_code(5);
+    assert!(ended.reason().contains("ENTITLEMENT_GATE_DIMENSIONS"));
+
+    let emulator = metering_emulator(DAY);
+    let state = tempfile::tempdir().unwrap();
+    let ended = Sidecar::spawn(meter(&emulator, state.path(), DAY).product(UNPAID)).wait();
+    ended.expect_code(3);
+    assert!(ended.reason().contains(UNPAID));
+
+    // Nothing was recorded by any of them, and the state holds no usage.
+    assert!(denied.ledger().records.is_empty());
+    assert!(one_dimension.ledger().records.is_empty());
+    assert!(emulator.ledger().records.is_empty());
+}
+
+#[test]
+fn a_killed_sidecar_loses_no_acknowledged_report_and_sends_each_hour_once() {
+    away_from_a_boundary(DAY);
+    let emulator = metering_emulator(DAY);
+    let state = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::ready(meter(&emulator, state.path(), DAY));
+    for n in 0..100 {
+        sidecar.accept(&format!(r#"{{"dimension": "requests", "quantity": {n}}}"#));
+    }
+    sidecar.running.signal(libc::SIGKILL);
+    drop(sidecar.wait());
+
+    let restarted = Sidecar::ready(meter(&emulator, state.path(), DAY));
+    restarted.accept(r#"{"dimension": "users", "quantity": 1}"#);
+    // Answers are lost at random: every resend must be recognised.
+    emulator.set_faults(faults_on_meter_usage(|f| {
+        f.random = Some(RandomFaults {
+            seed: 3,
+            lose_response: 0.5,
+            ..RandomFaults::default()
+        });
+    }));
+    restarted.stop().expect_code(0);
+    let ledger = emulator.ledger();
+    one_record_per_dimension_and_hour(&ledger);
+    assert_eq!(
+        ledger_totals(&ledger),
+        BTreeMap::from([("requests".to_owned(), 4950), ("users".to_owned(), 1)])
+    );
+    assert!(
+        ledger.idempotent_replays >= 1,
+        "no answer was lost: pick another seed"
+    );
+}
+
+#[test]
+fn a_second_sidecar_on_the_same_state_is_refused() {
+    let emulator = metering_emulator(DAY);
+    let state = tempfile::tempdir().unwrap();
+    let first = Sidecar::ready(meter(&emulator, state.path(), DAY));
+    let second = Sidecar::spawn(meter(&emulator, state.path(), DAY)).wait();
+    second.expect_code(2);
+    assert!(second.reason().contains("its own state volume"));
+    first.stop().expect_code(0);
+}
+
+#[test]
+fn health_answers_for_a_tcp_listener_and_fails_when_nothing_listens() {
+    let emulator = metering_emulator(DAY);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let health = || {
+        Gate::against(
+            &emulator.endpoint_url(),
+            emulator.public_key_pem(),
+            &["health"],
+        )
+        .arg("--url")
+        .arg(&address)
+        .run()
+    };
+    let nothing = health();
+    nothing.expect_code(7);
+    assert!(
+        nothing.stderr.contains("did not answer"),
+        "{}",
+        nothing.stderr
+    );
+    // A probe runs beside the sidecar: it leaves the termination log to the sidecar.
+    assert_eq!(nothing.termination_log(), None);
+
+    let state = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::spawn(
+        meter(&emulator, state.path(), DAY).env("ENTITLEMENT_GATE_METER_LISTEN", &address),
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || health().code == Some(0)),
+        "{}",
+        sidecar.log()
+    );
+    sidecar.stop().expect_code(0);
+}
+
+#[test]
+fn a_period_other_than_an_hour_needs_an_emulator() {
+    let emulator = metering_emulator(DAY);
+    let state = tempfile::tempdir().unwrap();
+    let ended = Sidecar::spawn(
+        meter(&emulator, state.path(), Duration::from_secs(2))
+            .env_remove("AWS_ENDPOINT_URL_MARKETPLACE_METERING"),
+    )
+    .wait();
+    ended.expect_code(2);
+    assert!(ended.reason().contains("MeterUsage meters by the hour"));
+}
