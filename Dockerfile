@@ -11,20 +11,36 @@
 ARG RUST_IMAGE=rust:1.95-bookworm
 ARG BASE_IMAGE=gcr.io/distroless/static-debian12:nonroot
 
-# The builder runs on the target platform (emulated for cross builds): musl's gcc wrapper then
-# compiles aws-lc natively and no cross toolchain is needed.
-FROM ${RUST_IMAGE} AS build
+# The builder runs on the build machine's own platform and cross-compiles for each target platform
+# (cargo-zigbuild, zig as C compiler and linker): no emulation, and both architectures share the
+# tools layer. .dockerignore admits only what the build reads.
+FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+ENV ENTITLEMENT_GATE_TOOLS_DIR=/opt/build-tools
+# Tools first, in their own layer: it changes only with the script or the pinned versions.
+COPY scripts/build-static.sh scripts/build-tools.txt scripts/
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    scripts/build-static.sh --install-tools
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY src src
+COPY emulator emulator
+COPY trusted-keys trusted-keys
 ARG TARGETARCH
 ARG TRUSTED_PRODUCT_CODES=""
 ARG TRUSTED_KEYS_DIR=trusted-keys
-RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools \
- && rm -rf /var/lib/apt/lists/*
-WORKDIR /src
-COPY . .
-RUN ENTITLEMENT_GATE_TRUSTED_PRODUCT_CODES="${TRUSTED_PRODUCT_CODES}" \
+# The registry and the target directory (one per architecture) persist across builds: an edit to
+# src/ recompiles the gate, not its 200 dependencies.
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/src/target,id=entitlement-gate-target-${TARGETARCH} \
+    ENTITLEMENT_GATE_TRUSTED_PRODUCT_CODES="${TRUSTED_PRODUCT_CODES}" \
     ENTITLEMENT_GATE_TRUSTED_KEYS_DIR="/src/${TRUSTED_KEYS_DIR}" \
-    scripts/build-static.sh "${TARGETARCH:-$(uname -m)}" /out
+    scripts/build-static.sh "${TARGETARCH}" /out \
+ # The metering sidecar's state directory, owned by the image's user: the volume ECS or
+ # Kubernetes mounts there is writable although the root filesystem is read-only.
+ && mkdir -p /out/var/lib/entitlement-gate/meter
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
@@ -36,6 +52,7 @@ LABEL org.opencontainers.image.title="entitlement-gate" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="${SOURCE_URL}"
 COPY --from=build /out/entitlement-gate /entitlement-gate
+COPY --from=build --chown=65532:65532 /out/var/lib/entitlement-gate /var/lib/entitlement-gate
 USER 65532:65532
 ENTRYPOINT ["/entitlement-gate"]
 CMD ["check"]

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Builds the locked static binary with scripts/build-static.sh (as the Dockerfile does) and proves
-# it: statically linked, says it is locked, and passes a check against the emulator from an empty
-# root filesystem as UID 65532, like the distroless image. Needs the debug emulator (cargo test
-# builds it) and root (for chroot).
+# Builds the locked static binary for both architectures the way the image does
+# (scripts/build-static.sh, from exactly the Docker build context .dockerignore admits), and proves
+# it: static, the dependency list embedded (cargo auditable), says it is locked, and passes a
+# check against the emulator: amd64 from an empty root filesystem as UID 65532 like the
+# distroless image, arm64 under qemu-user. Needs the debug emulator (cargo test builds it) and
+# root (chroot, apt-get).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 
 install_packages() {
   apt-get install -y -q "$@" > /dev/null 2>&1 || { apt-get update -q > /dev/null && apt-get install -y -q "$@" > /dev/null; }
 }
-command -v musl-gcc > /dev/null || install_packages musl-tools
 command -v file > /dev/null || install_packages file
+# Runs the arm64 binary on this amd64 machine (12 MB).
+command -v qemu-aarch64 > /dev/null || install_packages qemu-user
 source scripts/emulator.sh
 fail() { echo "static check FAILED: $*" >&2; exit 1; }
 
@@ -30,21 +34,27 @@ refused_build() { # EXPECTED_MESSAGE, then the environment for the build
   grep -q "$expected" "$work/refused.log" || { cat "$work/refused.log"; fail "the build with $* did not say: $expected"; }
 }
 mkdir -p "$work/weak-keys"
-sed -n '/AWS_JAVA_SAMPLE_PUBLIC_KEY: &str = "/,/END PUBLIC KEY/p' src/anchor_rules.rs \
+sed -n '/AWS_JAVA_SAMPLE_PUBLIC_KEY: &str = "/,/END PUBLIC KEY/p' src/domain/anchor_rules.rs \
   | sed 's/.*= "//' > "$work/weak-keys/1.pem"
 refused_build "which is no lock" ENTITLEMENT_GATE_TRUSTED_PRODUCT_CODES=ci-locked-product
 refused_build "below the 2048-bit minimum" ENTITLEMENT_GATE_TRUSTED_PRODUCT_CODES=ci-locked-product \
   ENTITLEMENT_GATE_TRUSTED_KEYS_DIR="$work/weak-keys"
 echo "refused builds OK: product codes without keys, and a 1024-bit embedded key"
 
-ENTITLEMENT_GATE_TRUSTED_PRODUCT_CODES=ci-locked-product ENTITLEMENT_GATE_TRUSTED_KEYS_DIR="$work/keys" \
-  bash scripts/build-static.sh amd64 "$work/out"
-binary="$work/out/entitlement-gate"
+python3 .ci/docker_context.py "$work/context"
+for arch in amd64 arm64; do
+  start=$SECONDS
+  ENTITLEMENT_GATE_TRUSTED_PRODUCT_CODES=ci-locked-product ENTITLEMENT_GATE_TRUSTED_KEYS_DIR="$work/keys" \
+    ENTITLEMENT_GATE_TOOLS_DIR="$root/target/build-tools" CARGO_TARGET_DIR="$root/target" \
+    bash "$work/context/scripts/build-static.sh" "$arch" "$work/out/$arch"
+  echo "static build $arch: $((SECONDS - start)) s"
+  file "$work/out/$arch/entitlement-gate"
+  python3 .ci/check_binary.py "$work/out/$arch/entitlement-gate" "$arch"
+done
 
-file "$binary"
-file "$binary" | grep -Eq 'static(-pie)? linked' || fail "not statically linked"
+binary="$work/out/amd64/entitlement-gate"
+file "$binary" | grep -q 'static-pie linked' || fail "not static-pie linked"
 ldd "$binary" 2>&1 | grep -Eq 'not a dynamic executable|statically linked' || fail "ldd lists libraries"
-ls -l "$binary"
 "$binary" --version | tee "$work/version"
 grep -q "locked build: trusted product codes ci-locked-product; embedded public key versions 1" "$work/version" \
   || fail "--version does not describe the locked build"
@@ -54,11 +64,9 @@ cp "$binary" "$work/root/entitlement-gate"
 cp /etc/ssl/certs/ca-certificates.crt "$work/root/etc/ssl/certs/"
 chmod -R a+rX "$work/root"
 chroot=$(PATH="$PATH:/usr/sbin:/sbin" command -v chroot) || fail "chroot not found"
-gate() {
-  env -i AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=AKIDEMULATOR AWS_SECRET_ACCESS_KEY=emulator-secret \
-    AWS_EC2_METADATA_DISABLED=true AWS_ENDPOINT_URL_MARKETPLACE_METERING="$EMULATOR_URL" \
-    "$chroot" --userspec=65532:65532 "$work/root" /entitlement-gate check "$@"
-}
+gate_env=(AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=AKIDEMULATOR AWS_SECRET_ACCESS_KEY=emulator-secret
+  AWS_EC2_METADATA_DISABLED=true AWS_ENDPOINT_URL_MARKETPLACE_METERING="$EMULATOR_URL")
+gate() { env -i "${gate_env[@]}" "$chroot" --userspec=65532:65532 "$work/root" /entitlement-gate check "$@"; }
 code=0; gate --product-code ci-locked-product 2> "$work/ok.log" || code=$?
 cat "$work/ok.log"
 [ "$code" -eq 0 ] || fail "the trusted product code exited $code"
@@ -67,4 +75,12 @@ code=0; gate --product-code ci-other-product 2> "$work/untrusted.log" || code=$?
 [ "$code" -eq 2 ] || fail "an untrusted product code exited $code, not 2"
 code=0; gate --product-code ci-locked-product --public-key-file /etc/ssl/certs/ca-certificates.crt 2> /dev/null || code=$?
 [ "$code" -eq 2 ] || fail "a run-time key exited $code, not 2"
-echo "static check OK: static binary, locked build, entitled 0, untrusted product 2, run-time key 2"
+
+# The cross-compiled arm64 binary, emulated: the same locked build, the same answers.
+arm64() { env -i "${gate_env[@]}" qemu-aarch64 "$work/out/arm64/entitlement-gate" "$@"; }
+arm64 --version | grep -q "locked build: trusted product codes ci-locked-product" || fail "arm64 --version"
+code=0; arm64 check --product-code ci-locked-product 2> "$work/arm64.log" || code=$?
+[ "$code" -eq 0 ] || { cat "$work/arm64.log"; fail "arm64: the trusted product code exited $code"; }
+code=0; arm64 check --product-code ci-other-product 2> /dev/null || code=$?
+[ "$code" -eq 2 ] || fail "arm64: an untrusted product code exited $code, not 2"
+echo "static check OK: amd64 and arm64 static, dependency list embedded, locked; amd64 (chroot) and arm64 (qemu): entitled 0, untrusted 2; amd64 run-time key 2"
