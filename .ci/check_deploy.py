@@ -359,6 +359,9 @@ def check_helm_chart():
         if meter:
             env = env_of(meter)
             check(env.get("ENTITLEMENT_GATE_SEND_ZERO") == "true" and env.get("ENTITLEMENT_GATE_SHUTDOWN_GRACE") == "25s", f"meter defaults {env}")
+            # Only a regular container, stopped together with the app, drains.
+            native = any(c["name"] == METER for c in spec["initContainers"])
+            check(env.get("ENTITLEMENT_GATE_METER_DRAIN") == ("0s" if native else "3s"), f"meter drain {kube} {env}")
             volumes = {v["name"]: v for v in spec.get("volumes", [])}
             check("emptyDir" in volumes.get("entitlement-gate-meter-state", {}), "meter state emptyDir by default")
     spec = pod_spec(render(*base, *key, *metering, kube="1.28.0", versions=["1.28.0"]))
@@ -396,6 +399,8 @@ def check_helm_chart():
                           "entitlementGate.metering.dimensions={" + ",".join(f"d{i}" for i in range(25)) + "}"],
         "unknown mesh": [*base, *key, "entitlementGate.mesh.type=consul"],
         "meter grace not below the pod's": [*base, *key, *metering, "entitlementGate.metering.shutdownGraceSeconds=30"],
+        "regular meter drain plus grace not below the pod's": [*base, *key, *metering, "entitlementGate.metering.nativeSidecar=false",
+                                                                "entitlementGate.metering.shutdownGraceSeconds=28"],
         "unknown metering key": [*base, *key, "entitlementGate.metering.dimension={a}"],
     }
     for label, sets in refusals.items():

@@ -137,7 +137,7 @@ fn meter(supervisor: &Supervisor, args: &MeterArgs, progress: &Progress) -> u8 {
     };
     // The sidecar flushes on SIGTERM; only a flush that overruns its grace is cut short.
     supervisor.set_signal_policy(SignalPolicy {
-        grace: config.shutdown_grace + Duration::from_secs(5),
+        grace: config.drain + config.shutdown_grace + Duration::from_secs(5),
         overrun: |signal| GateError::StopOverran { signal },
     });
     let running = async {

@@ -508,15 +508,26 @@ fn usage_answers_503_until_the_dry_run_passes() {
 }
 
 #[test]
-fn a_stopping_sidecar_refuses_usage_and_sends_the_hour_it_closed_early() {
+fn a_stopping_sidecar_drains_then_refuses_usage_and_sends_the_hour_it_closed_early() {
     away_from_a_boundary(DAY);
     let emulator = metering_emulator(DAY);
     let state = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::ready(meter(&emulator, state.path(), DAY));
+    // A regular container is stopped with the app: the drain takes the app's last reports.
+    let sidecar = Sidecar::ready(
+        meter(&emulator, state.path(), DAY).env("ENTITLEMENT_GATE_METER_DRAIN", "10s"),
+    );
     sidecar.accept(r#"{"dimension": "requests", "quantity": 9}"#);
+    sidecar.terminate();
+    assert!(
+        wait_until(Duration::from_secs(60), || sidecar
+            .log()
+            .contains("still accepting usage during the drain")),
+        "{}",
+        sidecar.log()
+    );
+    sidecar.accept(r#"{"dimension": "requests", "quantity": 1}"#);
     // The flush is throttled until the test has seen the stopping sidecar.
     emulator.set_faults(faults_on_meter_usage(|f| f.throttle_first = u32::MAX));
-    sidecar.terminate();
     assert!(
         wait_until(Duration::from_secs(60), || sidecar
             .request("GET", "/readyz", "")
@@ -525,7 +536,7 @@ fn a_stopping_sidecar_refuses_usage_and_sends_the_hour_it_closed_early() {
         "{}",
         sidecar.log()
     );
-    let (status, answer) = sidecar.post(r#"{"dimension": "requests", "quantity": 1}"#);
+    let (status, answer) = sidecar.post(r#"{"dimension": "requests", "quantity": 100}"#);
     assert_eq!(status, 503);
     assert!(answer["error"].as_str().unwrap().contains("shutting down"));
     emulator.set_faults(Faults::default());
@@ -534,7 +545,7 @@ fn a_stopping_sidecar_refuses_usage_and_sends_the_hour_it_closed_early() {
     assert!(ended.log.contains("stopping: no more usage accepted"));
     let ledger = emulator.ledger();
     one_record_per_dimension_and_hour(&ledger);
-    assert_eq!(ledger_totals(&ledger)["requests"], 9);
+    assert_eq!(ledger_totals(&ledger)["requests"], 10);
 }
 
 #[test]

@@ -296,6 +296,13 @@ pub struct MeterArgs {
           value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,
 
+    /// After SIGTERM, keep accepting usage this long before closing the hour: for a sidecar
+    /// that is stopped together with the app (a regular container), so that the app's last
+    /// reports still land. 0 for a native sidecar or ECS, which stop the app first.
+    #[arg(long, env = "ENTITLEMENT_GATE_METER_DRAIN", default_value = "0s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub drain: Duration,
+
     /// Bound on start-up: Region, credentials and the MeterUsage DryRun.
     #[arg(long, env = "ENTITLEMENT_GATE_DEADLINE", default_value = "120s",
           value_parser = parse_duration, value_name = "DURATION")]
@@ -362,6 +369,7 @@ impl MeterArgs {
             period,
             send_zero: self.send_zero && !self.no_send_zero,
             shutdown_grace: self.shutdown_grace,
+            drain: self.drain,
             deadline: self.deadline,
             retry: RetryPolicy {
                 attempt_timeout: self.attempt_timeout.min(self.deadline),

@@ -52,6 +52,8 @@ pub struct MeterConfig {
     pub send_zero: bool,
     /// How long, after SIGTERM, the sidecar may take to send what is unsent.
     pub shutdown_grace: Duration,
+    /// How long, after SIGTERM, the sidecar still accepts usage (before the grace starts).
+    pub drain: Duration,
     /// Bound on start-up (Region, credentials, the DryRun).
     pub deadline: Duration,
     pub retry: RetryPolicy,
@@ -265,7 +267,8 @@ pub async fn start(config: &MeterConfig, clock: Arc<dyn Clock>) -> Result<Sideca
 }
 
 impl Sidecar {
-    /// Takes usage and sends closed hours until `stop` resolves; then stops accepting (503),
+    /// Takes usage and sends closed hours until `stop` resolves (and the drain passed); then
+    /// stops accepting (503),
     /// closes the open hour early (it is this instance's last) and sends everything unsent
     /// within the shutdown grace.
     pub async fn run_until(
@@ -274,6 +277,11 @@ impl Sidecar {
     ) -> Result<Stopped, MeterError> {
         let config = &self.config;
         let signal = stop.await;
+        if !config.drain.is_zero() {
+            tracing::info!(signal, drain = ?config.drain,
+                "stop requested: still accepting usage during the drain, while the app stops");
+            tokio::time::sleep(config.drain).await;
+        }
         let grace_ends = Instant::now() + config.shutdown_grace;
         self.readiness.set_stopping();
         tracing::info!(signal, grace = ?config.shutdown_grace,

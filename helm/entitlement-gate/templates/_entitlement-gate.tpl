@@ -200,9 +200,11 @@ Manager watch) is one more entry here with its name, args, env, mounts and volum
 {{- $m := $gate.metering -}}
 {{- $dimensions := required "entitlementGate.metering.dimensions must name at least one pricing dimension when metering is enabled" ($m.dimensions | join ",") -}}
 {{- $grace := int $m.shutdownGraceSeconds -}}
+{{- $drain := 0 -}}
+{{- if not (include "entitlement-gate.nativeSidecars" .) }}{{ $drain = int $m.drainSeconds }}{{ end -}}
 {{- $podGrace := int (.terminationGracePeriodSeconds | default 30) -}}
-{{- if ge $grace $podGrace -}}
-{{- fail (printf "entitlementGate.metering.shutdownGraceSeconds (%d) must be less than the pod's terminationGracePeriodSeconds (%d): the meter needs time for its final report before SIGKILL" $grace $podGrace) -}}
+{{- if ge (add $grace $drain) $podGrace -}}
+{{- fail (printf "entitlementGate.metering.shutdownGraceSeconds (%d) plus drainSeconds for a regular container (%d) must be less than the pod's terminationGracePeriodSeconds (%d): the meter needs time for its final report before SIGKILL" $grace $drain $podGrace) -}}
 {{- end -}}
 {{- $listen := printf "127.0.0.1:%d" (int $m.port) -}}
 {{- $health := list "/entitlement-gate" "health" "--url" (printf "http://%s/readyz" $listen) -}}
@@ -211,7 +213,8 @@ Manager watch) is one more entry here with its name, args, env, mounts and volum
   (dict "name" "ENTITLEMENT_GATE_METER_LISTEN" "value" $listen)
   (dict "name" "ENTITLEMENT_GATE_STATE_DIR" "value" (include "entitlement-gate.meterStatePath" .))
   (dict "name" "ENTITLEMENT_GATE_SEND_ZERO" "value" (toString $m.sendZero))
-  (dict "name" "ENTITLEMENT_GATE_SHUTDOWN_GRACE" "value" (printf "%ds" $grace)) -}}
+  (dict "name" "ENTITLEMENT_GATE_SHUTDOWN_GRACE" "value" (printf "%ds" $grace))
+  (dict "name" "ENTITLEMENT_GATE_METER_DRAIN" "value" (printf "%ds" $drain)) -}}
 {{- $volume := dict "name" "entitlement-gate-meter-state" -}}
 {{- if $m.state.existingClaim -}}
 {{- $_ := set $volume "persistentVolumeClaim" (dict "claimName" $m.state.existingClaim) -}}
