@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use entitlement_gate::aws::workload;
+use entitlement_gate::doctor;
 use entitlement_gate::domain::handoff;
 use entitlement_gate::domain::time::SystemClock;
 use entitlement_gate::gate::check::{self, Phase, Progress};
-use entitlement_gate::gate::doctor;
 use entitlement_gate::gate::verify::{Evidence, Requirements, VerifyError};
 use entitlement_gate::meter;
 use entitlement_gate::outcome::{self, GateError};

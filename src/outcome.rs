@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use crate::aws::identity::{CredentialSource, IdentityError};
 use crate::aws::metering::{MeteringError, Operation, Persisting, SetupRefusal};
+use crate::doctor::{Diagnosis, Failure};
 use crate::domain::files::{self, FileError};
 use crate::domain::handoff::HandoffError;
 use crate::domain::key::KeyError;
 use crate::domain::product_code::ProductCodeError;
 use crate::domain::token::TokenError;
 use crate::gate::check::{CheckError, Phase};
-use crate::gate::doctor::{Diagnosis, Failure};
 use crate::gate::verify::VerifyError;
 use crate::meter::store::StoreError;
 use crate::meter::{HealthError, MeterError};
@@ -83,6 +83,7 @@ impl From<Failure> for GateError {
             Failure::ProductCode(e) => GateError::ProductCode(e),
             Failure::Key(e) => GateError::Key(e),
             Failure::Check(e) => GateError::Check(e),
+            Failure::Metering(e) => GateError::Meter(MeterError::from(e)),
         }
     }
 }

@@ -9,11 +9,11 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use entitlement_gate::aws::retry::{Backoff, RetryPolicy};
+use entitlement_gate::doctor::{DoctorRequest, MeterRequest};
 use entitlement_gate::domain::key::{KeyRequest, VerifyingKey};
 use entitlement_gate::domain::product_code::ProductCode;
 use entitlement_gate::domain::trust::TrustAnchors;
 use entitlement_gate::gate::check::CheckConfig;
-use entitlement_gate::gate::doctor::DoctorRequest;
 use entitlement_gate::gate::verify::EvidenceRequest;
 use entitlement_gate::meter::api::Listen;
 use entitlement_gate::meter::period::Period;
@@ -28,15 +28,21 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// `1h`; the `humantime` syntax); a bare number means seconds. Zero and anything above
 /// [`MAX_DURATION`] are refused.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration_or_zero(text)?;
+    if duration.is_zero() {
+        return Err("the duration must be greater than zero".to_owned());
+    }
+    Ok(duration)
+}
+
+/// A duration that may be zero (an option that is off at 0, as `--drain`).
+pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let duration = match text.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),
         Err(_) => humantime::parse_duration(text)
             .map_err(|e| format!("{text:?} is not a duration like 90s, 1m30s or 2h ({e})"))?,
     };
-    if duration.is_zero() {
-        return Err("the duration must be greater than zero".to_owned());
-    }
     if duration > MAX_DURATION {
         return Err(format!(
             "{text:?} is longer than the {}h maximum",
@@ -227,6 +233,29 @@ pub struct DoctorArgs {
     /// Bound on the DNS lookup and on the TCP connect to the endpoint, each.
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub probe_timeout: Duration,
+
+    /// Also check the metering sidecar's setup, with its dimensions (repeatable; the variable
+    /// is a comma list): as the meter container sees them.
+    #[arg(
+        long = "dimension",
+        env = "ENTITLEMENT_GATE_DIMENSIONS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub dimensions: Vec<String>,
+
+    /// The metering sidecar's state directory.
+    #[arg(long, env = "ENTITLEMENT_GATE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// The metering sidecar's listen address: host:port, or unix:/path.
+    #[arg(
+        long,
+        env = "ENTITLEMENT_GATE_METER_LISTEN",
+        default_value = "127.0.0.1:8478",
+        value_name = "ADDR"
+    )]
+    pub listen: Listen,
 }
 
 impl DoctorArgs {
@@ -240,6 +269,11 @@ impl DoctorArgs {
             handoff_dir: self.check.handoff_dir.clone(),
             probe_timeout: self.probe_timeout,
             call: self.call,
+            meter: (!self.dimensions.is_empty()).then(|| MeterRequest {
+                dimensions: self.dimensions.clone(),
+                state_dir: self.state_dir.clone(),
+                listen: self.listen.clone(),
+            }),
         }
     }
 }
@@ -300,7 +334,7 @@ pub struct MeterArgs {
     /// that is stopped together with the app (a regular container), so that the app's last
     /// reports still land. 0 for a native sidecar or ECS, which stop the app first.
     #[arg(long, env = "ENTITLEMENT_GATE_METER_DRAIN", default_value = "0s",
-          value_parser = parse_duration, value_name = "DURATION")]
+          value_parser = parse_duration_or_zero, value_name = "DURATION")]
     pub drain: Duration,
 
     /// Bound on start-up: Region, credentials and the MeterUsage DryRun.
@@ -434,6 +468,10 @@ mod tests {
         }
         let huge = parse_duration("18446744073709551615s").unwrap_err();
         assert!(huge.contains("24h maximum"), "{huge}");
+        // Where 0 means off.
+        assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration_or_zero("3s"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration_or_zero("25h").is_err());
     }
 
     #[test]

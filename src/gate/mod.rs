@@ -2,8 +2,6 @@
 //!
 //! - [`check`]: RegisterUsage, verification and the handoff, within a deadline
 //! - [`verify`]: the app's offline re-check of a handoff or token, bound to its workload
-//! - [`doctor`]: a read-only diagnosis of the setup
 
 pub mod check;
-pub mod doctor;
 pub mod verify;

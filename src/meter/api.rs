@@ -19,6 +19,7 @@ use super::period::Period;
 use super::report;
 use super::store::{HourRecord, Reader};
 use super::writer::{Refused, Writer};
+use crate::aws::local_http::Target;
 use crate::domain::time::Clock;
 
 /// The largest request body accepted (a batch of about 10,000 records).
@@ -44,6 +45,25 @@ impl std::str::FromStr for Listen {
             None => text.parse().map(Listen::Tcp).map_err(|_| {
                 format!("{text:?} is neither host:port (127.0.0.1:8478) nor unix:/path")
             }),
+        }
+    }
+}
+
+impl Listen {
+    /// Where a local client sends a request for `path`, and how to name it in a message.
+    pub fn target(&self, path: &str) -> (Target, String) {
+        match self {
+            Listen::Tcp(addr) => {
+                let url = format!("http://{addr}{path}");
+                (Target::Url(url.clone()), url)
+            }
+            Listen::Unix(socket) => (
+                Target::Unix {
+                    socket: socket.clone(),
+                    path: path.to_owned(),
+                },
+                format!("unix:{}{path}", socket.display()),
+            ),
         }
     }
 }

@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::aws::endpoint;
 use crate::aws::identity::{self, IdentityError};
 use crate::aws::metering::{self, MeterUsageCall, MeteringError};
 use crate::aws::retry::RetryPolicy;
@@ -107,19 +106,7 @@ pub enum HealthError {
 
 /// Asks the sidecar listening on `listen` whether it is ready (`GET /readyz` answers 200).
 pub async fn health(listen: &Listen, timeout: Duration) -> Result<(), HealthError> {
-    let (target, url) = match listen {
-        Listen::Tcp(addr) => {
-            let url = format!("http://{addr}/readyz");
-            (crate::aws::local_http::Target::Url(url.clone()), url)
-        }
-        Listen::Unix(socket) => (
-            crate::aws::local_http::Target::Unix {
-                socket: socket.clone(),
-                path: "/readyz".to_owned(),
-            },
-            format!("unix:{}/readyz", socket.display()),
-        ),
-    };
+    let (target, url) = listen.target("/readyz");
     match crate::aws::local_http::get(&target, timeout, 4096).await {
         Ok(answer) if answer.status == 200 => Ok(()),
         Ok(answer) => Err(HealthError::NotReady {
@@ -213,21 +200,22 @@ pub async fn start(config: &MeterConfig, clock: Arc<dyn Clock>) -> Result<Sideca
         tracing::warn!(source = %credentials.source,
             "AWS Marketplace does not support these credentials for metering; give the workload its own role with IRSA or the ECS task role");
     }
-    let region_name = region.region.to_string();
-    let destination = Destination {
-        client: metering::client(
-            region.region.clone(),
-            credentials.provider.clone(),
-            config.retry.attempt_timeout,
-        )
-        .await,
-        product_code: config.product_code.clone(),
-        endpoint: endpoint::metering(&region_name).await,
-        region: region_name,
-        credentials_from: credentials.source,
-        retry: config.retry,
-    };
-    dry_run(config, &destination, clock.as_ref(), &instance_id, deadline).await?;
+    let destination = Destination::resolve(
+        config.product_code.clone(),
+        &region.region,
+        &credentials,
+        config.retry,
+    )
+    .await;
+    let hour_start = config.period.start(config.period.index_at(clock.now()));
+    dry_run(
+        &destination,
+        &config.dimensions,
+        hour_start,
+        &instance_id,
+        deadline,
+    )
+    .await?;
 
     let ticking = tokio::spawn(tick(writer.clone(), config.period, clock.clone()));
     let sender = Arc::new(Sender {
@@ -318,17 +306,17 @@ impl Sidecar {
     }
 }
 
-/// A MeterUsage DryRun for every dimension: the permission, the product code and every
-/// dimension name are proven before the sidecar takes usage it could never send.
-async fn dry_run(
-    config: &MeterConfig,
+/// A MeterUsage DryRun for every dimension, for the hour starting at `hour_start`: the
+/// permission, the product code and every dimension name are proven before the sidecar takes
+/// usage it could never send (and by `doctor --call`). Records nothing.
+pub async fn dry_run(
     destination: &Destination,
-    clock: &dyn Clock,
+    dimensions: &BTreeSet<String>,
+    hour_start: std::time::SystemTime,
     instance_id: &str,
     deadline: Instant,
-) -> Result<(), MeterError> {
-    let hour_start = config.period.start(config.period.index_at(clock.now()));
-    for dimension in &config.dimensions {
+) -> Result<(), MeteringError> {
+    for dimension in dimensions {
         let token = sender::client_token(&format!("{instance_id}/dry-run"), dimension, hour_start);
         let call = MeterUsageCall {
             product_code: &destination.product_code,
@@ -345,7 +333,7 @@ async fn dry_run(
         metering::dry_run_meter_usage(&destination.client, &call, deadline).await?;
     }
     tracing::info!(
-        dimensions = config.dimensions.len(),
+        dimensions = dimensions.len(),
         "MeterUsage DryRun passed: the role may meter these dimensions"
     );
     Ok(())

@@ -13,7 +13,8 @@ use super::metrics::{CallOutcome, Metrics};
 use super::period::Period;
 use super::store::{HourRecord, Reader, StoreError, Unsent};
 use super::writer::{Refused, Writer};
-use crate::aws::identity::CredentialSource;
+use crate::aws::endpoint;
+use crate::aws::identity::{CredentialSource, ResolvedCredentials};
 use crate::aws::metering::{self, MeterUsageCall, MeteringError};
 use crate::aws::retry::{Backoff, RetryPolicy};
 use crate::domain::product_code::ProductCode;
@@ -53,6 +54,31 @@ pub struct Destination {
     pub endpoint: String,
     pub credentials_from: CredentialSource,
     pub retry: RetryPolicy,
+}
+
+impl Destination {
+    /// MeterUsage for `product_code` in `region`, as the resolved identity.
+    pub async fn resolve(
+        product_code: ProductCode,
+        region: &aws_config::Region,
+        credentials: &ResolvedCredentials,
+        retry: RetryPolicy,
+    ) -> Destination {
+        let region_name = region.to_string();
+        Destination {
+            client: metering::client(
+                region.clone(),
+                credentials.provider.clone(),
+                retry.attempt_timeout,
+            )
+            .await,
+            product_code,
+            endpoint: endpoint::metering(&region_name).await,
+            region: region_name,
+            credentials_from: credentials.source,
+            retry,
+        }
+    }
 }
 
 /// The sender's loop.

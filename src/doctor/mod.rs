@@ -1,5 +1,9 @@
 //! `entitlement-gate doctor`: a read-only diagnosis a buyer can paste into a support ticket.
 //! It never calls RegisterUsage (which starts metering) unless asked to (`call`).
+//!
+//! - [`meter`]: the metering sidecar's setup, when one is configured
+
+pub mod meter;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -12,6 +16,7 @@ use crate::aws::endpoint;
 use crate::aws::identity::{
     self, IdentityError, RegionSource, ResolvedCredentials, ResolvedRegion,
 };
+use crate::aws::metering::MeteringError;
 use crate::aws::retry::RetryPolicy;
 use crate::aws::workload::{self, WorkloadError};
 use crate::domain::files;
@@ -22,6 +27,7 @@ use crate::domain::time::{epoch_seconds, rfc3339};
 use crate::domain::trust::TrustAnchors;
 use crate::domain::workload::{WorkloadId, WorkloadIdSource};
 use crate::gate::check::{self, CheckConfig, CheckError, Progress};
+pub use meter::MeterRequest;
 
 /// When this binary was built (or `SOURCE_DATE_EPOCH`): a clock before it is certainly wrong.
 const BUILD_EPOCH: &str = env!("ENTITLEMENT_GATE_BUILD_EPOCH");
@@ -39,7 +45,10 @@ pub struct DoctorRequest {
     /// Bound on the DNS lookup and on the TCP connect to the endpoint, each.
     pub probe_timeout: Duration,
     /// Also call RegisterUsage and verify the token: this starts metering for this workload.
+    /// With `meter`, also a MeterUsage DryRun (which records nothing).
     pub call: bool,
+    /// The metering sidecar's setup, when it is configured.
+    pub meter: Option<MeterRequest>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -68,6 +77,8 @@ pub enum Failure {
     ProductCode(ProductCodeError),
     Key(KeyError),
     Check(CheckError),
+    /// The MeterUsage DryRun.
+    Metering(MeteringError),
 }
 
 /// The result of one check.
@@ -220,18 +231,22 @@ pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
         false => None,
     };
     checks.push(region_finding(region.as_ref()));
-    match &region {
+    let credentials = match &region {
         Some(region) => {
-            checks.push(credentials_finding(
-                identity::resolve_credentials(&region.region).await,
-            ));
+            let (finding, credentials) =
+                credentials_finding(identity::resolve_credentials(&region.region).await);
+            checks.push(finding);
+            credentials
         }
-        None => checks.push(Finding::fail(
-            "credentials",
-            "not checked: no Region",
-            "fix the Region first",
-        )),
-    }
+        None => {
+            checks.push(Finding::fail(
+                "credentials",
+                "not checked: no Region",
+                "fix the Region first",
+            ));
+            None
+        }
+    };
     checks.push(web_identity_token(env, SystemTime::now()));
     match &region {
         Some(region) => {
@@ -282,6 +297,35 @@ pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
         }
     };
     checks.push(clock(SystemTime::now(), BUILD_EPOCH.parse().unwrap_or(0)));
+    if let Some(meter) = &request.meter {
+        checks.push(meter::dimensions(&meter.dimensions));
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok();
+        checks.push(meter::state(meter.state_dir.as_deref(), mounts.as_deref()));
+        checks.push(meter::listen(&meter.listen, request.probe_timeout).await);
+        if request.call {
+            checks.push(match (&product_code, &region, &credentials) {
+                (Some(product_code), Some(region), Some(credentials)) => {
+                    meter::dry_run(
+                        meter::DryRunRequest {
+                            product_code,
+                            dimensions: &meter.dimensions,
+                            region,
+                            credentials,
+                            retry: request.retry,
+                            deadline: request.deadline,
+                        },
+                        SystemTime::now(),
+                    )
+                    .await
+                }
+                _ => Finding::fail(
+                    "meter-dry-run",
+                    "not called: the product code, the Region or the credentials are not usable",
+                    "fix those first",
+                ),
+            });
+        }
+    }
     if request.call {
         checks.push(match (product_code, key) {
             (Some(product_code), Some(key)) => {
@@ -377,21 +421,38 @@ fn region_finding(region: Option<&ResolvedRegion>) -> Finding {
     }
 }
 
-fn credentials_finding(credentials: Result<ResolvedCredentials, IdentityError>) -> Finding {
-    match credentials {
-        Ok(c) if c.source.unsupported_for_metering() => Finding::warn(
+/// The finding on the resolved credentials, and the credentials for the calls that follow.
+fn credentials_finding(
+    credentials: Result<ResolvedCredentials, IdentityError>,
+) -> (Finding, Option<ResolvedCredentials>) {
+    let c = match credentials {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                Finding::failed_with("credentials", Failure::Identity(e)),
+                None,
+            )
+        }
+    };
+    let finding = if c.source.unsupported_for_metering() {
+        Finding::warn(
             "credentials",
             format!("from {}", c.source),
             "AWS Marketplace does not support these for metering; give the workload its own role with IRSA or the ECS task role",
-        ),
-        Ok(c) if c.credentials.session_token().is_none() => Finding::warn(
+        )
+    } else if c.credentials.session_token().is_none() {
+        Finding::warn(
             "credentials",
             format!("long-term access keys from {}", c.source),
             "AWS Marketplace does not support long-term keys for metering, and images must never carry them; use IRSA or the ECS task role",
-        ),
-        Ok(c) => Finding::ok("credentials", format!("temporary credentials from {}", c.source)),
-        Err(e) => Finding::failed_with("credentials", Failure::Identity(e)),
-    }
+        )
+    } else {
+        Finding::ok(
+            "credentials",
+            format!("temporary credentials from {}", c.source),
+        )
+    };
+    (finding, Some(c))
 }
 
 /// The IRSA token file and role, checked as far as possible without calling STS: a readable
@@ -721,25 +782,33 @@ mod tests {
             })
         };
         assert_eq!(
-            credentials_finding(resolved(CredentialSource::WebIdentityToken, Some("t"))).status,
+            credentials_finding(resolved(CredentialSource::WebIdentityToken, Some("t")))
+                .0
+                .status,
             Status::Ok
         );
         assert_eq!(
-            credentials_finding(resolved(CredentialSource::EcsContainer, Some("t"))).status,
+            credentials_finding(resolved(CredentialSource::EcsContainer, Some("t")))
+                .0
+                .status,
             Status::Ok
         );
         assert_eq!(
-            credentials_finding(resolved(CredentialSource::InstanceMetadata, Some("t"))).status,
+            credentials_finding(resolved(CredentialSource::InstanceMetadata, Some("t")))
+                .0
+                .status,
             Status::Warn
         );
         assert_eq!(
-            credentials_finding(resolved(CredentialSource::EksPodIdentity, Some("t"))).status,
+            credentials_finding(resolved(CredentialSource::EksPodIdentity, Some("t")))
+                .0
+                .status,
             Status::Warn
         );
-        let long_term = credentials_finding(resolved(CredentialSource::Environment, None));
+        let (long_term, _) = credentials_finding(resolved(CredentialSource::Environment, None));
         assert_eq!(long_term.status, Status::Warn);
         assert!(long_term.detail.contains("long-term"));
-        let none = credentials_finding(Err(IdentityError::NoCredentials {
+        let (none, _) = credentials_finding(Err(IdentityError::NoCredentials {
             tried: vec![CredentialSource::Environment],
             web_identity_configured: false,
         }));
