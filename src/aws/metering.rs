@@ -4,13 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
-use aws_credential_types::provider::ProvideCredentials;
-use aws_sdk_marketplacemetering::config::interceptors::BeforeDeserializationInterceptorContextMut;
-use aws_sdk_marketplacemetering::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_sdk_marketplacemetering::error::BoxError;
+use aws_config::Region;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_marketplacemetering::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_marketplacemetering::operation::meter_usage::MeterUsageError;
 use aws_sdk_marketplacemetering::operation::register_usage::RegisterUsageError;
@@ -18,14 +13,11 @@ use aws_sdk_marketplacemetering::operation::RequestId as _;
 use aws_sdk_marketplacemetering::primitives::DateTime;
 use aws_sdk_marketplacemetering::types::{Tag, UsageAllocation};
 use aws_sdk_marketplacemetering::Client;
-use aws_smithy_types::body::SdkBody;
-use http_body_util::{LengthLimitError, Limited};
 use tokio::time::Instant;
 
-use super::identity::{error_chain, CredentialSource};
-use super::retry::{
-    self, Attempt, GaveUp, RetryError, RetryPolicy, TransientFailure, TransientKind,
-};
+use super::identity::CredentialSource;
+use super::retry::{self, Attempt, GaveUp, RetryError, RetryPolicy, TransientKind};
+use super::sdk_call::{self, Undocumented};
 use crate::domain::product_code::ProductCode;
 use crate::domain::text;
 use crate::domain::token::Binding;
@@ -219,32 +211,6 @@ pub struct RegisterUsageAnswer {
     pub request_id: Option<String>,
 }
 
-/// The largest RegisterUsage answer the gate reads; real ones are about 1 KiB.
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-
-/// Caps how much of an answer the SDK reads, so a broken proxy or a hostile endpoint cannot
-/// exhaust the init container's memory with an endless body.
-#[derive(Debug)]
-struct ResponseSizeLimit;
-
-impl Intercept for ResponseSizeLimit {
-    fn name(&self) -> &'static str {
-        "ResponseSizeLimit"
-    }
-
-    fn modify_before_deserialization(
-        &self,
-        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
-        _: &RuntimeComponents,
-        _: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let response = context.response_mut();
-        let body = response.take_body();
-        *response.body_mut() = SdkBody::from_body_1_x(Limited::new(body, MAX_RESPONSE_BYTES));
-        Ok(())
-    }
-}
-
 /// Builds a client for `region` with `credentials` (fixed ones for a one-shot gate, the
 /// provider that supplied them for a long-running sidecar, refreshed behind the SDK's cache);
 /// the SDK still reads the endpoint overrides (`AWS_ENDPOINT_URL_MARKETPLACE_METERING`,
@@ -254,26 +220,20 @@ pub async fn client(
     credentials: impl ProvideCredentials + 'static,
     attempt_timeout: Duration,
 ) -> Client {
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .region(region)
-        .credentials_provider(credentials)
-        // The retry loop owns retries: it knows the deadline and the jitter policy.
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(attempt_timeout.min(Duration::from_secs(3)))
-                .operation_attempt_timeout(attempt_timeout)
-                .build(),
+    client_from(
+        &sdk_call::sdk_config(
+            region,
+            Some(SharedCredentialsProvider::new(credentials)),
+            attempt_timeout,
         )
-        .load()
-        .await;
-    client_from(&config)
+        .await,
+    )
 }
 
 /// A RegisterUsage client from an SDK configuration, with the gate's response-size limit.
 pub fn client_from(config: &aws_config::SdkConfig) -> Client {
     let config = aws_sdk_marketplacemetering::config::Builder::from(config)
-        .interceptor(ResponseSizeLimit)
+        .interceptor(sdk_call::ResponseSizeLimit)
         .build();
     Client::from_conf(config)
 }
@@ -312,34 +272,6 @@ pub async fn register_usage(
     })
 }
 
-/// Codes that mean the credentials or their permissions are wrong, wherever AWS reports them.
-const CREDENTIAL_ERROR_CODES: &[&str] = &[
-    "AccessDeniedException",
-    "AccessDenied",
-    "UnrecognizedClientException",
-    "InvalidClientTokenId",
-    "ExpiredTokenException",
-    "ExpiredToken",
-    "InvalidSignatureException",
-    "SignatureDoesNotMatch",
-    "IncompleteSignature",
-    "IncompleteSignatureException",
-    "MissingAuthenticationToken",
-    "MissingAuthenticationTokenException",
-    "RequestExpired",
-    "NotAuthorized",
-];
-
-/// Throttling codes outside the RegisterUsage model that AWS front ends also send.
-const THROTTLING_CODES: &[&str] = &[
-    "Throttling",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "RequestThrottled",
-    "RequestThrottledException",
-    "SlowDown",
-];
-
 /// What a call's classification needs to know about it, whatever the operation.
 #[derive(Debug, Clone, Copy)]
 struct Classifying<'a> {
@@ -367,9 +299,8 @@ pub fn classify<T>(
     })
 }
 
-/// Sorts a failed attempt into retry-or-stop: a documented error code decides first (through
-/// `documented`, then the codes every AWS front end uses); otherwise the HTTP status does,
-/// before anything in the body.
+/// Sorts a failed attempt into retry-or-stop: the operation's documented codes first, then
+/// what every AWS API shares ([`sdk_call::classify`]).
 fn classify_sdk<E, T>(
     error: &SdkError<E>,
     context: &Classifying<'_>,
@@ -378,129 +309,42 @@ fn classify_sdk<E, T>(
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let request_id = error.request_id().map(text::quoted);
-    let transient = |kind, detail| Attempt::Retry {
-        failure: TransientFailure { kind, detail },
-        request_id: request_id.clone(),
-    };
-    let Some(response) = error.raw_response() else {
-        return match error {
-            SdkError::TimeoutError(_) => {
-                transient(TransientKind::Timeout, "the attempt timed out".to_owned())
-            }
-            SdkError::DispatchFailure(failure) if failure.is_user() => {
-                Attempt::Failed(MeteringError::RequestNotBuilt(error_chain(error)))
-            }
-            // Connection refused or reset, DNS, TLS.
-            SdkError::DispatchFailure(_) => {
-                transient(TransientKind::Network, text::quoted(&error_chain(error)))
-            }
-            SdkError::ConstructionFailure(_) => {
-                Attempt::Failed(MeteringError::RequestNotBuilt(error_chain(error)))
-            }
-            _ => Attempt::Failed(MeteringError::Sdk(text::quoted(&error_chain(error)))),
-        };
-    };
-    let status = response.status().as_u16();
-    let (code, aws_message) = match error {
-        SdkError::ServiceError(service) => (
-            text::quoted(service.err().code().unwrap_or("")),
-            text::quoted(service.err().message().unwrap_or("no message")),
-        ),
-        _ => (String::new(), "no message".to_owned()),
-    };
-    if let SdkError::ServiceError(service) = error {
-        if let Some(decision) = documented(service.err(), &code, &aws_message, &request_id) {
-            return decision;
-        }
-        if THROTTLING_CODES.contains(&code.as_str()) {
-            return transient(TransientKind::Throttled, format!("{code}: {aws_message}"));
-        }
-        if CREDENTIAL_ERROR_CODES.contains(&code.as_str()) {
-            return Attempt::Failed(MeteringError::AccessDenied {
-                operation: context.operation,
-                code,
-                aws_message,
-                credentials_from: context.credentials_from,
-                request_id,
-            });
-        }
-    }
-    let named = |code: &str| {
-        if code.is_empty() {
-            format!("HTTP {status} without an AWS error code")
-        } else {
-            format!("HTTP {status} {code}")
-        }
-    };
-    match status {
-        429 => transient(TransientKind::Throttled, named(&code)),
-        500 | 502 | 503 | 504 => transient(
-            TransientKind::ServerError,
-            match aws_message.as_str() {
-                "no message" => named(&code),
-                message => format!("{}: {message}", named(&code)),
-            },
-        ),
-        200..=299 => classify_unreadable_success(error, context.operation, status, transient),
-        _ => Attempt::Failed(MeteringError::UnexpectedResponse {
-            operation: context.operation,
-            status,
-            code: if code.is_empty() {
-                "(no error code)".to_owned()
-            } else {
-                code
-            },
+    sdk_call::classify(error, documented, |failure| match failure {
+        Undocumented::AccessDenied {
+            code,
             aws_message,
             request_id,
-        }),
-    }
-}
-
-/// A success status whose body is not the operation's answer.
-fn classify_unreadable_success<E, T>(
-    error: &SdkError<E>,
-    operation: Operation,
-    status: u16,
-    transient: impl Fn(TransientKind, String) -> Attempt<T, MeteringError>,
-) -> Attempt<T, MeteringError>
-where
-    E: std::error::Error + 'static,
-{
-    if caused_by::<LengthLimitError>(error) {
-        return Attempt::Failed(MeteringError::ResponseTooLarge {
-            operation,
-            limit: MAX_RESPONSE_BYTES,
-        });
-    }
-    match error {
-        // Not all of the body arrived: the connection was cut mid-way.
-        SdkError::ResponseError(response) if response.raw().body().bytes().is_none() => transient(
-            TransientKind::Network,
-            format!(
-                "the answer was cut off ({})",
-                text::quoted(&error_chain(error))
-            ),
-        ),
-        // The SDK kept the whole body but could not parse it (a proxy's page, broken JSON).
-        _ => Attempt::Failed(MeteringError::Unreadable {
-            operation,
+        } => MeteringError::AccessDenied {
+            operation: context.operation,
+            code,
+            aws_message,
+            credentials_from: context.credentials_from,
+            request_id,
+        },
+        Undocumented::Unexpected {
             status,
-            detail: text::quoted(&error_chain(error)),
-        }),
-    }
-}
-
-/// Whether `error` or any of its sources is a `T`.
-fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(cause) = current {
-        if cause.is::<T>() {
-            return true;
-        }
-        current = cause.source();
-    }
-    false
+            code,
+            aws_message,
+            request_id,
+        } => MeteringError::UnexpectedResponse {
+            operation: context.operation,
+            status,
+            code,
+            aws_message,
+            request_id,
+        },
+        Undocumented::TooLarge { limit } => MeteringError::ResponseTooLarge {
+            operation: context.operation,
+            limit,
+        },
+        Undocumented::Unreadable { status, detail } => MeteringError::Unreadable {
+            operation: context.operation,
+            status,
+            detail,
+        },
+        Undocumented::RequestNotBuilt(detail) => MeteringError::RequestNotBuilt(detail),
+        Undocumented::Sdk(detail) => MeteringError::Sdk(detail),
+    })
 }
 
 /// The decision for a RegisterUsage error AWS documents by its code, or `None`.
@@ -512,7 +356,7 @@ fn register_usage_documented<T>(
     request_id: &Option<String>,
 ) -> Option<Attempt<T, MeteringError>> {
     let refused = |refusal| refuse(refusal, aws_message, context, request_id);
-    let transient = |kind| retry_later(kind, code, aws_message, request_id);
+    let transient = |kind| sdk_call::retry_later(kind, code, aws_message, request_id);
     Some(match error {
         RegisterUsageError::CustomerNotEntitledException(_) => {
             not_entitled(aws_message, context, request_id)
@@ -563,21 +407,6 @@ fn not_entitled<T>(
         aws_message: aws_message.to_owned(),
         request_id: request_id.clone(),
     })
-}
-
-fn retry_later<T>(
-    kind: TransientKind,
-    code: &str,
-    aws_message: &str,
-    request_id: &Option<String>,
-) -> Attempt<T, MeteringError> {
-    Attempt::Retry {
-        failure: TransientFailure {
-            kind,
-            detail: format!("{code}: {aws_message}"),
-        },
-        request_id: request_id.clone(),
-    }
 }
 
 /// One MeterUsage call: one dimension's usage for one hour, sent idempotently.
@@ -766,13 +595,13 @@ fn classify_meter_usage<T>(
                     request_id,
                 })
             }
-            MeterUsageError::ThrottlingException(_) => Some(retry_later(
+            MeterUsageError::ThrottlingException(_) => Some(sdk_call::retry_later(
                 TransientKind::Throttled,
                 code,
                 &aws_message,
                 &request_id,
             )),
-            MeterUsageError::InternalServiceErrorException(_) => Some(retry_later(
+            MeterUsageError::InternalServiceErrorException(_) => Some(sdk_call::retry_later(
                 TransientKind::ServerError,
                 code,
                 &aws_message,
@@ -795,11 +624,13 @@ fn classify_meter_usage<T>(
 mod tests {
     use super::*;
     use crate::aws::retry::Backoff;
+    use crate::aws::sdk_call::{CREDENTIAL_ERROR_CODES, THROTTLING_CODES};
     use crate::domain::product_code::ProductCode;
     use aws_sdk_marketplacemetering::config::http::HttpResponse;
     use aws_sdk_marketplacemetering::error::ErrorMetadata;
     use aws_sdk_marketplacemetering::types::error as model;
     use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
 
     /// How a failed attempt is handled: retried (of what kind), or the error that ends it.
     #[derive(Debug, PartialEq, Eq)]

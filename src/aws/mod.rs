@@ -6,6 +6,8 @@
 //! - [`local_http`]: bounded HTTP GETs to endpoints on this host or task
 //! - [`endpoint`]: the endpoint the SDK will call, for messages and `doctor`
 //! - [`retry`]: deadline-aware retries with jittered backoff, shared by every client
+//! - [`sdk_call`]: the SDK configuration, answer size limit and failure sorting every client
+//!   shares
 //! - [`metering`]: the AWS Marketplace Metering API
 
 pub mod endpoint;
@@ -13,4 +15,5 @@ pub mod identity;
 pub mod local_http;
 pub mod metering;
 pub mod retry;
+pub mod sdk_call;
 pub mod workload;

@@ -1,0 +1,273 @@
+//! What every AWS API client here shares: the SDK configuration (the SDK's retries off, the
+//! attempt bounded), a limit on how much of an answer is read, and the sorting of a failed
+//! attempt into retry-or-stop for whatever the operation's own documented codes leave open.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextMut;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use aws_types::request_id::RequestId;
+use http_body_util::{LengthLimitError, Limited};
+
+use super::identity::error_chain;
+use super::retry::{Attempt, TransientFailure, TransientKind};
+use crate::domain::text;
+
+/// The largest answer read from any AWS API; real ones are a few KiB at most.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Caps how much of an answer the SDK reads, so a broken proxy or a hostile endpoint cannot
+/// exhaust a container's memory with an endless body.
+#[derive(Debug)]
+pub struct ResponseSizeLimit;
+
+impl Intercept for ResponseSizeLimit {
+    fn name(&self) -> &'static str {
+        "ResponseSizeLimit"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let response = context.response_mut();
+        let body = response.take_body();
+        *response.body_mut() = SdkBody::from_body_1_x(Limited::new(body, MAX_RESPONSE_BYTES));
+        Ok(())
+    }
+}
+
+/// The SDK configuration for `region`: `credentials` (none: unsigned calls, as GetAccessToken),
+/// the SDK's retries off (the retry loop owns them: it knows the deadline and the jitter), each
+/// attempt bounded. The SDK still reads the endpoint overrides (`AWS_ENDPOINT_URL_<SERVICE>`,
+/// `AWS_ENDPOINT_URL`) and profile settings.
+pub async fn sdk_config(
+    region: Region,
+    credentials: Option<SharedCredentialsProvider>,
+    attempt_timeout: Duration,
+) -> SdkConfig {
+    let loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(region)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(attempt_timeout.min(Duration::from_secs(3)))
+                .operation_attempt_timeout(attempt_timeout)
+                .build(),
+        );
+    match credentials {
+        Some(credentials) => loader.credentials_provider(credentials),
+        None => loader.no_credentials(),
+    }
+    .load()
+    .await
+}
+
+/// A failure the operation's documented codes did not decide, for its error type to name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undocumented {
+    /// A code that means the credentials or their permissions are wrong.
+    AccessDenied {
+        code: String,
+        aws_message: String,
+        request_id: Option<String>,
+    },
+    /// An answer the API does not document.
+    Unexpected {
+        status: u16,
+        code: String,
+        aws_message: String,
+        request_id: Option<String>,
+    },
+    TooLarge {
+        limit: usize,
+    },
+    /// A success status whose body is not the operation's JSON.
+    Unreadable {
+        status: u16,
+        detail: String,
+    },
+    RequestNotBuilt(String),
+    Sdk(String),
+}
+
+/// Codes that mean the credentials or their permissions are wrong, wherever AWS reports them.
+pub(crate) const CREDENTIAL_ERROR_CODES: &[&str] = &[
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "IncompleteSignatureException",
+    "MissingAuthenticationToken",
+    "MissingAuthenticationTokenException",
+    "RequestExpired",
+    "NotAuthorized",
+];
+
+/// Throttling codes outside the operations' models that AWS front ends also send.
+pub(crate) const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "SlowDown",
+];
+
+/// Sorts a failed attempt into retry-or-stop: a documented error code decides first (through
+/// `documented`, which gets the error, its escaped code and message, and the request ID), then
+/// the codes every AWS front end uses; otherwise the HTTP status does, before anything in the
+/// body. What ends the call undocumented becomes the caller's error through `undocumented`.
+pub fn classify<E, T, F>(
+    error: &SdkError<E, aws_smithy_runtime_api::http::Response>,
+    documented: impl Fn(&E, &str, &str, &Option<String>) -> Option<Attempt<T, F>>,
+    undocumented: impl Fn(Undocumented) -> F,
+) -> Attempt<T, F>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let request_id = error.request_id().map(text::quoted);
+    let transient = |kind, detail| Attempt::Retry {
+        failure: TransientFailure { kind, detail },
+        request_id: request_id.clone(),
+    };
+    let failed = |failure| Attempt::Failed(undocumented(failure));
+    let Some(response) = error.raw_response() else {
+        return match error {
+            SdkError::TimeoutError(_) => {
+                transient(TransientKind::Timeout, "the attempt timed out".to_owned())
+            }
+            SdkError::DispatchFailure(failure) if failure.is_user() => {
+                failed(Undocumented::RequestNotBuilt(error_chain(error)))
+            }
+            // Connection refused or reset, DNS, TLS.
+            SdkError::DispatchFailure(_) => {
+                transient(TransientKind::Network, text::quoted(&error_chain(error)))
+            }
+            SdkError::ConstructionFailure(_) => {
+                failed(Undocumented::RequestNotBuilt(error_chain(error)))
+            }
+            _ => failed(Undocumented::Sdk(text::quoted(&error_chain(error)))),
+        };
+    };
+    let status = response.status().as_u16();
+    let (code, aws_message) = match error {
+        SdkError::ServiceError(service) => (
+            text::quoted(service.err().code().unwrap_or("")),
+            text::quoted(service.err().message().unwrap_or("no message")),
+        ),
+        _ => (String::new(), "no message".to_owned()),
+    };
+    if let SdkError::ServiceError(service) = error {
+        if let Some(decision) = documented(service.err(), &code, &aws_message, &request_id) {
+            return decision;
+        }
+        if THROTTLING_CODES.contains(&code.as_str()) {
+            return transient(TransientKind::Throttled, format!("{code}: {aws_message}"));
+        }
+        if CREDENTIAL_ERROR_CODES.contains(&code.as_str()) {
+            return failed(Undocumented::AccessDenied {
+                code,
+                aws_message,
+                request_id,
+            });
+        }
+    }
+    let named = |code: &str| {
+        if code.is_empty() {
+            format!("HTTP {status} without an AWS error code")
+        } else {
+            format!("HTTP {status} {code}")
+        }
+    };
+    match status {
+        429 => transient(TransientKind::Throttled, named(&code)),
+        500 | 502 | 503 | 504 => transient(
+            TransientKind::ServerError,
+            match aws_message.as_str() {
+                "no message" => named(&code),
+                message => format!("{}: {message}", named(&code)),
+            },
+        ),
+        200..=299 => {
+            if caused_by::<LengthLimitError>(error) {
+                return failed(Undocumented::TooLarge {
+                    limit: MAX_RESPONSE_BYTES,
+                });
+            }
+            match error {
+                // Not all of the body arrived: the connection was cut mid-way.
+                SdkError::ResponseError(response) if response.raw().body().bytes().is_none() => {
+                    transient(
+                        TransientKind::Network,
+                        format!(
+                            "the answer was cut off ({})",
+                            text::quoted(&error_chain(error))
+                        ),
+                    )
+                }
+                // The SDK kept the whole body but could not parse it (a proxy's page, broken
+                // JSON).
+                _ => failed(Undocumented::Unreadable {
+                    status,
+                    detail: text::quoted(&error_chain(error)),
+                }),
+            }
+        }
+        _ => failed(Undocumented::Unexpected {
+            status,
+            code: if code.is_empty() {
+                "(no error code)".to_owned()
+            } else {
+                code
+            },
+            aws_message,
+            request_id,
+        }),
+    }
+}
+
+/// A documented transient code: retried, with the code and message as the detail.
+pub fn retry_later<T, F>(
+    kind: TransientKind,
+    code: &str,
+    aws_message: &str,
+    request_id: &Option<String>,
+) -> Attempt<T, F> {
+    Attempt::Retry {
+        failure: TransientFailure {
+            kind,
+            detail: format!("{code}: {aws_message}"),
+        },
+        request_id: request_id.clone(),
+    }
+}
+
+/// Whether `error` or any of its sources is a `T`.
+fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(cause) = current {
+        if cause.is::<T>() {
+            return true;
+        }
+        current = cause.source();
+    }
+    false
+}
