@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
-LAYERS = {"domain": 0, "aws": 1, "gate": 2, "meter": 2, "license": 2, "doctor": 2, "outcome": 3}
+LAYERS = {"domain": 0, "aws": 1, "local_http": 1, "gate": 2, "meter": 2, "license": 2, "doctor": 2, "outcome": 3}
 BINARY_ONLY = ("clap", "tracing_subscriber", "signal_hook")
 
 

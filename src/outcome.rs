@@ -687,6 +687,11 @@ fn credential_remedy(source: CredentialSource) -> &'static str {
             "AWS Marketplace does not support the node's instance role for metering; give the \
              workload its own IRSA or ECS task role"
         }
+        CredentialSource::LicenseToken => {
+            "check the buyer's license secret (license_token and iam_role, mounted at \
+             /var/run/secrets/product-license) and that the role trusts \
+             openid-license-manager.amazonaws.com"
+        }
     }
 }
 

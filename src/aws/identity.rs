@@ -73,6 +73,8 @@ pub enum CredentialSource {
     EksPodIdentity,
     /// The node's instance role: AWS does not support it for metering.
     InstanceMetadata,
+    /// Outside AWS: the buyer's License Manager token exchanged for role credentials.
+    LicenseToken,
 }
 
 impl CredentialSource {
@@ -93,6 +95,9 @@ impl fmt::Display for CredentialSource {
             CredentialSource::WebIdentityToken => "web identity token (IRSA)",
             CredentialSource::EcsContainer => "the ECS task role",
             CredentialSource::EksPodIdentity => "EKS Pod Identity",
+            CredentialSource::LicenseToken => {
+                "the buyer's License Manager token (Anywhere: GetAccessToken, then the role)"
+            }
             CredentialSource::InstanceMetadata => {
                 "EC2 instance metadata (the node's instance role)"
             }

@@ -66,13 +66,8 @@ impl std::fmt::Display for Operation {
     }
 }
 
-/// Calls that kept failing in a way worth retrying, until the deadline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Persisting {
-    pub operation: Operation,
-    pub gave_up: GaveUp,
-    pub endpoint: String,
-}
+/// Metering calls that kept failing in a way worth retrying, until the deadline.
+pub type Persisting = retry::Persisting<Operation>;
 
 /// Why a Metering call did not give an answer to verify.
 #[derive(Debug, thiserror::Error)]

@@ -85,6 +85,14 @@ pub struct GaveUp {
     pub request_id: Option<String>,
 }
 
+/// Calls of `operation` that kept failing in a way worth retrying, until the deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persisting<Operation> {
+    pub operation: Operation,
+    pub gave_up: GaveUp,
+    pub endpoint: String,
+}
+
 /// Why a retried call did not answer.
 #[derive(Debug)]
 pub enum RetryError<E> {

@@ -103,6 +103,36 @@ pub enum Undocumented {
     Sdk(String),
 }
 
+impl std::fmt::Display for Undocumented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Undocumented::AccessDenied {
+                code, aws_message, ..
+            } => write!(f, "{code}: {aws_message}"),
+            Undocumented::Unexpected {
+                status,
+                code,
+                aws_message,
+                ..
+            } => write!(
+                f,
+                "an answer AWS does not document: HTTP {status} {code}: {aws_message}"
+            ),
+            Undocumented::TooLarge { limit } => write!(f, "an answer of more than {limit} bytes"),
+            Undocumented::Unreadable { status, detail } => {
+                write!(
+                    f,
+                    "HTTP {status} with a body that is not the API's ({detail})"
+                )
+            }
+            Undocumented::RequestNotBuilt(detail) => {
+                write!(f, "the request could not be built: {detail}")
+            }
+            Undocumented::Sdk(detail) => write!(f, "the AWS SDK failed: {detail}"),
+        }
+    }
+}
+
 /// Codes that mean the credentials or their permissions are wrong, wherever AWS reports them.
 pub(crate) const CREDENTIAL_ERROR_CODES: &[&str] = &[
     "AccessDeniedException",

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::local_http;
 use crate::domain::text;
 use crate::domain::workload::{
     WorkloadId, WorkloadIdSource, MAX_WORKLOAD_ID_BYTES, WORKLOAD_ID_VARIABLE,
 };
+use crate::local_http::client as local_http;
 
 /// The largest task metadata answer read; real ones are a few KiB.
 const MAX_TASK_METADATA_BYTES: usize = 256 * 1024;

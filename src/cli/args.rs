@@ -15,7 +15,7 @@ use entitlement_gate::domain::product_code::ProductCode;
 use entitlement_gate::domain::trust::TrustAnchors;
 use entitlement_gate::gate::check::CheckConfig;
 use entitlement_gate::gate::verify::EvidenceRequest;
-use entitlement_gate::meter::api::Listen;
+use entitlement_gate::local_http::server::Listen;
 use entitlement_gate::meter::period::Period;
 use entitlement_gate::meter::MeterConfig;
 use entitlement_gate::outcome::GateError;

@@ -9,11 +9,11 @@ use tokio::time::Instant;
 
 use super::{Failure, Finding};
 use crate::aws::identity::{ResolvedCredentials, ResolvedRegion};
-use crate::aws::local_http;
 use crate::aws::retry::RetryPolicy;
 use crate::domain::product_code::ProductCode;
 use crate::domain::text;
-use crate::meter::api::Listen;
+use crate::local_http::client as local_http;
+use crate::local_http::server::Listen;
 use crate::meter::period::Period;
 use crate::meter::sender::Destination;
 use crate::meter::store::FILE_NAME;

@@ -52,17 +52,22 @@ pub fn remove_stale(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Writes `handoff` to `dir/entitlement.json` via a temporary file (created with O_EXCL under
-/// an unpredictable name, so nothing planted in the directory is followed or overwritten) and a
-/// rename, so a reader sees either no file or the whole file.
+/// Writes `handoff` to `dir/entitlement.json`, atomically.
 pub fn write(dir: &Path, handoff: &Handoff) -> io::Result<PathBuf> {
-    let path = path_in(dir);
+    write_json(dir, FILE_NAME, handoff)
+}
+
+/// Writes `value` as JSON to `dir/name` via a temporary file (created with O_EXCL under an
+/// unpredictable name, so nothing planted in the directory is followed or overwritten) and a
+/// rename, so a reader sees either no file or the whole file, old or new.
+pub fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> io::Result<PathBuf> {
+    let path = dir.join(name);
     let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{FILE_NAME}."))
+        .prefix(&format!(".{name}."))
         .suffix(".tmp")
         .permissions(fs::Permissions::from_mode(0o644))
         .tempfile_in(dir)?;
-    serde_json::to_writer_pretty(&mut temp, handoff)?;
+    serde_json::to_writer_pretty(&mut temp, value)?;
     temp.write_all(b"\n")?;
     temp.as_file().sync_all()?;
     temp.persist(&path).map_err(|e| e.error)?;

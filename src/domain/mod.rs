@@ -7,12 +7,14 @@
 //! - [`workload`], [`nonce`]: the workload a run belongs to, and the nonce bound to it
 //! - [`token`]: PS256 token verification
 //! - [`handoff`]: `entitlement.json` for the main container
+//! - [`license`]: License Manager checkouts, and `license.json` for the main container
 //! - [`files`], [`text`], [`time`]: bounded file access, escaping of network text, time formats
 
 pub mod anchor_rules;
 pub mod files;
 pub mod handoff;
 pub mod key;
+pub mod license;
 pub mod nonce;
 pub mod product_code;
 pub mod text;

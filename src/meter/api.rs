@@ -2,16 +2,12 @@
 //! `/healthz`, `/readyz`, `/metrics`.
 
 use std::collections::BTreeSet;
-use std::convert::Infallible;
-use std::fmt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use super::metrics::Metrics;
@@ -19,63 +15,11 @@ use super::period::Period;
 use super::report;
 use super::store::{HourRecord, Reader};
 use super::writer::{Refused, Writer};
-use crate::aws::local_http::Target;
 use crate::domain::time::Clock;
+use crate::local_http::server::{error, respond, text, Body};
 
 /// The largest request body accepted (a batch of about 10,000 records).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// Where the API listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Listen {
-    Tcp(std::net::SocketAddr),
-    /// `unix:/path`: a Unix socket, for an app in the same pod that shares the volume.
-    Unix(PathBuf),
-}
-
-impl std::str::FromStr for Listen {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text.strip_prefix("unix:") {
-            Some(path) if path.starts_with('/') => Ok(Listen::Unix(PathBuf::from(path))),
-            Some(_) => Err(format!(
-                "{text:?}: a Unix socket needs an absolute path, unix:/path"
-            )),
-            None => text.parse().map(Listen::Tcp).map_err(|_| {
-                format!("{text:?} is neither host:port (127.0.0.1:8478) nor unix:/path")
-            }),
-        }
-    }
-}
-
-impl Listen {
-    /// Where a local client sends a request for `path`, and how to name it in a message.
-    pub fn target(&self, path: &str) -> (Target, String) {
-        match self {
-            Listen::Tcp(addr) => {
-                let url = format!("http://{addr}{path}");
-                (Target::Url(url.clone()), url)
-            }
-            Listen::Unix(socket) => (
-                Target::Unix {
-                    socket: socket.clone(),
-                    path: path.to_owned(),
-                },
-                format!("unix:{}{path}", socket.display()),
-            ),
-        }
-    }
-}
-
-impl fmt::Display for Listen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Listen::Tcp(addr) => write!(f, "http://{addr}"),
-            Listen::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
 
 /// Whether the sidecar takes usage.
 #[derive(Debug, Default)]
@@ -115,25 +59,8 @@ pub struct Api {
     pub product_code: String,
 }
 
-type Body = Full<Bytes>;
-
-/// Serves the API on an accepted connection until the client closes it (keep-alive).
-pub async fn serve_connection<S>(api: Arc<Api>, stream: S)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |request| {
-        let api = api.clone();
-        async move { Ok::<_, Infallible>(handle(&api, request).await) }
-    });
-    // An error here is a client that went away mid-request.
-    let _ = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
-}
-
-async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
+/// Answers one request.
+pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
     match (request.method(), request.uri().path()) {
         (&Method::POST, "/v1/usage") => usage(api, request).await,
         (&Method::GET, "/v1/status") => respond(StatusCode::OK, &status(api)),
@@ -293,43 +220,4 @@ fn status(api: &Api) -> Value {
         "acceptingHour": label(settled.accepting_hour),
         "dimensions": dimensions,
     })
-}
-
-fn respond(status: StatusCode, body: &Value) -> Response<Body> {
-    text(status, "application/json", body.to_string())
-}
-
-fn error(status: StatusCode, message: String) -> Response<Body> {
-    respond(status, &json!({ "error": message }))
-}
-
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(hyper::header::CONTENT_TYPE, content_type)
-        .body(Full::new(Bytes::from(body)))
-        .expect("a valid response")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listen_addresses_are_tcp_or_an_absolute_unix_path() {
-        assert_eq!(
-            "127.0.0.1:8478".parse::<Listen>(),
-            Ok(Listen::Tcp("127.0.0.1:8478".parse().unwrap()))
-        );
-        assert_eq!(
-            "unix:/run/meter.sock".parse::<Listen>(),
-            Ok(Listen::Unix("/run/meter.sock".into()))
-        );
-        assert!("unix:relative.sock".parse::<Listen>().is_err());
-        assert!("localhost".parse::<Listen>().is_err());
-        assert_eq!(
-            Listen::Tcp("127.0.0.1:8478".parse().unwrap()).to_string(),
-            "http://127.0.0.1:8478"
-        );
-    }
 }

@@ -31,7 +31,8 @@ use crate::aws::metering::{self, MeterUsageCall, MeteringError};
 use crate::aws::retry::RetryPolicy;
 use crate::domain::product_code::ProductCode;
 use crate::domain::time::Clock;
-use api::{Api, Listen, Readiness};
+use crate::local_http::server::{Listen, Listener};
+use api::{Api, Readiness};
 use metrics::Metrics;
 use period::Period;
 use sender::{Destination, Limit, Sender};
@@ -107,7 +108,7 @@ pub enum HealthError {
 /// Asks the sidecar listening on `listen` whether it is ready (`GET /readyz` answers 200).
 pub async fn health(listen: &Listen, timeout: Duration) -> Result<(), HealthError> {
     let (target, url) = listen.target("/readyz");
-    match crate::aws::local_http::get(&target, timeout, 4096).await {
+    match crate::local_http::client::get(&target, timeout, 4096).await {
         Ok(answer) if answer.status == 200 => Ok(()),
         Ok(answer) => Err(HealthError::NotReady {
             url,
@@ -181,7 +182,16 @@ pub async fn start(config: &MeterConfig, clock: Arc<dyn Clock>) -> Result<Sideca
         instance_id: instance_id.clone(),
         product_code: config.product_code.to_string(),
     });
-    let serving = tokio::spawn(listen(&config.listen).await?.serve(api));
+    let listener = Listener::bind(&config.listen)
+        .await
+        .map_err(|e| MeterError::Listen {
+            listen: config.listen.to_string(),
+            reason: e.to_string(),
+        })?;
+    let serving = tokio::spawn(listener.serve(Arc::new(move |request| {
+        let api = api.clone();
+        async move { api::handle(&api, request).await }
+    })));
 
     identity::check_aws_files(|name| std::env::var(name).ok())?;
     let region = tokio::time::timeout_at(
@@ -349,57 +359,6 @@ async fn tick(writer: Writer, period: Period, clock: Arc<dyn Clock>) {
         tokio::time::sleep(wait + Duration::from_millis(20)).await;
         if let Err(error) = writer.tick().await {
             tracing::error!(error = %error, "cannot close the hour");
-        }
-    }
-}
-
-/// A bound listener.
-enum Listener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
-}
-
-async fn listen(listen: &Listen) -> Result<Listener, MeterError> {
-    let failed = |e: std::io::Error| MeterError::Listen {
-        listen: listen.to_string(),
-        reason: e.to_string(),
-    };
-    match listen {
-        Listen::Tcp(addr) => tokio::net::TcpListener::bind(addr)
-            .await
-            .map(Listener::Tcp)
-            .map_err(failed),
-        Listen::Unix(path) => {
-            // A socket left by an earlier run would refuse the bind; anything else stays.
-            if std::fs::symlink_metadata(path)
-                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-            {
-                let _ = std::fs::remove_file(path);
-            }
-            tokio::net::UnixListener::bind(path)
-                .map(Listener::Unix)
-                .map_err(failed)
-        }
-    }
-}
-
-impl Listener {
-    async fn serve(self, api: Arc<Api>) {
-        loop {
-            match &self {
-                Listener::Tcp(listener) => {
-                    if let Ok((stream, _)) = listener.accept().await {
-                        // Small answers: send them now rather than wait for Nagle.
-                        let _ = stream.set_nodelay(true);
-                        tokio::spawn(api::serve_connection(api.clone(), stream));
-                    }
-                }
-                Listener::Unix(listener) => {
-                    if let Ok((stream, _)) = listener.accept().await {
-                        tokio::spawn(api::serve_connection(api.clone(), stream));
-                    }
-                }
-            }
         }
     }
 }
