@@ -17,6 +17,7 @@ pub mod aws;
 pub mod doctor;
 pub mod domain;
 pub mod gate;
+pub mod license;
 pub mod local_http;
 pub mod meter;
 pub mod outcome;

@@ -11,18 +11,22 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use entitlement_gate::aws::workload;
+use entitlement_gate::aws::{endpoint, workload};
 use entitlement_gate::doctor;
 use entitlement_gate::domain::handoff;
+use entitlement_gate::domain::license as license_file;
 use entitlement_gate::domain::time::SystemClock;
 use entitlement_gate::gate::check::{self, Phase, Progress};
 use entitlement_gate::gate::verify::{Evidence, Requirements, VerifyError};
+use entitlement_gate::license;
 use entitlement_gate::meter;
 use entitlement_gate::outcome::{self, GateError};
 
-use cli::args::{ExecArgs, MeterArgs, ReportFormat, VerifyArgs};
+use cli::args::{ExecArgs, LicenseWatchArgs, MeterArgs, ReportFormat, VerifyArgs};
 use cli::supervisor::{SignalPolicy, Supervisor};
-use cli::{exec, logging, usage, Cli, Command, LogFormat, ANCHORS, DEFAULT_TERMINATION_LOG};
+use cli::{
+    exec, logging, usage, Cli, Command, LicenseCommand, LogFormat, ANCHORS, DEFAULT_TERMINATION_LOG,
+};
 
 /// How long the ECS task metadata endpoint may take when `verify` resolves the workload.
 const TASK_METADATA_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,14 +40,19 @@ fn main() -> ExitCode {
         .map(PathBuf::from)
         .or_else(|| env("ENTITLEMENT_GATE_TERMINATION_LOG").map(PathBuf::from));
     supervisor.set_termination_log(termination_log_path(termination_log));
-    if matches!(usage::subcommand(&args), Some("check" | "exec")) {
+    let stale_proof = match usage::subcommand(&args) {
+        Some("check" | "exec") => Some(handoff::FILE_NAME),
+        Some("license check") => Some(license_file::FILE_NAME),
+        _ => None,
+    };
+    if let Some(name) = stale_proof {
         // As early as the directory is known, so that no failure, not even a usage error, leaves
-        // an earlier run's proof for `verify` to accept. The run reports what cannot be removed.
+        // an earlier run's proof for the app to accept. The run reports what cannot be removed.
         let dir = usage::flag_value(&args, "--handoff-dir")
             .map(PathBuf::from)
             .or_else(|| env("ENTITLEMENT_GATE_HANDOFF_DIR").map(PathBuf::from));
         if let Some(dir) = dir {
-            let _ = handoff::remove_stale(&dir);
+            let _ = handoff::remove_in(&dir, name);
         }
     }
     // Before parsing, so that a usage error is logged in the format the operator chose.
@@ -93,6 +102,19 @@ fn run(supervisor: &Supervisor, command: Command) -> u8 {
             block_on(supervisor.until_stopped(verify(&args)))
         }
         Command::Meter(args) => return meter(supervisor, &args, &progress),
+        Command::License(LicenseCommand::Check(args)) => {
+            supervisor.arm_watchdog(args.deadline, progress.clone());
+            block_on(async {
+                let config = args.to_config(&ANCHORS, workload_id().await)?;
+                supervisor
+                    .until_stopped(license::check::run(&config, &SystemClock))
+                    .await
+                    .map(drop)
+            })
+        }
+        Command::License(LicenseCommand::Watch(args)) => {
+            return license_watch(supervisor, &args, &progress)
+        }
         Command::Health(args) => {
             // A probe runs beside the container's own process: the termination log is theirs.
             supervisor.set_termination_log(None);
@@ -161,6 +183,53 @@ fn meter(supervisor: &Supervisor, args: &MeterArgs, progress: &Progress) -> u8 {
         }
         Err(error) => supervisor.conclude(&error),
     }
+}
+
+/// `license watch`: the sidecar that keeps the license, until a signal stops it and it has
+/// checked the seat in.
+fn license_watch(supervisor: &Supervisor, args: &LicenseWatchArgs, progress: &Progress) -> u8 {
+    let watchdog = supervisor.arm_watchdog(args.license.deadline, progress.clone());
+    let endpoint_overridden =
+        endpoint::configured_override(endpoint::LICENSE_MANAGER_OVERRIDE, |name| {
+            std::env::var(name).ok()
+        })
+        .is_some();
+    // The watch checks the seat in on SIGTERM; only a check-in that overruns its grace is cut
+    // short.
+    supervisor.set_signal_policy(SignalPolicy {
+        grace: args.shutdown_grace + Duration::from_secs(5),
+        overrun: |signal| GateError::StopOverran { signal },
+    });
+    let running = async {
+        let config = args.to_config(&ANCHORS, workload_id().await, endpoint_overridden)?;
+        // A signal during start-up stops at once (exit 8).
+        let watch = supervisor
+            .until_stopped(license::watch::start(&config, Arc::new(SystemClock)))
+            .await?;
+        watchdog.disarm();
+        Ok(watch.run_until(supervisor.stopped()).await?)
+    };
+    match block_on_threads(running) {
+        Ok(stopped) => {
+            tracing::info!(
+                signal = stopped.signal,
+                checked_in = stopped.checked_in,
+                exit_code = 0,
+                reason = "stopped",
+                "stopped: the license was released"
+            );
+            supervisor.conclude_success().err().unwrap_or(0)
+        }
+        Err(error) => supervisor.conclude(&error),
+    }
+}
+
+/// The workload identity as a default NodeId for License Manager, if it can be had quickly.
+async fn workload_id() -> Option<String> {
+    workload::resolve(|name| std::env::var(name).ok(), TASK_METADATA_TIMEOUT)
+        .await
+        .ok()
+        .map(|workload| workload.id)
 }
 
 /// `verify`: the evidence, checked against this workload without calling AWS.

@@ -133,13 +133,16 @@ fn role_beside(token_file: &Path) -> Option<String> {
 
 /// The Anywhere credential provider: each refresh re-reads the token file (a rotated secret is
 /// picked up), exchanges it and assumes the role.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AnywhereProvider {
     settings: AnywhereSettings,
     license_manager: LicenseManager,
     sts: aws_sdk_sts::Client,
     sts_endpoint: String,
     retry: RetryPolicy,
+    /// Credentials from the exchange made at start-up (for its precise failure), handed to the
+    /// SDK's cache on its first ask instead of a second exchange.
+    primed: std::sync::Mutex<Option<Credentials>>,
 }
 
 impl AnywhereProvider {
@@ -172,7 +175,29 @@ impl AnywhereProvider {
             sts,
             sts_endpoint,
             retry,
+            primed: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Exchanges once now, by `deadline`, so a refusal is reported precisely at start-up; the
+    /// credentials serve the first call.
+    pub async fn prime(&self, deadline: Instant) -> Result<(), AnywhereError> {
+        let credentials = self.exchange(deadline).await?;
+        *self.primed.lock().unwrap_or_else(|e| e.into_inner()) = Some(credentials);
+        Ok(())
+    }
+
+    /// The primed credentials, once, while they have a minute left.
+    fn take_primed(&self) -> Option<Credentials> {
+        let credentials = self
+            .primed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        let fresh = credentials
+            .expiry()
+            .is_none_or(|expiry| expiry > SystemTime::now() + Duration::from_secs(60));
+        fresh.then_some(credentials)
     }
 
     pub fn settings(&self) -> &AnywhereSettings {
@@ -180,7 +205,7 @@ impl AnywhereProvider {
     }
 
     /// One exchange: token file, GetAccessToken, AssumeRoleWithWebIdentity, by `deadline`.
-    pub async fn exchange(&self, deadline: Instant) -> Result<Credentials, AnywhereError> {
+    async fn exchange(&self, deadline: Instant) -> Result<Credentials, AnywhereError> {
         let settings = &self.settings;
         let raw = files::read_limited_to_string(&settings.token_file, MAX_TOKEN_BYTES).map_err(
             |source| AnywhereError::TokenFile {
@@ -256,6 +281,9 @@ impl ProvideCredentials for AnywhereProvider {
         Self: 'a,
     {
         provider::future::ProvideCredentials::new(async move {
+            if let Some(credentials) = self.take_primed() {
+                return Ok(credentials);
+            }
             self.exchange(Instant::now() + REFRESH_DEADLINE)
                 .await
                 .map_err(CredentialsError::provider_error)

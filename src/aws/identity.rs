@@ -49,6 +49,8 @@ pub enum RegionSource {
     Environment,
     Profile,
     InstanceMetadata,
+    /// Outside AWS with nothing set: License Manager's home Region for AWS Marketplace.
+    AnywhereDefault,
 }
 
 impl fmt::Display for RegionSource {
@@ -58,6 +60,7 @@ impl fmt::Display for RegionSource {
             RegionSource::Environment => "the environment (AWS_REGION/AWS_DEFAULT_REGION)",
             RegionSource::Profile => "the AWS config file profile",
             RegionSource::InstanceMetadata => "EC2 instance metadata (IMDS)",
+            RegionSource::AnywhereDefault => "the Anywhere default (us-east-1; set AWS_REGION)",
         })
     }
 }

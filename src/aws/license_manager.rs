@@ -202,9 +202,23 @@ pub struct LicenseManager {
     pub endpoint: String,
     pub credentials_from: CredentialSource,
     pub retry: RetryPolicy,
+    credentials: Option<SharedCredentialsProvider>,
+    pinning: Pinning,
 }
 
 impl LicenseManager {
+    /// The same identity and policy in another Region (a redirect to the license's home).
+    pub async fn in_region(&self, region: Region) -> LicenseManager {
+        LicenseManager::new(
+            region,
+            self.credentials.clone(),
+            self.credentials_from,
+            self.retry,
+            self.pinning,
+        )
+        .await
+    }
+
     /// A client for `region`; `credentials` `None` sends unsigned requests (GetAccessToken,
     /// which is how the Anywhere token is exchanged before there are credentials).
     pub async fn new(
@@ -215,7 +229,8 @@ impl LicenseManager {
         pinning: Pinning,
     ) -> LicenseManager {
         let unsigned = credentials.is_none();
-        let sdk = sdk_call::sdk_config(region.clone(), credentials, retry.attempt_timeout).await;
+        let sdk =
+            sdk_call::sdk_config(region.clone(), credentials.clone(), retry.attempt_timeout).await;
         let mut config = aws_sdk_licensemanager::config::Builder::from(&sdk)
             .interceptor(sdk_call::ResponseSizeLimit);
         if unsigned {
@@ -234,6 +249,8 @@ impl LicenseManager {
             endpoint,
             credentials_from,
             retry,
+            credentials,
+            pinning,
         }
     }
 }

@@ -11,10 +11,14 @@ use clap::{Args, ValueEnum};
 use entitlement_gate::aws::retry::{Backoff, RetryPolicy};
 use entitlement_gate::doctor::{DoctorRequest, MeterRequest};
 use entitlement_gate::domain::key::{KeyRequest, VerifyingKey};
-use entitlement_gate::domain::product_code::ProductCode;
+use entitlement_gate::domain::license::{CheckoutType, EntitlementRequest};
+use entitlement_gate::domain::product_code::{ProductCode, ProductCodeError};
 use entitlement_gate::domain::trust::TrustAnchors;
 use entitlement_gate::gate::check::CheckConfig;
 use entitlement_gate::gate::verify::EvidenceRequest;
+use entitlement_gate::license::watch::WatchConfig;
+use entitlement_gate::license::LicenseConfig;
+use entitlement_gate::license::OnLoss;
 use entitlement_gate::local_http::server::Listen;
 use entitlement_gate::meter::period::Period;
 use entitlement_gate::meter::MeterConfig;
@@ -111,7 +115,22 @@ pub struct CheckArgs {
           value_parser = parse_duration, value_name = "DURATION")]
     pub deadline: Duration,
 
-    /// Bound on one RegisterUsage attempt; a slower attempt is retried.
+    #[command(flatten)]
+    pub retry: RetryArgs,
+
+    /// Directory (e.g. a shared emptyDir) that receives entitlement.json on success.
+    #[arg(long, env = "ENTITLEMENT_GATE_HANDOFF_DIR", value_name = "DIR")]
+    pub handoff_dir: Option<PathBuf>,
+
+    /// Region override for local testing only; on ECS/EKS the platform sets AWS_REGION.
+    #[arg(long, env = "ENTITLEMENT_GATE_REGION")]
+    pub region: Option<String>,
+}
+
+/// How each AWS call is retried: shared by every command that calls AWS.
+#[derive(Debug, Clone, Args)]
+pub struct RetryArgs {
+    /// Bound on one AWS call attempt; a slower attempt is retried.
     #[arg(long, env = "ENTITLEMENT_GATE_ATTEMPT_TIMEOUT", default_value = "10s",
           value_parser = parse_duration, value_name = "DURATION")]
     pub attempt_timeout: Duration,
@@ -126,25 +145,24 @@ pub struct CheckArgs {
     #[arg(long, env = "ENTITLEMENT_GATE_RETRY_CAP", default_value = "8s",
           value_parser = parse_duration, value_name = "DURATION")]
     pub retry_cap: Duration,
-
-    /// Directory (e.g. a shared emptyDir) that receives entitlement.json on success.
-    #[arg(long, env = "ENTITLEMENT_GATE_HANDOFF_DIR", value_name = "DIR")]
-    pub handoff_dir: Option<PathBuf>,
-
-    /// Region override for local testing only; on ECS/EKS the platform sets AWS_REGION.
-    #[arg(long, env = "ENTITLEMENT_GATE_REGION")]
-    pub region: Option<String>,
 }
 
-impl CheckArgs {
-    pub fn retry(&self) -> RetryPolicy {
+impl RetryArgs {
+    /// The policy of calls made within `deadline`: no attempt outlasts it.
+    pub fn policy(&self, deadline: Duration) -> RetryPolicy {
         RetryPolicy {
-            attempt_timeout: self.attempt_timeout.min(self.deadline),
+            attempt_timeout: self.attempt_timeout.min(deadline),
             backoff: Backoff {
                 base: self.retry_base,
                 cap: self.retry_cap.max(self.retry_base),
             },
         }
+    }
+}
+
+impl CheckArgs {
+    pub fn retry(&self) -> RetryPolicy {
+        self.retry.policy(self.deadline)
     }
 
     /// The validated configuration of one `check` run.
@@ -342,20 +360,8 @@ pub struct MeterArgs {
           value_parser = parse_duration, value_name = "DURATION")]
     pub deadline: Duration,
 
-    /// Bound on one MeterUsage attempt; a slower attempt is retried.
-    #[arg(long, env = "ENTITLEMENT_GATE_ATTEMPT_TIMEOUT", default_value = "10s",
-          value_parser = parse_duration, value_name = "DURATION")]
-    pub attempt_timeout: Duration,
-
-    /// Jitter window before the first retry; it doubles with each retry up to --retry-cap.
-    #[arg(long, env = "ENTITLEMENT_GATE_RETRY_BASE", default_value = "2s",
-          value_parser = parse_duration, value_name = "DURATION")]
-    pub retry_base: Duration,
-
-    /// Largest jitter window between retries.
-    #[arg(long, env = "ENTITLEMENT_GATE_RETRY_CAP", default_value = "8s",
-          value_parser = parse_duration, value_name = "DURATION")]
-    pub retry_cap: Duration,
+    #[command(flatten)]
+    pub retry: RetryArgs,
 
     /// Region override for local testing only; on ECS/EKS the platform sets AWS_REGION.
     #[arg(long, env = "ENTITLEMENT_GATE_REGION")]
@@ -405,19 +411,191 @@ impl MeterArgs {
             shutdown_grace: self.shutdown_grace,
             drain: self.drain,
             deadline: self.deadline,
-            retry: RetryPolicy {
-                attempt_timeout: self.attempt_timeout.min(self.deadline),
-                backoff: Backoff {
-                    base: self.retry_base,
-                    cap: self.retry_cap.max(self.retry_base),
-                },
-            },
+            retry: self.retry.policy(self.deadline),
             region_override: self.region.clone(),
         })
     }
 }
 
-/// Flags of `entitlement-gate health`: is the metering sidecar ready?
+/// Flags shared by `license check` and `license watch`: what to check out.
+#[derive(Debug, Clone, Args)]
+pub struct LicenseArgs {
+    /// AWS Marketplace product ID (not the product code), sent as ProductSKU.
+    #[arg(long, env = "ENTITLEMENT_GATE_PRODUCT_ID")]
+    pub product_id: Option<String>,
+
+    /// An entitlement to check out, NAME[=VALUE][:UNIT] (repeatable; the variable is a comma
+    /// list): a tier or feature alone (unit None), or a count, e.g. ReadOnlyUsers=1:Count.
+    #[arg(
+        long = "entitlement",
+        env = "ENTITLEMENT_GATE_ENTITLEMENTS",
+        value_name = "SPEC",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub entitlements: Vec<EntitlementRequest>,
+
+    /// provisional: floating seats and tiers, returned at the end; perpetual: drawdown,
+    /// consumed for good.
+    #[arg(long, env = "ENTITLEMENT_GATE_CHECKOUT_TYPE", value_enum,
+          default_value_t = CheckoutKind::Provisional)]
+    pub checkout_type: CheckoutKind,
+
+    /// The NodeId sent with the checkout [default: the workload identity, e.g. the pod UID].
+    #[arg(long, env = "ENTITLEMENT_GATE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Bound on start-up: Region, credentials and the checkout with its retries.
+    #[arg(long, env = "ENTITLEMENT_GATE_DEADLINE", default_value = "120s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub deadline: Duration,
+
+    #[command(flatten)]
+    pub retry: RetryArgs,
+
+    /// Directory (the shared emptyDir) that receives license.json.
+    #[arg(long, env = "ENTITLEMENT_GATE_HANDOFF_DIR", value_name = "DIR")]
+    pub handoff_dir: Option<PathBuf>,
+
+    /// Region override for local testing only (outside AWS the default is us-east-1).
+    #[arg(long, env = "ENTITLEMENT_GATE_REGION")]
+    pub region: Option<String>,
+}
+
+/// `--checkout-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckoutKind {
+    Provisional,
+    Perpetual,
+}
+
+impl LicenseArgs {
+    /// The validated configuration; `workload_id` is the default NodeId.
+    pub fn to_config(
+        &self,
+        anchors: &TrustAnchors,
+        workload_id: Option<String>,
+    ) -> Result<LicenseConfig, GateError> {
+        const SETTING: &str = "--product-id (ENTITLEMENT_GATE_PRODUCT_ID)";
+        let product_id = anchors
+            .product_code(self.product_id.as_deref())
+            .map_err(|error| {
+                let (problem, remedy) = match error {
+                    ProductCodeError::Missing => (
+                        "not set".to_owned(),
+                        "set it to the product ID from the AWS Marketplace Management Portal \
+                         (Products, Container, the product's ID; not its product code)",
+                    ),
+                    ProductCodeError::Invalid { code, reason } => (
+                        format!("{code:?} is invalid: {reason}"),
+                        "use the product ID from the AWS Marketplace Management Portal",
+                    ),
+                    ProductCodeError::Untrusted { code } => (
+                        format!("{code:?} is not one this build trusts"),
+                        "use the product ID this locked image was built for",
+                    ),
+                };
+                GateError::InvalidSetting {
+                    setting: SETTING,
+                    problem,
+                    remedy,
+                }
+            })?;
+        Ok(LicenseConfig {
+            product_id,
+            entitlements: self.entitlements.clone(),
+            checkout_type: match self.checkout_type {
+                CheckoutKind::Provisional => CheckoutType::Provisional,
+                CheckoutKind::Perpetual => CheckoutType::Perpetual,
+            },
+            node_id: self.node_id.clone().or(workload_id),
+            handoff_dir: self.handoff_dir.clone(),
+            deadline: self.deadline,
+            retry: self.retry.policy(self.deadline),
+            region_override: self.region.clone(),
+            locked: anchors.is_locked(),
+        })
+    }
+}
+
+/// Flags of `entitlement-gate license watch`, the sidecar.
+#[derive(Debug, Clone, Args)]
+pub struct LicenseWatchArgs {
+    #[command(flatten)]
+    pub license: LicenseArgs,
+
+    /// How often the license is re-validated (at most daily; at least a minute against AWS).
+    #[arg(long, env = "ENTITLEMENT_GATE_LICENSE_INTERVAL", default_value = "15m",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Duration,
+
+    /// When the license is lost: exit (the workload restarts into the start-up gate) or report
+    /// (keep running; status, metrics and license.json say so).
+    #[arg(long, env = "ENTITLEMENT_GATE_ON_LOSS", value_enum, default_value_t = LossPolicy::Exit)]
+    pub on_loss: LossPolicy,
+
+    /// How long the last good license is kept while AWS cannot confirm it.
+    #[arg(long, env = "ENTITLEMENT_GATE_LOSS_GRACE", default_value = "30m",
+          value_parser = parse_duration_or_zero, value_name = "DURATION")]
+    pub loss_grace: Duration,
+
+    /// Where the local API listens: host:port, or unix:/path.
+    #[arg(
+        long,
+        env = "ENTITLEMENT_GATE_LICENSE_LISTEN",
+        default_value = "127.0.0.1:8479",
+        value_name = "ADDR"
+    )]
+    pub listen: Listen,
+
+    /// After SIGTERM, how long checking the seat in may take; the pod's
+    /// terminationGracePeriodSeconds (ECS stopTimeout) must exceed it.
+    #[arg(long, env = "ENTITLEMENT_GATE_SHUTDOWN_GRACE", default_value = "10s",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_grace: Duration,
+}
+
+/// `--on-loss`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LossPolicy {
+    Exit,
+    Report,
+}
+
+impl LicenseWatchArgs {
+    /// The validated configuration. `endpoint_overridden`: an emulator, the only case an
+    /// interval under a minute makes sense.
+    pub fn to_config(
+        &self,
+        anchors: &TrustAnchors,
+        workload_id: Option<String>,
+        endpoint_overridden: bool,
+    ) -> Result<WatchConfig, GateError> {
+        if self.interval < Duration::from_secs(60) && !endpoint_overridden {
+            return Err(GateError::InvalidSetting {
+                setting: "--interval (ENTITLEMENT_GATE_LICENSE_INTERVAL)",
+                problem: format!(
+                    "{} is too short for AWS License Manager's rate limits",
+                    humantime::format_duration(self.interval)
+                ),
+                remedy: "use at least 1m (15m is AWS's advice; a day is enough outside AWS)",
+            });
+        }
+        Ok(WatchConfig {
+            license: self.license.to_config(anchors, workload_id)?,
+            interval: self.interval,
+            on_loss: match self.on_loss {
+                LossPolicy::Exit => OnLoss::Exit,
+                LossPolicy::Report => OnLoss::Report,
+            },
+            loss_grace: self.loss_grace,
+            listen: self.listen.clone(),
+            shutdown_grace: self.shutdown_grace,
+        })
+    }
+}
+
+/// Flags of `entitlement-gate health`: is a sidecar (the meter, the license watch) ready?
 #[derive(Debug, Clone, Args)]
 pub struct HealthArgs {
     /// The sidecar's listen address: host:port, or unix:/path.
@@ -479,9 +657,11 @@ mod tests {
         let args = CheckArgs {
             product: ProductArgs::default(),
             deadline: Duration::from_secs(2),
-            attempt_timeout: Duration::from_secs(10),
-            retry_base: Duration::from_secs(3),
-            retry_cap: Duration::from_secs(1),
+            retry: RetryArgs {
+                attempt_timeout: Duration::from_secs(10),
+                retry_base: Duration::from_secs(3),
+                retry_cap: Duration::from_secs(1),
+            },
             handoff_dir: None,
             region: None,
         };

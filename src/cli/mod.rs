@@ -20,7 +20,10 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEn
 
 use entitlement_gate::domain::trust::TrustAnchors;
 
-use args::{CheckArgs, DoctorArgs, ExecArgs, HealthArgs, MeterArgs, VerifyArgs};
+use args::{
+    CheckArgs, DoctorArgs, ExecArgs, HealthArgs, LicenseArgs, LicenseWatchArgs, MeterArgs,
+    VerifyArgs,
+};
 
 /// The trust anchors compiled into this binary (see `build.rs`).
 pub const ANCHORS: TrustAnchors = TrustAnchors::EMBEDDED;
@@ -58,8 +61,19 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// The metering sidecar: report custom-dimension usage with MeterUsage, hourly, durably.
     Meter(MeterArgs),
-    /// Exit 0 when the metering sidecar is ready (for ECS health checks and exec probes).
+    /// Contract pricing: check out AWS License Manager entitlements, and keep them.
+    #[command(subcommand)]
+    License(LicenseCommand),
+    /// Exit 0 when a sidecar (meter, license watch) is ready (ECS health checks, exec probes).
     Health(HealthArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LicenseCommand {
+    /// Check the entitlements out, write license.json, exit 0 only if AWS granted them.
+    Check(LicenseArgs),
+    /// The sidecar: keep the checkout (extend, re-validate, check in on SIGTERM).
+    Watch(LicenseWatchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -122,9 +136,9 @@ mod tests {
         assert_eq!(args.product.product_code.as_deref(), Some("abc"));
         assert_eq!(args.product.public_key_version, 2);
         assert_eq!(args.deadline, Duration::from_secs(90));
-        assert_eq!(args.attempt_timeout, Duration::from_secs(10));
-        assert_eq!(args.retry_base, Duration::from_secs(2));
-        assert_eq!(args.retry_cap, Duration::from_secs(8));
+        assert_eq!(args.retry.attempt_timeout, Duration::from_secs(10));
+        assert_eq!(args.retry.retry_base, Duration::from_secs(2));
+        assert_eq!(args.retry.retry_cap, Duration::from_secs(8));
         assert_eq!(args.handoff_dir, Some(PathBuf::from("/h")));
     }
 

@@ -49,7 +49,7 @@ pub fn describe(
     let invalid_arg = context(ContextKind::InvalidArg).unwrap_or_default();
     let detail = match error.kind() {
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
-            "no command given: use check, exec, verify, doctor, meter or health".to_owned()
+            "no command given: use check, exec, verify, doctor, meter, license or health".to_owned()
         }
         ErrorKind::InvalidSubcommand => format!(
             "unknown command {}{}",
@@ -137,19 +137,31 @@ fn env_variable(command: Option<&str>, long: &str) -> Option<String> {
             .and_then(|arg| arg.get_env())
             .map(|name| name.to_string_lossy().into_owned())
     };
+    // `license check`: the nested command's own options.
     command
-        .and_then(|name| root.find_subcommand(name))
+        .and_then(|name| {
+            name.split(' ')
+                .try_fold(&root, |scope, word| scope.find_subcommand(word))
+        })
         .and_then(in_scope)
         .or_else(|| in_scope(&root))
 }
 
 /// The subcommand named in `args`, if any (the first argument that is one).
 pub fn subcommand(args: &[OsString]) -> Option<&'static str> {
-    const NAMES: [&str; 6] = ["check", "exec", "verify", "doctor", "meter", "health"];
-    args.iter()
-        .skip(1)
-        .take_while(|arg| *arg != "--")
-        .find_map(|arg| NAMES.into_iter().find(|name| arg == *name))
+    const NAMES: [&str; 7] = [
+        "check", "exec", "verify", "doctor", "meter", "license", "health",
+    ];
+    let mut words = args.iter().skip(1).take_while(|arg| *arg != "--");
+    let name = words.find_map(|arg| NAMES.into_iter().find(|name| arg == *name))?;
+    if name != "license" {
+        return Some(name);
+    }
+    Some(match words.next().and_then(|arg| arg.to_str()) {
+        Some("check") => "license check",
+        Some("watch") => "license watch",
+        _ => "license",
+    })
 }
 
 /// The value given to `--flag` as `--flag VALUE` or `--flag=VALUE`, before any `--`.
@@ -217,7 +229,7 @@ mod tests {
         let usage = describe_args(&["entitlement-gate"], &[]);
         assert_eq!(
             usage.detail,
-            "no command given: use check, exec, verify, doctor, meter or health"
+            "no command given: use check, exec, verify, doctor, meter, license or health"
         );
         assert_eq!(usage.help, "entitlement-gate --help");
     }

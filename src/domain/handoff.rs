@@ -46,7 +46,12 @@ pub const MAX_HANDOFF_BYTES: usize = 64 * 1024;
 /// Removes a handoff left by an earlier run, so a failing run leaves nothing behind. A symlink
 /// at that name is removed itself (unlink never follows it), never its target.
 pub fn remove_stale(dir: &Path) -> io::Result<()> {
-    match fs::remove_file(path_in(dir)) {
+    remove_in(dir, FILE_NAME)
+}
+
+/// Removes `dir/name` if it is there (a symlink itself, never its target).
+pub fn remove_in(dir: &Path, name: &str) -> io::Result<()> {
+    match fs::remove_file(dir.join(name)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unused_imports)] // Each test crate uses its own subset.
 
+use std::io::{Read as _, Write as _};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -346,4 +348,148 @@ impl CannedServer {
     pub fn hits(&self) -> usize {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// A running sidecar; its log goes to a file (a long run would fill a pipe nobody reads).
+pub struct Sidecar {
+    pub running: Running,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Sidecar {
+    /// Starts `gate`, which listens on [`Sidecar::socket_of`]'s socket.
+    pub fn spawn(gate: Gate) -> Sidecar {
+        let socket = Sidecar::socket_of(&gate);
+        let log = gate.path("stderr.log");
+        let running = gate
+            .stderr_to(std::fs::File::create(&log).expect("log file"))
+            .spawn();
+        Sidecar {
+            running,
+            socket,
+            log,
+        }
+    }
+
+    /// The Unix socket a sidecar started from `gate` listens on.
+    pub fn socket_of(gate: &Gate) -> PathBuf {
+        gate.path("sidecar.sock")
+    }
+
+    /// Starts and waits until `/readyz` answers 200.
+    pub fn ready(gate: Gate) -> Sidecar {
+        let mut sidecar = Sidecar::spawn(gate);
+        sidecar.wait_ready();
+        sidecar
+    }
+
+    pub fn wait_ready(&mut self) {
+        let ready = wait_until(Duration::from_secs(60), || {
+            if let Ok(Some(status)) = self.running.child.try_wait() {
+                panic!("the sidecar exited ({status}):\n{}", self.log());
+            }
+            self.try_request("GET", "/readyz", "")
+                .is_some_and(|(status, _)| status == 200)
+        });
+        assert!(ready, "the sidecar never became ready:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn try_request(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+        http(&self.socket, method, path, body.as_bytes())
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        self.try_request(method, path, body)
+            .unwrap_or_else(|| panic!("no answer to {method} {path}:\n{}", self.log()))
+    }
+
+    /// A request with a JSON answer.
+    pub fn json(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let (status, text) = self.request(method, path, body);
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+        )
+    }
+
+    /// The value of a Prometheus sample, e.g. `entitlement_gate_meter_carried_hours_total`.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let (_, text) = self.request("GET", "/metrics", "");
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no sample {sample} in\n{text}"))
+            .parse()
+            .expect("a number")
+    }
+
+    pub fn terminate(&self) {
+        self.running.signal(libc::SIGTERM);
+    }
+
+    /// SIGTERM, then the exit.
+    pub fn stop(self) -> Ended {
+        self.terminate();
+        self.wait()
+    }
+
+    pub fn wait(self) -> Ended {
+        let log = self.log.clone();
+        let finished = self.running.wait();
+        Ended {
+            code: finished.code,
+            log: std::fs::read_to_string(log).unwrap_or_default(),
+            termination_log: finished.termination_log(),
+            dir: finished.dir,
+        }
+    }
+}
+
+pub struct Ended {
+    pub code: Option<i32>,
+    pub log: String,
+    pub termination_log: Option<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Ended {
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, Some(code), "log:\n{}", self.log);
+        self
+    }
+
+    /// The failure sentence: in the termination log and the same in the log.
+    #[track_caller]
+    pub fn reason(&self) -> String {
+        let reason = self.termination_log.clone().expect("a termination log");
+        assert!(self.log.contains(&reason), "the log lacks {reason:?}");
+        reason
+    }
+}
+
+/// One HTTP/1.1 request over a Unix socket; `None` when nothing listens (yet).
+pub fn http(socket: &Path, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: meter\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    // A refused body may be answered before it is all read, and the rest then refused.
+    let _ = stream.write_all(body);
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).ok()?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
 }

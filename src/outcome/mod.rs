@@ -15,6 +15,7 @@ use crate::domain::product_code::ProductCodeError;
 use crate::domain::token::TokenError;
 use crate::gate::check::{CheckError, Phase};
 use crate::gate::verify::VerifyError;
+use crate::license::LicenseError;
 use crate::meter::store::StoreError;
 use crate::meter::{HealthError, MeterError};
 
@@ -22,6 +23,8 @@ use crate::meter::{HealthError, MeterError};
 pub const TERMINATION_LOG_MAX_BYTES: usize = 4096;
 
 /// Exit codes, as documented in the README.
+mod license;
+
 pub mod exit_code {
     pub const INTERNAL: u8 = 1;
     pub const CONFIG: u8 = 2;
@@ -64,6 +67,9 @@ pub enum GateError {
     Meter(#[from] MeterError),
     #[error(transparent)]
     Health(#[from] HealthError),
+    /// Contract pricing. Boxed: the gate's errors stay small enough to return.
+    #[error(transparent)]
+    License(Box<LicenseError>),
     /// A stop signal came, and the graceful shutdown overran its grace.
     #[error("stopped by {signal}, and the shutdown overran its grace")]
     StopOverran { signal: &'static str },
@@ -74,6 +80,12 @@ pub enum GateError {
     Interrupted { signal: &'static str },
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<LicenseError> for GateError {
+    fn from(error: LicenseError) -> Self {
+        GateError::License(Box::new(error))
+    }
 }
 
 impl From<Failure> for GateError {
@@ -360,6 +372,7 @@ pub fn report(error: &GateError) -> Report {
                  it again."
             ),
         ),
+        G::License(e) => license::report(error, e),
         G::Check(e @ C::Randomness(_)) => internal(e),
         G::Internal(detail) => internal(detail),
     };
@@ -632,6 +645,7 @@ fn request_id(error: &GateError) -> Option<&str> {
     match error {
         GateError::Check(CheckError::Metering(e)) => e.request_id(),
         GateError::Meter(MeterError::Metering(e)) => e.request_id(),
+        GateError::License(e) => license::request_id(e),
         _ => None,
     }
 }
