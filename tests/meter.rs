@@ -9,9 +9,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read as _, Write as _};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metering_emulator::{Faults, InjectedError, LedgerSnapshot, Operation, RandomFaults};
@@ -45,7 +43,7 @@ fn meter(emulator: &RunningEmulator, state: &Path, period: Duration) -> Gate {
         emulator.public_key_pem(),
         &["meter"],
     );
-    let socket = gate.path("meter.sock");
+    let socket = Sidecar::socket_of(&gate);
     gate.env("ENTITLEMENT_GATE_DIMENSIONS", DIMENSIONS)
         .env("ENTITLEMENT_GATE_STATE_DIR", state)
         .env(
@@ -59,62 +57,17 @@ fn meter(emulator: &RunningEmulator, state: &Path, period: Duration) -> Gate {
         .env("ENTITLEMENT_GATE_SHUTDOWN_GRACE", "60s")
 }
 
-/// A running sidecar; its log goes to a file (a long run would fill a pipe nobody reads).
-struct Sidecar {
-    running: Running,
-    socket: PathBuf,
-    log: PathBuf,
+/// The meter's API.
+trait MeterClient {
+    fn post(&self, body: &str) -> (u16, Value);
+    fn accept(&self, body: &str) -> Value;
+    fn status(&self) -> Value;
 }
 
-impl Sidecar {
-    fn spawn(gate: Gate) -> Sidecar {
-        let socket = gate.path("meter.sock");
-        let log = gate.path("stderr.log");
-        let running = gate
-            .stderr_to(std::fs::File::create(&log).expect("log file"))
-            .spawn();
-        Sidecar {
-            running,
-            socket,
-            log,
-        }
-    }
-
-    /// Starts and waits until `/readyz` answers 200.
-    fn ready(gate: Gate) -> Sidecar {
-        let mut sidecar = Sidecar::spawn(gate);
-        sidecar.wait_ready();
-        sidecar
-    }
-
-    fn wait_ready(&mut self) {
-        let ready = wait_until(Duration::from_secs(60), || {
-            if let Ok(Some(status)) = self.running.child.try_wait() {
-                panic!("the sidecar exited ({status}):\n{}", self.log());
-            }
-            self.try_request("GET", "/readyz", "")
-                .is_some_and(|(status, _)| status == 200)
-        });
-        assert!(ready, "the sidecar never became ready:\n{}", self.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn try_request(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-        http(&self.socket, method, path, body.as_bytes())
-    }
-
-    fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        self.try_request(method, path, body)
-            .unwrap_or_else(|| panic!("no answer to {method} {path}:\n{}", self.log()))
-    }
-
+impl MeterClient for Sidecar {
     /// `POST /v1/usage`: the status and the JSON answer.
     fn post(&self, body: &str) -> (u16, Value) {
-        let (status, text) = self.request("POST", "/v1/usage", body);
-        (status, serde_json::from_str(&text).expect("a JSON answer"))
+        self.json("POST", "/v1/usage", body)
     }
 
     #[track_caller]
@@ -125,86 +78,10 @@ impl Sidecar {
     }
 
     fn status(&self) -> Value {
-        let (status, text) = self.request("GET", "/v1/status", "");
+        let (status, answer) = self.json("GET", "/v1/status", "");
         assert_eq!(status, 200);
-        serde_json::from_str(&text).expect("status JSON")
+        answer
     }
-
-    /// The value of a Prometheus sample, e.g. `entitlement_gate_meter_carried_hours_total`.
-    fn metric(&self, sample: &str) -> f64 {
-        let (_, text) = self.request("GET", "/metrics", "");
-        text.lines()
-            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no sample {sample} in\n{text}"))
-            .parse()
-            .expect("a number")
-    }
-
-    fn terminate(&self) {
-        self.running.signal(libc::SIGTERM);
-    }
-
-    /// SIGTERM, then the exit.
-    fn stop(self) -> Ended {
-        self.terminate();
-        self.wait()
-    }
-
-    fn wait(self) -> Ended {
-        let log = self.log.clone();
-        let finished = self.running.wait();
-        Ended {
-            code: finished.code,
-            log: std::fs::read_to_string(log).unwrap_or_default(),
-            termination_log: finished.termination_log(),
-            _dir: finished.dir,
-        }
-    }
-}
-
-struct Ended {
-    code: Option<i32>,
-    log: String,
-    termination_log: Option<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Ended {
-    #[track_caller]
-    fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(self.code, Some(code), "log:\n{}", self.log);
-        self
-    }
-
-    /// The failure sentence: in the termination log and the same in the log.
-    #[track_caller]
-    fn reason(&self) -> String {
-        let reason = self.termination_log.clone().expect("a termination log");
-        assert!(self.log.contains(&reason), "the log lacks {reason:?}");
-        reason
-    }
-}
-
-/// One HTTP/1.1 request over a Unix socket; `None` when nothing listens (yet).
-fn http(socket: &Path, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
-    let mut stream = UnixStream::connect(socket).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: meter\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).ok()?;
-    // A refused body may be answered before it is all read, and the rest then refused.
-    let _ = stream.write_all(body);
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).ok()?;
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
 }
 
 /// Whole units per dimension in the ledger's MeterUsage records.
@@ -629,6 +506,61 @@ fn an_hour_about_to_leave_the_window_is_carried_into_a_later_hour_not_lost() {
     one_record_per_dimension_and_hour(&ledger);
     assert_eq!(ledger_totals(&ledger)["requests"], 5);
     assert_eq!(ledger.duplicates_refused, 0);
+}
+
+#[test]
+fn an_hour_whose_answer_was_lost_is_left_in_doubt_not_carried_and_billed_once() {
+    let period = Duration::from_secs(2);
+    let emulator = metering_emulator(period);
+    let state = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::ready(meter(&emulator, state.path(), period));
+    // The calls get through and are recorded, but their answers are lost on the way back ...
+    emulator.set_faults(faults_on_meter_usage(|f| {
+        f.random = Some(RandomFaults {
+            seed: 1,
+            lose_response: 1.0,
+            ..RandomFaults::default()
+        });
+    }));
+    sidecar.accept(r#"{"dimension": "requests", "quantity": 5}"#);
+    assert!(
+        wait_until(Duration::from_secs(60), || ledger_totals(&emulator.ledger())
+            .get("requests")
+            == Some(&5)),
+        "the hour was never recorded:\n{}",
+        sidecar.log()
+    );
+    // ... then every call fails until the hour reaches its carry time.
+    emulator.set_faults(faults_on_meter_usage(|f| {
+        f.error = Some(
+            "InternalServiceErrorException"
+                .parse::<InjectedError>()
+                .unwrap(),
+        );
+    }));
+    let in_doubt = |status: &Value| {
+        status["dimensions"]["requests"]["duplicatesAndCarried"]
+            .as_array()
+            .is_some_and(|entries| {
+                entries
+                    .iter()
+                    .any(|e| e["state"] == "inDoubt" && e["quantity"] == 5)
+            })
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), || in_doubt(&sidecar.status())),
+        "the hour was not left in doubt:\n{}",
+        sidecar.log()
+    );
+    assert!(sidecar.metric("entitlement_gate_meter_in_doubt_quantity_total") >= 5.0);
+    emulator.set_faults(Faults::default());
+    let ended = sidecar.stop();
+    ended.expect_code(0);
+    assert!(ended.log.contains("AWS may hold it"), "{}", ended.log);
+    // Billed once: carrying it would have made it 10.
+    let ledger = emulator.ledger();
+    one_record_per_dimension_and_hour(&ledger);
+    assert_eq!(ledger_totals(&ledger)["requests"], 5);
 }
 
 #[test]

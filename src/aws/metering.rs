@@ -2,6 +2,7 @@
 //! metering sidecar, with their failure classes.
 //! The SDK's own retries are off; [`retry::until_deadline`] owns retries.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use aws_config::Region;
@@ -430,29 +431,53 @@ pub struct MeterUsageAnswer {
     pub request_id: Option<String>,
 }
 
+/// A MeterUsage call that did not get its record back.
+#[derive(Debug)]
+pub struct MeterUsageFailure {
+    pub error: MeteringError,
+    /// An attempt ended without proof that AWS did not record the usage (a timeout, a
+    /// connection lost after sending): AWS may hold the record.
+    pub may_be_recorded: bool,
+}
+
 /// Sends one MeterUsage record, retrying until it answers, fails for good, or no useful attempt
 /// fits before `deadline`.
 pub async fn meter_usage(
     client: &Client,
     call: &MeterUsageCall<'_>,
     deadline: Instant,
-) -> Result<MeterUsageAnswer, MeteringError> {
-    let allocations = usage_allocations(call.allocations)?;
+) -> Result<MeterUsageAnswer, MeterUsageFailure> {
+    let allocations = usage_allocations(call.allocations).map_err(|error| MeterUsageFailure {
+        error,
+        may_be_recorded: false,
+    })?;
+    // Counted up as an attempt starts and down when its failure proves nothing was recorded:
+    // an attempt abandoned at its timeout stays counted.
+    let uncertain = AtomicU32::new(0);
     let answer = retry::until_deadline("MeterUsage", call.retry, deadline, || async {
+        uncertain.fetch_add(1, Ordering::Relaxed);
         let sent = meter_usage_request(client, call, allocations.clone(), false)
             .send()
             .await;
         match sent {
             Ok(output) => Attempt::Answered(output),
-            Err(error) => classify_meter_usage(&error, call),
+            Err(error) => {
+                if sdk_call::proves_not_carried_out(&error) {
+                    uncertain.fetch_sub(1, Ordering::Relaxed);
+                }
+                classify_meter_usage(&error, call)
+            }
         }
     })
     .await
-    .map_err(|error| match error {
-        RetryError::Failed(error) => error,
-        RetryError::GaveUp(gave_up) => {
-            MeteringError::persisting(Operation::MeterUsage, gave_up, call.endpoint)
-        }
+    .map_err(|error| MeterUsageFailure {
+        error: match error {
+            RetryError::Failed(error) => error,
+            RetryError::GaveUp(gave_up) => {
+                MeteringError::persisting(Operation::MeterUsage, gave_up, call.endpoint)
+            }
+        },
+        may_be_recorded: uncertain.load(Ordering::Relaxed) > 0,
     })?;
     Ok(MeterUsageAnswer {
         request_id: answer.request_id().map(text::quoted),

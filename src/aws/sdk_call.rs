@@ -63,7 +63,9 @@ pub async fn sdk_config(
         .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(attempt_timeout.min(Duration::from_secs(3)))
+                // Shorter than the attempt, so a connection that cannot be made fails as such (the
+                // request provably unsent) instead of as the attempt's timeout.
+                .connect_timeout((attempt_timeout / 2).min(Duration::from_secs(3)))
                 .operation_attempt_timeout(attempt_timeout)
                 .build(),
         );
@@ -272,6 +274,42 @@ where
             request_id,
         }),
     }
+}
+
+/// Whether a failed attempt shows that the service did not act on the request: it was never
+/// sent (not built, or no connection was made), or the service itself answered with an error
+/// code. Anything else (a timeout, a connection lost after sending, a proxy's page, an answer
+/// cut off) leaves open that the request was carried out.
+pub fn proves_not_carried_out<E>(
+    error: &SdkError<E, aws_smithy_runtime_api::http::Response>,
+) -> bool
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match error {
+        SdkError::ConstructionFailure(_) => true,
+        SdkError::DispatchFailure(failure) => failure.is_user() || connection_never_made(error),
+        SdkError::ServiceError(service) => {
+            service.raw().status().as_u16() >= 400 && service.err().code().is_some()
+        }
+        _ => false,
+    }
+}
+
+/// Whether the connection (TCP, TLS, or the DNS lookup before it) failed, so no byte of the
+/// request left.
+fn connection_never_made(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(cause) = current {
+        if cause
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(hyper_util::client::legacy::Error::is_connect)
+        {
+            return true;
+        }
+        current = cause.source();
+    }
+    false
 }
 
 /// A documented transient code: retried, with the code and message as the detail.

@@ -176,8 +176,9 @@ fn status(api: &Api) -> Value {
                         quantity,
                         attempts,
                         last_error: error,
+                        in_doubt,
                     } => {
-                        unsent.push(json!({ "hour": label(*hour), "quantity": quantity, "attempts": attempts, "lastError": error }));
+                        unsent.push(json!({ "hour": label(*hour), "quantity": quantity, "attempts": attempts, "lastError": error, "inDoubt": in_doubt }));
                         if error.is_some() {
                             last_error = json!(error);
                         }
@@ -197,6 +198,9 @@ fn status(api: &Api) -> Value {
                     }
                     HourRecord::Carried { quantity, into, .. } => {
                         settled_problems.push(json!({ "hour": label(*hour), "state": "carried", "quantity": quantity, "into": label(*into) }));
+                    }
+                    HourRecord::InDoubt { quantity, .. } => {
+                        settled_problems.push(json!({ "hour": label(*hour), "state": "inDoubt", "quantity": quantity }));
                     }
                 }
             }

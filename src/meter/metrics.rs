@@ -70,6 +70,8 @@ pub struct Metrics {
     rejected: AtomicU64,
     calls: [AtomicU64; CallOutcome::ALL.len()],
     carried: AtomicU64,
+    in_doubt_hours: AtomicU64,
+    in_doubt_quantity: AtomicU64,
 }
 
 impl Metrics {
@@ -82,6 +84,8 @@ impl Metrics {
             rejected: AtomicU64::new(0),
             calls: Default::default(),
             carried: AtomicU64::new(0),
+            in_doubt_hours: AtomicU64::new(0),
+            in_doubt_quantity: AtomicU64::new(0),
         }
     }
 
@@ -107,6 +111,13 @@ impl Metrics {
 
     pub fn carried(&self) {
         self.carried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an hour left in doubt and its quantity.
+    pub fn in_doubt(&self, quantity: u64) {
+        self.in_doubt_hours.fetch_add(1, Ordering::Relaxed);
+        self.in_doubt_quantity
+            .fetch_add(quantity, Ordering::Relaxed);
     }
 
     /// The Prometheus text of every series, with the gauges computed from `unsent` as of `now`.
@@ -177,6 +188,21 @@ impl Metrics {
             vec![(String::new(), self.carried.load(Ordering::Relaxed))],
         );
         series(
+            "entitlement_gate_meter_in_doubt_hours_total",
+            "counter",
+            "Hours that left MeterUsage's window after an attempt without an answer: AWS may hold them; neither carried nor resent.",
+            vec![(String::new(), self.in_doubt_hours.load(Ordering::Relaxed))],
+        );
+        series(
+            "entitlement_gate_meter_in_doubt_quantity_total",
+            "counter",
+            "The usage in those hours, to reconcile with AWS Marketplace's reports.",
+            vec![(
+                String::new(),
+                self.in_doubt_quantity.load(Ordering::Relaxed),
+            )],
+        );
+        series(
             "entitlement_gate_meter_unsent_hours",
             "gauge",
             "Closed (hour, dimension) records not yet sent.",
@@ -238,12 +264,14 @@ mod tests {
         metrics.call(CallOutcome::Sent);
         metrics.call(CallOutcome::Throttled);
         metrics.carried();
+        metrics.in_doubt(5);
         let unsent = vec![Unsent {
             hour: 500_000,
             dimension: "requests".into(),
             quantity: 7,
             attempts: 1,
             last_error: None,
+            in_doubt: true,
         }];
         let settled = Settled {
             commits: 3,
@@ -260,6 +288,8 @@ mod tests {
             "entitlement_gate_meter_calls_total{outcome=\"sent\"} 1",
             "entitlement_gate_meter_calls_total{outcome=\"throttled\"} 1",
             "entitlement_gate_meter_carried_hours_total 1",
+            "entitlement_gate_meter_in_doubt_hours_total 1",
+            "entitlement_gate_meter_in_doubt_quantity_total 5",
             "entitlement_gate_meter_unsent_hours 1",
             "entitlement_gate_meter_oldest_unsent_hour_age_seconds 4000",
             "entitlement_gate_meter_commits_total 3",

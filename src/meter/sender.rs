@@ -191,7 +191,7 @@ impl Sender {
         let label = self.period.label(unsent.hour);
         let carry_after = self.period.carry_after(unsent.hour);
         if may_carry && now >= carry_after {
-            self.carry(
+            self.carry_or_leave_in_doubt(
                 unsent,
                 &label,
                 "it is about to leave MeterUsage's 6-hour window",
@@ -227,7 +227,28 @@ impl Sender {
         } else {
             until
         };
+        if !unsent.in_doubt {
+            // Durably before the request leaves: a crash while it is out must not let the
+            // hour be carried later as though AWS surely had nothing.
+            self.writer
+                .settle(
+                    unsent.hour,
+                    &unsent.dimension,
+                    HourRecord::Unsent {
+                        quantity,
+                        attempts: unsent.attempts,
+                        last_error: unsent.last_error.clone(),
+                        in_doubt: true,
+                    },
+                )
+                .await?;
+        }
         let result = metering::meter_usage(&destination.client, &call, deadline).await;
+        let in_doubt = unsent.in_doubt
+            || result
+                .as_ref()
+                .is_err_and(|failure| failure.may_be_recorded);
+        let result = result.map_err(|failure| failure.error);
         let outcome = CallOutcome::of(&result);
         self.metrics.call(outcome);
         match result {
@@ -266,8 +287,16 @@ impl Sender {
                 Ok(true)
             }
             Err(MeteringError::TimestampOutOfBounds { .. }) if may_carry => {
-                self.carry(unsent, &label, "MeterUsage no longer accepts its hour")
-                    .await?;
+                let unsent = Unsent {
+                    in_doubt,
+                    ..unsent.clone()
+                };
+                self.carry_or_leave_in_doubt(
+                    &unsent,
+                    &label,
+                    "MeterUsage no longer accepts its hour",
+                )
+                .await?;
                 Ok(true)
             }
             Err(error) => {
@@ -282,6 +311,7 @@ impl Sender {
                             quantity,
                             attempts: unsent.attempts + 1,
                             last_error: Some(detail),
+                            in_doubt,
                         },
                     )
                     .await?;
@@ -290,7 +320,30 @@ impl Sender {
         }
     }
 
-    async fn carry(&self, unsent: &Unsent, label: &str, why: &str) -> Result<(), Failure> {
+    /// An hour that can no longer be sent: carried into the current hour when AWS surely does
+    /// not hold it, else left in doubt, since carrying it could bill it twice.
+    async fn carry_or_leave_in_doubt(
+        &self,
+        unsent: &Unsent,
+        label: &str,
+        why: &str,
+    ) -> Result<(), Failure> {
+        if unsent.in_doubt {
+            self.writer
+                .settle(
+                    unsent.hour,
+                    &unsent.dimension,
+                    HourRecord::InDoubt {
+                        quantity: unsent.quantity,
+                        at: epoch_seconds(self.clock.now()),
+                    },
+                )
+                .await?;
+            self.metrics.in_doubt(unsent.quantity);
+            tracing::error!(dimension = %unsent.dimension, hour = %label, quantity = unsent.quantity,
+                "the hour's usage was not confirmed and {why}; an earlier attempt got no answer, so AWS may hold it: it is neither carried (that could bill it twice) nor resent; compare it with the product's metering records in AWS Marketplace's reports");
+            return Ok(());
+        }
         self.writer.carry(unsent.hour, &unsent.dimension).await?;
         self.metrics.carried();
         tracing::warn!(dimension = %unsent.dimension, hour = %label, quantity = unsent.quantity,

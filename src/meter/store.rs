@@ -4,7 +4,7 @@
 //! Usage is kept aggregated per (hour, dimension, tag set), so the file stays small whatever the
 //! report rate. An hour is *open* until it closes (its time passed, or the sidecar stops);
 //! each closed (hour, dimension) then has a record: unsent, sent (with AWS's record ID),
-//! refused as a duplicate, or carried into a later hour.
+//! refused as a duplicate, carried into a later hour, or left in doubt (AWS may hold it).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -71,6 +71,10 @@ pub enum HourRecord {
         attempts: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last_error: Option<String>,
+        /// Set (durably) before every attempt, and cleared only by an answer proving AWS did
+        /// not record it: once set, AWS may hold this hour, and only its own answer settles it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        in_doubt: bool,
     },
     Sent {
         quantity: u64,
@@ -85,6 +89,10 @@ pub enum HourRecord {
     },
     /// About to leave MeterUsage's window unsent: its usage moved to a later hour.
     Carried { quantity: u64, into: u64, at: u64 },
+    /// Left MeterUsage's window after an attempt whose answer never came and with no answer
+    /// since: AWS may hold it. Not carried (that could bill it twice) and not resent (AWS would
+    /// refuse it); its quantity is reported for the seller to reconcile with AWS's reports.
+    InDoubt { quantity: u64, at: u64 },
 }
 
 impl HourRecord {
@@ -101,6 +109,7 @@ pub struct Unsent {
     pub quantity: u64,
     pub attempts: u32,
     pub last_error: Option<String>,
+    pub in_doubt: bool,
 }
 
 /// The totals of one dimension in one open hour, for the limit checks.
@@ -338,6 +347,7 @@ impl Reader {
                 quantity,
                 attempts,
                 last_error,
+                in_doubt,
             }) = serde_json::from_str(record.value())
             {
                 unsent.push(Unsent {
@@ -346,6 +356,7 @@ impl Reader {
                     quantity,
                     attempts,
                     last_error,
+                    in_doubt,
                 });
             }
         }
@@ -576,6 +587,7 @@ impl Batch<'_> {
                         quantity: totals.get(dimension).map_or(0, |t| t.quantity),
                         attempts: 0,
                         last_error: None,
+                        in_doubt: false,
                     };
                     hours
                         .insert((*hour, dimension.as_str()), json(&record).as_str())
