@@ -5,9 +5,11 @@ Usage: meter_chaos.py [--rounds N] [--seed S] [--clients C] [--outage-rate P] [-
 Runs the release `entitlement-gate meter` (2 s periods) against the release emulator, with C
 client threads that POST single reports and small arrays continuously, every report with a
 unique `id`. Each round sets other random MeterUsage faults on the emulator (throttling, 500s,
-dropped connections, answers lost after the usage was recorded, answers slower than the attempt
-timeout; now and then an outage of about 6 periods, long enough for hours to reach their carry
-time), lets the load run a random time, then kill -9s the sidecar and restarts it on the same
+dropped connections, answers lost after the usage was recorded, answers slower than the 1 s
+attempt timeout) and lets the load run 0.2 to 2.5 s; an outage round (--outage-rate, 5% by
+default) instead loses every answer for 0.5 to 2 periods (the calls are recorded), then fails
+every call for 6 to 7 periods, past the carry time of the hours that closed meanwhile (5.5
+periods after their start). Then it kill -9s the sidecar and restarts it on the same
 state directory (one round in five kills it a second time within 300 ms of its start, during
 recovery or the start-up DryRun). Clients resend every request whose 200 they did not get,
 unchanged, until it gets one: at-least-once delivery, and the ids make it exactly-once.
@@ -26,6 +28,7 @@ the state directory are kept in bench/out/meter-chaos-failure/ for the reproduct
 """
 
 import argparse
+import datetime
 import http.client
 import json
 import random
@@ -137,26 +140,27 @@ class Client(threading.Thread):
             connection.close()
 
 
-def draw_faults(rng, outage):
+def draw_faults(rng):
     """This round's random MeterUsage faults (every call draws from them)."""
-    if outage:
-        # Nothing gets through for a while, and some calls are recorded with their answer lost.
-        random_faults = {"fail": 0.65, "loseResponse": 0.5, "throttle": 0.0, "drop": 0.0,
-                         "slow": 0.0, "slowMs": 0}
-    elif rng.random() < 0.1:
+    if rng.random() < 0.1:
         return {}
-    else:
-        random_faults = {
-            "throttle": round(rng.uniform(0, 0.3), 3),
-            "fail": round(rng.uniform(0, 0.2), 3),
-            "drop": round(rng.uniform(0, 0.1), 3),
-            "loseResponse": round(rng.uniform(0, 0.25), 3),
-            "slow": round(rng.uniform(0, 0.2), 3),
-            # Slower than the 1 s attempt timeout is abandoned, and may be recorded anyway.
-            "slowMs": rng.choice((100, 400, 1500, 3000)),
-        }
-    random_faults["seed"] = rng.randrange(2**32)
-    return {"operations": ["meter-usage"], "random": random_faults}
+    return {"operations": ["meter-usage"], "random": {
+        "seed": rng.randrange(2**32),
+        "throttle": round(rng.uniform(0, 0.3), 3),
+        "fail": round(rng.uniform(0, 0.2), 3),
+        "drop": round(rng.uniform(0, 0.1), 3),
+        "loseResponse": round(rng.uniform(0, 0.25), 3),
+        "slow": round(rng.uniform(0, 0.2), 3),
+        # Slower than the 1 s attempt timeout is abandoned, and may be recorded anyway.
+        "slowMs": rng.choice((100, 400, 1500, 3000)),
+    }}
+
+
+# An outage: first the answers are lost (the calls get through and are recorded: a network that
+# drops the way back), then every call fails, past the carry time of the hours that closed
+# meanwhile (5.5 periods after an hour starts); then it is over.
+LOST_ANSWERS = {"operations": ["meter-usage"], "random": {"seed": 1, "loseResponse": 1.0}}
+FAILING = {"operations": ["meter-usage"], "error": "InternalServiceErrorException"}
 
 
 def quantity(text):
@@ -181,6 +185,7 @@ environment = meter_environment(
 )
 problems = []  # crashes, hangs, refusals: each breaks the run
 ready_s = []
+rounds_log = []  # per round: when it started, its faults, when the sidecar was killed
 kills = early_kills = outages = 0
 
 
@@ -199,19 +204,30 @@ for round_number in range(args.rounds):
     rng = random.Random(f"{args.seed}/round/{round_number}")
     outage = rng.random() < args.outage_rate
     outages += outage
-    faults = draw_faults(rng, outage)
-    emulator.set_faults(faults)
-    # An outage lasts past the carry time (5.5 periods after an hour starts).
-    load_s = rng.uniform(6.5, 7.5) * PERIOD_S if outage else rng.uniform(0.2, 2.5)
+    if outage:
+        lost_s, failing_s = rng.uniform(0.5, 2) * PERIOD_S, rng.uniform(6, 7) * PERIOD_S
+        faults = {"lost answers for s": round(lost_s, 2), "then failing for s": round(failing_s, 2)}
+    else:
+        faults = draw_faults(rng)
+        load_s = rng.uniform(0.2, 2.5)
+    rounds_log.append({"round": round_number, "started": round(time.time(), 3), "outage": outage,
+                       "faults": faults})
     early_kill = rng.random() < 0.2
     early_kill_s = rng.uniform(0, 0.3)
-    time.sleep(load_s)
     if outage:
-        emulator.set_faults({})  # the outage is over: the restart's DryRun need not wait it out
+        emulator.set_faults(LOST_ANSWERS)
+        time.sleep(lost_s)
+        emulator.set_faults(FAILING)
+        time.sleep(failing_s)
+        emulator.set_faults({})  # over: the restart's DryRun need not wait it out
+    else:
+        emulator.set_faults(faults)
+        time.sleep(load_s)
     if sidecar.process.poll() is not None:
         problems.append(f"round {round_number}: the sidecar exited {sidecar.process.returncode} by itself")
     sidecar.kill()
     kills += 1
+    rounds_log[-1]["killed"] = round(time.time(), 3)
     sidecar = start()
     if early_kill:
         time.sleep(early_kill_s)
@@ -262,6 +278,17 @@ for client in clients:
     for name, count in client.failures.items():
         failures[name] = failures.get(name, 0) + count
 refused = [refusal for client in clients for refusal in client.refused]
+# Hours the sidecar carried into a later hour: was the hour recorded already (its answer lost)?
+# Then its units are in the ledger twice.
+carried = []
+for line in log.splitlines():
+    if "it is carried into the current hour" in line:
+        fields = dict(field.split("=", 1) for field in line.split() if "=" in field and not field.startswith("error"))
+        hour = int(datetime.datetime.fromisoformat(fields["hour"].replace("Z", "+00:00")).timestamp())
+        recorded = [r for r in ledger["records"] if r["dimension"] == fields["dimension"] and r["timestamp"] == hour]
+        carried.append({"dimension": fields["dimension"], "hour": fields["hour"], "quantity": int(fields["quantity"]),
+                        "already_in_ledger": [{"quantity": r["quantity"], "received_at": r["receivedAt"]}
+                                              for r in recorded]})
 max_resend_age = max(client.max_resend_age for client in clients)
 window = REMEMBERED_PERIODS * PERIOD_S
 
@@ -298,7 +325,8 @@ result = {
     "max_resend_age_s": round(max_resend_age, 3),
     "id_window_s": window,
     "ready_after_restart_s": {"median": round(statistics.median(ready_s), 3), "max": round(max(ready_s), 3)},
-    "hours_carried": log.count("it is carried into the current hour"),
+    "hours_carried": len(carried),
+    "carried_hours_already_in_ledger": [c for c in carried if c["already_in_ledger"]],
     "final_exit_code": exit_code,
     "shutdown_s": round(shutdown_s, 2),
     "problems": problems + [f"HTTP {status}: {answer} for {body}" for status, answer, body in refused[:5]],
@@ -317,6 +345,8 @@ if not result["ok"]:
     kept.mkdir(parents=True)
     shutil.copytree(state_dir, kept / "state", dirs_exist_ok=True)
     shutil.copy(log_path, kept / "sidecar.log")
+    with open(kept / "rounds.jsonl", "w") as out:
+        out.writelines(json.dumps(entry) + "\n" for entry in rounds_log)
     (kept / "ledger.json").write_text(json.dumps(ledger, indent=1) + "\n")
     with open(kept / "acknowledged.jsonl", "w") as out:
         for client in clients:
