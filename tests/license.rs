@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use metering_emulator::{
@@ -451,4 +451,81 @@ fn more_pods_than_seats_the_rest_wait_and_a_stopped_pods_seat_is_back_at_once() 
     second.stop().expect_code(0);
     replacement.stop().expect_code(0);
     assert_eq!(seats_in_use(&emulator), 0);
+}
+
+#[test]
+fn doctor_follows_the_anywhere_path_and_checks_a_seat_out_and_in_again() {
+    let emulator = license_emulator(Duration::from_secs(3600), |_| {});
+    let doctor = |role: &str| {
+        let gate = Gate::against(
+            &emulator.endpoint_url(),
+            emulator.public_key_pem(),
+            &["doctor", "--call", "--format", "json"],
+        );
+        let secret = gate.path("product-license");
+        std::fs::create_dir(&secret).unwrap();
+        std::fs::write(secret.join("license_token"), REFRESH_TOKEN).unwrap();
+        std::fs::write(secret.join("iam_role"), role).unwrap();
+        let finished = gate
+            .env_remove("ENTITLEMENT_GATE_PRODUCT_CODE")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_REGION")
+            .env("AWS_ENDPOINT_URL_LICENSE_MANAGER", emulator.endpoint_url())
+            .env("AWS_ENDPOINT_URL_STS", emulator.endpoint_url())
+            .env("ENTITLEMENT_GATE_PRODUCT_ID", SEATS)
+            .env("ENTITLEMENT_GATE_ENTITLEMENTS", "Seats=1:Count")
+            .env(
+                "AWS_WEB_IDENTITY_REFRESH_TOKEN_FILE",
+                secret.join("license_token"),
+            )
+            .run();
+        let report: Value = serde_json::from_str(&finished.stdout).expect("a JSON report");
+        let checks: BTreeMap<String, (String, String)> = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|check| {
+                (
+                    check["check"].as_str().unwrap().to_owned(),
+                    (
+                        check["status"].as_str().unwrap().to_owned(),
+                        check["detail"].as_str().unwrap().to_owned(),
+                    ),
+                )
+            })
+            .collect();
+        (finished.code, checks)
+    };
+
+    let (code, checks) = doctor(ROLE);
+    assert_eq!(code, Some(0), "{checks:?}");
+    assert!(
+        checks["region"].1.contains("the Anywhere default"),
+        "{checks:?}"
+    );
+    assert_eq!(checks["anywhere"].0, "ok", "{checks:?}");
+    assert!(
+        checks["license-identity"].1.contains("License Manager token"),
+        "{checks:?}"
+    );
+    assert!(
+        checks["license-checkout"].1.contains("checked in again"),
+        "{checks:?}"
+    );
+    assert!(!checks.contains_key("product-code"), "{checks:?}");
+    // The seat it took is back.
+    assert_eq!(seats_in_use(&emulator), 0);
+    assert_eq!(emulator.calls_to(Operation::CheckInLicense), 1);
+
+    let (code, checks) = doctor("arn:aws:iam::111122223333:role/someone-else");
+    assert_ne!(code, Some(0));
+    assert_eq!(checks["license-identity"].0, "fail", "{checks:?}");
+    assert!(
+        checks["license-identity"]
+            .1
+            .contains("openid-license-manager.amazonaws.com"),
+        "{checks:?}"
+    );
+    assert!(!checks.contains_key("license-checkout"), "{checks:?}");
 }

@@ -524,8 +524,10 @@ fn an_hour_whose_answer_was_lost_is_left_in_doubt_not_carried_and_billed_once() 
     }));
     sidecar.accept(r#"{"dimension": "requests", "quantity": 5}"#);
     assert!(
-        wait_until(Duration::from_secs(60), || ledger_totals(&emulator.ledger())
-            .get("requests")
+        wait_until(Duration::from_secs(60), || ledger_totals(
+            &emulator.ledger()
+        )
+        .get("requests")
             == Some(&5)),
         "the hour was never recorded:\n{}",
         sidecar.log()

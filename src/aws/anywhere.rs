@@ -34,7 +34,7 @@ pub const ROLE_VARIABLE: &str = "AWS_ROLE_ARN";
 /// The Region outside AWS when nothing sets one: AWS's guidance for Anywhere charts.
 pub const DEFAULT_REGION: &str = "us-east-1";
 /// License Manager tokens are JWTs of at most 4096 characters (the model's TokenString).
-const MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// How long one exchange may take when the SDK asks for fresh credentials.
 const REFRESH_DEADLINE: Duration = Duration::from_secs(60);
 

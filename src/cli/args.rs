@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use entitlement_gate::aws::retry::{Backoff, RetryPolicy};
-use entitlement_gate::doctor::{DoctorRequest, MeterRequest};
+use entitlement_gate::doctor::{DoctorRequest, LicenseRequest, MeterRequest};
 use entitlement_gate::domain::key::{KeyRequest, VerifyingKey};
 use entitlement_gate::domain::license::{CheckoutType, EntitlementRequest};
 use entitlement_gate::domain::product_code::{ProductCode, ProductCodeError};
@@ -274,6 +274,29 @@ pub struct DoctorArgs {
         value_name = "ADDR"
     )]
     pub listen: Listen,
+
+    /// Also check contract pricing (License Manager): the product ID `license check` uses.
+    #[arg(long, env = "ENTITLEMENT_GATE_PRODUCT_ID")]
+    pub product_id: Option<String>,
+
+    /// The entitlements `license check` checks out (repeatable; the variable is a comma list).
+    #[arg(
+        long = "entitlement",
+        env = "ENTITLEMENT_GATE_ENTITLEMENTS",
+        value_name = "SPEC",
+        value_delimiter = ','
+    )]
+    pub entitlements: Vec<EntitlementRequest>,
+
+    /// The checkout type `license check` uses; with --call only a provisional checkout is made
+    /// (and checked in at once).
+    #[arg(long, env = "ENTITLEMENT_GATE_CHECKOUT_TYPE", value_enum,
+          default_value_t = CheckoutKind::Provisional)]
+    pub checkout_type: CheckoutKind,
+
+    /// The NodeId sent with the checkout.
+    #[arg(long, env = "ENTITLEMENT_GATE_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 impl DoctorArgs {
@@ -291,6 +314,12 @@ impl DoctorArgs {
                 dimensions: self.dimensions.clone(),
                 state_dir: self.state_dir.clone(),
                 listen: self.listen.clone(),
+            }),
+            license: self.product_id.as_ref().map(|_| LicenseRequest {
+                product_id: self.product_id.clone(),
+                entitlements: self.entitlements.clone(),
+                checkout_type: self.checkout_type.into(),
+                node_id: self.node_id.clone(),
             }),
         }
     }
@@ -469,6 +498,15 @@ pub enum CheckoutKind {
     Perpetual,
 }
 
+impl From<CheckoutKind> for CheckoutType {
+    fn from(kind: CheckoutKind) -> CheckoutType {
+        match kind {
+            CheckoutKind::Provisional => CheckoutType::Provisional,
+            CheckoutKind::Perpetual => CheckoutType::Perpetual,
+        }
+    }
+}
+
 impl LicenseArgs {
     /// The validated configuration; `workload_id` is the default NodeId.
     pub fn to_config(
@@ -504,10 +542,7 @@ impl LicenseArgs {
         Ok(LicenseConfig {
             product_id,
             entitlements: self.entitlements.clone(),
-            checkout_type: match self.checkout_type {
-                CheckoutKind::Provisional => CheckoutType::Provisional,
-                CheckoutKind::Perpetual => CheckoutType::Perpetual,
-            },
+            checkout_type: self.checkout_type.into(),
             node_id: self.node_id.clone().or(workload_id),
             handoff_dir: self.handoff_dir.clone(),
             deadline: self.deadline,

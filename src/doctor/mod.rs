@@ -2,7 +2,9 @@
 //! It never calls RegisterUsage (which starts metering) unless asked to (`call`).
 //!
 //! - [`meter`]: the metering sidecar's setup, when one is configured
+//! - [`license`]: contract pricing's setup (Anywhere credentials, a checkout), when configured
 
+pub mod license;
 pub mod meter;
 
 use std::fmt;
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hyper_util::client::proxy::matcher::Matcher;
 use serde::Serialize;
 
+use crate::aws::anywhere::{self, AnywhereSettings};
 use crate::aws::endpoint;
 use crate::aws::identity::{
     self, IdentityError, RegionSource, ResolvedCredentials, ResolvedRegion,
@@ -20,13 +23,15 @@ use crate::aws::metering::MeteringError;
 use crate::aws::retry::RetryPolicy;
 use crate::aws::workload::{self, WorkloadError};
 use crate::domain::files;
-use crate::domain::key::{KeyError, KeyRequest};
-use crate::domain::product_code::ProductCodeError;
+use crate::domain::key::{KeyError, KeyRequest, VerifyingKey};
+use crate::domain::product_code::{ProductCode, ProductCodeError};
 use crate::domain::text;
 use crate::domain::time::{epoch_seconds, rfc3339};
 use crate::domain::trust::TrustAnchors;
 use crate::domain::workload::{WorkloadId, WorkloadIdSource};
 use crate::gate::check::{self, CheckConfig, CheckError, Progress};
+use crate::license::LicenseError;
+pub use license::LicenseRequest;
 pub use meter::MeterRequest;
 
 /// When this binary was built (or `SOURCE_DATE_EPOCH`): a clock before it is certainly wrong.
@@ -49,6 +54,9 @@ pub struct DoctorRequest {
     pub call: bool,
     /// The metering sidecar's setup, when it is configured.
     pub meter: Option<MeterRequest>,
+    /// What `license check` would check out, when a product ID is configured; with `call`, a
+    /// provisional checkout is made and checked in at once.
+    pub license: Option<LicenseRequest>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,6 +85,8 @@ pub enum Failure {
     ProductCode(ProductCodeError),
     Key(KeyError),
     Check(CheckError),
+    /// License Manager, or the Anywhere credentials it is called with.
+    License(LicenseError),
     /// The MeterUsage DryRun.
     Metering(MeteringError),
 }
@@ -226,15 +236,37 @@ pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
             false
         }
     };
+    // Outside AWS, contract pricing's credentials come from the buyer's license token.
+    let anywhere_settings = request
+        .license
+        .as_ref()
+        .map(|_| AnywhereSettings::from_env(env));
+    let anywhere_configured = matches!(anywhere_settings, Some(Ok(Some(_))));
     let region = match aws_files_usable {
-        true => identity::resolve_region(request.region_override.as_deref()).await,
+        true => identity::resolve_region(request.region_override.as_deref())
+            .await
+            .or_else(|| {
+                anywhere_configured.then(|| ResolvedRegion {
+                    region: aws_config::Region::new(anywhere::DEFAULT_REGION),
+                    source: RegionSource::AnywhereDefault,
+                })
+            }),
         false => None,
     };
     checks.push(region_finding(region.as_ref()));
     let credentials = match &region {
         Some(region) => {
-            let (finding, credentials) =
-                credentials_finding(identity::resolve_credentials(&region.region).await);
+            let (finding, credentials) = match identity::resolve_credentials(&region.region).await
+            {
+                Err(IdentityError::NoCredentials { .. }) if anywhere_configured => (
+                    Finding::ok(
+                        "credentials",
+                        "none in the default chain: the buyer's license token is used (see anywhere)",
+                    ),
+                    None,
+                ),
+                resolved => credentials_finding(resolved),
+            };
             checks.push(finding);
             credentials
         }
@@ -263,6 +295,91 @@ pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
     checks.push(workload_finding(
         workload::resolve(env, request.probe_timeout).await,
     ));
+    // A product sold by contract alone has no product code and no RegisterUsage key.
+    let hourly = request.license.is_none() || request.product_code.is_some();
+    let (product_code, key) = if hourly {
+        hourly_setup(request, anchors, &mut checks)
+    } else {
+        (None, None)
+    };
+    checks.push(clock(SystemTime::now(), BUILD_EPOCH.parse().unwrap_or(0)));
+    if let Some(meter) = &request.meter {
+        checks.push(meter::dimensions(&meter.dimensions));
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok();
+        checks.push(meter::state(meter.state_dir.as_deref(), mounts.as_deref()));
+        checks.push(meter::listen(&meter.listen, request.probe_timeout).await);
+        if request.call {
+            checks.push(match (&product_code, &region, &credentials) {
+                (Some(product_code), Some(region), Some(credentials)) => {
+                    meter::dry_run(
+                        meter::DryRunRequest {
+                            product_code,
+                            dimensions: &meter.dimensions,
+                            region,
+                            credentials,
+                            retry: request.retry,
+                            deadline: request.deadline,
+                        },
+                        SystemTime::now(),
+                    )
+                    .await
+                }
+                _ => Finding::fail(
+                    "meter-dry-run",
+                    "not called: the product code, the Region or the credentials are not usable",
+                    "fix those first",
+                ),
+            });
+        }
+    }
+    if let (Some(license), Some(settings)) = (&request.license, anywhere_settings) {
+        let (finding, config) = license::product(license, request, anchors);
+        checks.push(finding);
+        checks.push(license::anywhere(settings, env));
+        if request.call {
+            match config {
+                Some(config) => checks.extend(license::checkout(&config).await),
+                None => checks.push(Finding::fail(
+                    "license-checkout",
+                    "not called: the product ID or the entitlements are not usable",
+                    "fix those first",
+                )),
+            }
+        }
+    }
+    if request.call && request.license.is_none() {
+        checks.push(match (product_code, key) {
+            (Some(product_code), Some(key)) => {
+                register_usage(&CheckConfig {
+                    product_code,
+                    key,
+                    deadline: request.deadline,
+                    retry: request.retry,
+                    handoff_dir: request.handoff_dir.clone(),
+                    region_override: request.region_override.clone(),
+                })
+                .await
+            }
+            _ => Finding::fail(
+                "register-usage",
+                "not called: the product code or the key is not usable",
+                "fix the configuration first",
+            ),
+        });
+    }
+    Diagnosis {
+        version: anchors.version_line(),
+        called_register_usage: request.call,
+        checks,
+    }
+}
+
+/// The product code and the RegisterUsage public key, each with its finding.
+fn hourly_setup(
+    request: &DoctorRequest,
+    anchors: &TrustAnchors,
+    checks: &mut Vec<Finding>,
+) -> (Option<ProductCode>, Option<VerifyingKey>) {
     let product_code = match anchors.product_code(request.product_code.as_deref()) {
         Ok(code) => {
             let trusted = match anchors.product_codes {
@@ -296,61 +413,7 @@ pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
             None
         }
     };
-    checks.push(clock(SystemTime::now(), BUILD_EPOCH.parse().unwrap_or(0)));
-    if let Some(meter) = &request.meter {
-        checks.push(meter::dimensions(&meter.dimensions));
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok();
-        checks.push(meter::state(meter.state_dir.as_deref(), mounts.as_deref()));
-        checks.push(meter::listen(&meter.listen, request.probe_timeout).await);
-        if request.call {
-            checks.push(match (&product_code, &region, &credentials) {
-                (Some(product_code), Some(region), Some(credentials)) => {
-                    meter::dry_run(
-                        meter::DryRunRequest {
-                            product_code,
-                            dimensions: &meter.dimensions,
-                            region,
-                            credentials,
-                            retry: request.retry,
-                            deadline: request.deadline,
-                        },
-                        SystemTime::now(),
-                    )
-                    .await
-                }
-                _ => Finding::fail(
-                    "meter-dry-run",
-                    "not called: the product code, the Region or the credentials are not usable",
-                    "fix those first",
-                ),
-            });
-        }
-    }
-    if request.call {
-        checks.push(match (product_code, key) {
-            (Some(product_code), Some(key)) => {
-                register_usage(&CheckConfig {
-                    product_code,
-                    key,
-                    deadline: request.deadline,
-                    retry: request.retry,
-                    handoff_dir: request.handoff_dir.clone(),
-                    region_override: request.region_override.clone(),
-                })
-                .await
-            }
-            _ => Finding::fail(
-                "register-usage",
-                "not called: the product code or the key is not usable",
-                "fix the configuration first",
-            ),
-        });
-    }
-    Diagnosis {
-        version: anchors.version_line(),
-        called_register_usage: request.call,
-        checks,
-    }
+    (product_code, key)
 }
 
 /// Which workload identity the nonce would be bound to, and how strong it is.

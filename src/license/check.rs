@@ -45,7 +45,7 @@ pub async fn run(config: &LicenseConfig, clock: &dyn Clock) -> Result<License, L
 
 /// One checkout under a fresh `ClientToken`, following a RedirectException once to the Region
 /// it names; refused unless every counted entitlement asked for was granted.
-pub(super) async fn checkout(
+pub async fn checkout(
     config: &LicenseConfig,
     lm: &mut LicenseManager,
     deadline: Instant,

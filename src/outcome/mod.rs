@@ -96,6 +96,7 @@ impl From<Failure> for GateError {
             Failure::Key(e) => GateError::Key(e),
             Failure::Check(e) => GateError::Check(e),
             Failure::Metering(e) => GateError::Meter(MeterError::from(e)),
+            Failure::License(e) => GateError::License(Box::new(e)),
         }
     }
 }
