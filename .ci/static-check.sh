@@ -75,6 +75,14 @@ code=0; gate --product-code ci-other-product 2> "$work/untrusted.log" || code=$?
 [ "$code" -eq 2 ] || fail "an untrusted product code exited $code, not 2"
 code=0; gate --product-code ci-locked-product --public-key-file /etc/ssl/certs/ca-certificates.crt 2> /dev/null || code=$?
 [ "$code" -eq 2 ] || fail "a run-time key exited $code, not 2"
+# License Manager's SignedToken cannot be verified offline: a locked build refuses any other
+# License Manager than AWS's own, before any call.
+code=0
+env -i "${gate_env[@]}" AWS_ENDPOINT_URL_LICENSE_MANAGER="$EMULATOR_URL" "$chroot" --userspec=65532:65532 \
+  "$work/root" /entitlement-gate license check --product-id ci-locked-product --entitlement Seats=1:Count \
+  2> "$work/license.log" || code=$?
+[ "$code" -eq 2 ] && grep -q AWS_ENDPOINT_URL_LICENSE_MANAGER "$work/license.log" \
+  || { cat "$work/license.log"; fail "a locked license check pointed at another endpoint exited $code, not 2"; }
 
 # The cross-compiled arm64 binary, emulated: the same locked build, the same answers.
 arm64() { env -i "${gate_env[@]}" qemu-aarch64 "$work/out/arm64/entitlement-gate" "$@"; }
@@ -83,4 +91,4 @@ code=0; arm64 check --product-code ci-locked-product 2> "$work/arm64.log" || cod
 [ "$code" -eq 0 ] || { cat "$work/arm64.log"; fail "arm64: the trusted product code exited $code"; }
 code=0; arm64 check --product-code ci-other-product 2> /dev/null || code=$?
 [ "$code" -eq 2 ] || fail "arm64: an untrusted product code exited $code, not 2"
-echo "static check OK: amd64 and arm64 static, dependency list embedded, locked; amd64 (chroot) and arm64 (qemu): entitled 0, untrusted 2; amd64 run-time key 2"
+echo "static check OK: amd64 and arm64 static, dependency list embedded, locked; amd64 (chroot) and arm64 (qemu): entitled 0, untrusted 2; amd64 run-time key 2, another License Manager 2"

@@ -506,7 +506,9 @@ fn doctor_follows_the_anywhere_path_and_checks_a_seat_out_and_in_again() {
     );
     assert_eq!(checks["anywhere"].0, "ok", "{checks:?}");
     assert!(
-        checks["license-identity"].1.contains("License Manager token"),
+        checks["license-identity"]
+            .1
+            .contains("License Manager token"),
         "{checks:?}"
     );
     assert!(

@@ -121,13 +121,7 @@ pub async fn connect(
     deadline: Instant,
 ) -> Result<LicenseManager, LicenseError> {
     let env = |name: &str| std::env::var(name).ok();
-    if config.locked {
-        if let Some(variable) =
-            endpoint::configured_override(endpoint::LICENSE_MANAGER_OVERRIDE, env)
-        {
-            return Err(LicenseError::EndpointOverridden { variable });
-        }
-    }
+    refuse_another_endpoint(config.locked, env)?;
     identity::check_aws_files(env)?;
     let anywhere = AnywhereSettings::from_env(env)?;
     let bound = |phase: &'static str| {
@@ -185,6 +179,17 @@ pub async fn connect(
     .await)
 }
 
+/// A locked build talks to AWS License Manager only: its answers cannot be verified offline.
+fn refuse_another_endpoint(
+    locked: bool,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(), LicenseError> {
+    match endpoint::configured_override(endpoint::LICENSE_MANAGER_OVERRIDE, env) {
+        Some(variable) if locked => Err(LicenseError::EndpointOverridden { variable }),
+        _ => Ok(()),
+    }
+}
+
 /// A random `ClientToken` for one logical checkout: 32 hex characters, reused only by its
 /// retries.
 pub fn client_token() -> String {
@@ -194,4 +199,32 @@ pub fn client_token() -> String {
         .try_fill_bytes(&mut bytes)
         .expect("OS randomness");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_locked_build_refuses_any_license_manager_endpoint_override() {
+        let service = |name: &str| {
+            (name == "AWS_ENDPOINT_URL_LICENSE_MANAGER").then(|| "http://127.0.0.1:1".to_owned())
+        };
+        let global = |name: &str| (name == "AWS_ENDPOINT_URL").then(|| "http://x".to_owned());
+        let none = |_: &str| None;
+        assert!(matches!(
+            refuse_another_endpoint(true, service),
+            Err(LicenseError::EndpointOverridden {
+                variable: "AWS_ENDPOINT_URL_LICENSE_MANAGER"
+            })
+        ));
+        assert!(matches!(
+            refuse_another_endpoint(true, global),
+            Err(LicenseError::EndpointOverridden {
+                variable: "AWS_ENDPOINT_URL"
+            })
+        ));
+        assert!(refuse_another_endpoint(true, none).is_ok());
+        assert!(refuse_another_endpoint(false, service).is_ok());
+    }
 }
