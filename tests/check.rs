@@ -365,6 +365,31 @@ fn an_unreachable_endpoint_exits_7() {
 }
 
 #[test]
+fn out_of_reach_in_a_mesh_the_sentence_names_the_meshs_proxy() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let run = Gate::against(&endpoint, &shared_2048().public_spki_pem, &["check"])
+        .args(["--deadline", "1s"])
+        // As the downward API passes the injector's annotation in.
+        .env(
+            "ENTITLEMENT_GATE_ISTIO_SIDECAR_STATUS",
+            r#"{"initContainers":["istio-init"],"containers":["istio-proxy"]}"#,
+        )
+        .run();
+    run.expect_code(7);
+    assert!(
+        run.reason().contains("injected Istio sidecar"),
+        "{}",
+        run.reason()
+    );
+    assert!(run.reason().contains("mesh.type to istio"));
+}
+
+#[test]
 fn a_hung_service_is_cut_off_by_the_deadline_with_exit_7() {
     let hung = emulator_with(|c| c.faults.delay = Duration::from_secs(30));
     let run = Gate::check(&hung).args(["--deadline", "1500ms"]).run();

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use entitlement_gate::domain::mesh::Mesh;
 use entitlement_gate::gate::check::Progress;
 use entitlement_gate::outcome::{self, GateError};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -139,7 +140,7 @@ impl Supervisor {
         match self.claim(outcome::report(error).exit_code) {
             Ok(()) => {
                 let path = lock(&self.0.termination_log).clone();
-                outcome::conclude(error, path.as_deref())
+                outcome::conclude(error, path.as_deref(), mesh())
             }
             Err(code) => code,
         }
@@ -160,7 +161,7 @@ impl Supervisor {
     /// though the run was already handed over.
     pub fn hand_over_failed(&self, error: &GateError) -> u8 {
         let path = lock(&self.0.termination_log).clone();
-        let code = outcome::conclude(error, path.as_deref());
+        let code = outcome::conclude(error, path.as_deref(), mesh());
         self.0.concluded.store(code, Ordering::SeqCst);
         code
     }
@@ -177,7 +178,7 @@ impl Supervisor {
         // both are written on a thread given a bounded moment.
         let (done, finished) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            outcome::conclude(&error, path.as_deref());
+            outcome::conclude(&error, path.as_deref(), mesh());
             let _ = done.send(());
         });
         let _ = finished.recv_timeout(LAST_WORDS);
@@ -231,4 +232,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub fn eprintln_safely(line: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The mesh this pod is in, from the annotations the chart passes in.
+fn mesh() -> Option<Mesh> {
+    Mesh::detect(|name| std::env::var(name).ok())
 }

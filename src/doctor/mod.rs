@@ -24,6 +24,7 @@ use crate::aws::retry::RetryPolicy;
 use crate::aws::workload::{self, WorkloadError};
 use crate::domain::files;
 use crate::domain::key::{KeyError, KeyRequest, VerifyingKey};
+use crate::domain::mesh::Mesh;
 use crate::domain::product_code::{ProductCode, ProductCodeError};
 use crate::domain::text;
 use crate::domain::time::{epoch_seconds, rfc3339};
@@ -292,6 +293,7 @@ pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
             "fix the Region first",
         )),
     }
+    checks.push(mesh_finding(Mesh::detect(env)));
     checks.push(workload_finding(
         workload::resolve(env, request.probe_timeout).await,
     ));
@@ -414,6 +416,25 @@ fn hourly_setup(
         }
     };
     (product_code, key)
+}
+
+/// Whether a mesh sidecar was injected: the gate's init container must then be exempted.
+fn mesh_finding(mesh: Option<Mesh>) -> Finding {
+    match mesh {
+        Some(mesh) => Finding::warn(
+            "mesh",
+            format!("an injected {mesh} sidecar (pod annotations)"),
+            format!(
+                "init containers run before {mesh}'s proxy: set the chart's mesh.type to {} with \
+                 a mesh.strategy, or the gate cannot reach AWS (README, Service meshes)",
+                mesh.chart_type()
+            ),
+        ),
+        None => Finding::ok(
+            "mesh",
+            "no Istio or Linkerd sidecar in the pod annotations the chart passes in",
+        ),
+    }
 }
 
 /// Which workload identity the nonce would be bound to, and how strong it is.

@@ -8,6 +8,7 @@
 //! - [`token`]: PS256 token verification
 //! - [`handoff`]: `entitlement.json` for the main container
 //! - [`license`]: License Manager checkouts, and `license.json` for the main container
+//! - [`mesh`]: the service mesh a pod may be in, which init containers must get past
 //! - [`files`], [`text`], [`time`]: bounded file access, escaping of network text, time formats
 
 pub mod anchor_rules;
@@ -15,6 +16,7 @@ pub mod files;
 pub mod handoff;
 pub mod key;
 pub mod license;
+pub mod mesh;
 pub mod nonce;
 pub mod product_code;
 pub mod text;

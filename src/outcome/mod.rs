@@ -11,6 +11,7 @@ use crate::doctor::{Diagnosis, Failure};
 use crate::domain::files::{self, FileError};
 use crate::domain::handoff::HandoffError;
 use crate::domain::key::KeyError;
+use crate::domain::mesh::Mesh;
 use crate::domain::product_code::ProductCodeError;
 use crate::domain::token::TokenError;
 use crate::gate::check::{CheckError, Phase};
@@ -786,11 +787,27 @@ pub fn write_termination_log(path: &Path, message: &str) -> Result<(), FileError
     files::overwrite_regular(path, &message.as_bytes()[..end])
 }
 
+/// In a mesh, AWS out of reach usually means the mesh's proxy, not the network: says so in
+/// the sentence of a run that could not reach AWS.
+pub fn in_mesh(mut report: Report, mesh: Option<Mesh>) -> Report {
+    let unreached = matches!(report.reason, "unreachable" | "deadline_exceeded");
+    if let (Some(mesh), true) = (mesh, unreached) {
+        let sentence = report.message.trim_end_matches('.');
+        report.message = format!(
+            "{sentence}; this pod has an injected {mesh} sidecar, whose proxy does not run yet while \
+             init containers do: set the chart's mesh.type to {} with a mesh.strategy (README, \
+             Service meshes).",
+            mesh.chart_type()
+        );
+    }
+    report
+}
+
 /// Ends a failed run: writes the operator sentence to the termination log (if any; first, as
 /// it cannot block, while stderr can), logs it with its machine fields, and returns the exit
-/// code.
-pub fn conclude(error: &GateError, termination_log: Option<&Path>) -> u8 {
-    let report = report(error);
+/// code. `mesh`: see [`in_mesh`].
+pub fn conclude(error: &GateError, termination_log: Option<&Path>, mesh: Option<Mesh>) -> u8 {
+    let report = in_mesh(report(error), mesh);
     let log_failure = termination_log.and_then(|path| {
         write_termination_log(path, &report.message)
             .err()
@@ -818,6 +835,26 @@ mod tests {
     use crate::domain::key::KeySource;
     use crate::domain::token::Claim;
     use crate::domain::workload::WorkloadIdSource;
+
+    #[test]
+    fn a_mesh_is_named_only_when_aws_was_out_of_reach() {
+        let unreachable = report(&GateError::DeadlineExceeded {
+            phase: crate::gate::check::Phase::RegisterUsage,
+            deadline: std::time::Duration::from_secs(120),
+        });
+        let plain = in_mesh(unreachable.clone(), None);
+        assert_eq!(plain, unreachable);
+        let meshed = in_mesh(unreachable, Some(Mesh::Istio));
+        assert!(
+            meshed.message.contains("injected Istio sidecar"),
+            "{}",
+            meshed.message
+        );
+        assert!(meshed.message.contains("mesh.type to istio"));
+        assert!(meshed.message.ends_with('.') && !meshed.message.ends_with(".."));
+        let refused = report(&GateError::Interrupted { signal: "SIGTERM" });
+        assert_eq!(in_mesh(refused.clone(), Some(Mesh::Linkerd)), refused);
+    }
 
     fn assert_report(error: GateError, code: u8, mentions: &[&str]) -> Report {
         let report = report(&error);
