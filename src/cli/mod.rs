@@ -8,6 +8,7 @@
 //! - [`exec`]: becoming the paid program once entitled
 
 pub mod args;
+mod epilogue;
 pub mod exec;
 pub mod logging;
 pub mod supervisor;
@@ -90,7 +91,7 @@ impl Cli {
     pub fn try_parse_args(
         args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
     ) -> Result<Self, clap::Error> {
-        let matches = Cli::command()
+        let matches = epilogue::with_epilogues(Cli::command())
             .version(ANCHORS.version_line())
             .try_get_matches_from(args)?;
         Cli::from_arg_matches(&matches)

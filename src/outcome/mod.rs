@@ -23,9 +23,9 @@ use crate::meter::{HealthError, MeterError};
 /// The termination log holds at most this many bytes (Kubernetes truncates beyond it).
 pub const TERMINATION_LOG_MAX_BYTES: usize = 4096;
 
-/// Exit codes, as documented in the README.
 mod license;
 
+/// Exit codes, as documented in the README.
 pub mod exit_code {
     pub const INTERNAL: u8 = 1;
     pub const CONFIG: u8 = 2;
@@ -35,6 +35,46 @@ pub mod exit_code {
     pub const CREDENTIALS: u8 = 6;
     pub const UNREACHABLE: u8 = 7;
     pub const INTERRUPTED: u8 = 8;
+
+    /// What `code` means for the command at `command` (`["license", "watch"]`), for `--help`.
+    pub fn meaning(code: u8, command: &[&str]) -> &'static str {
+        match (code, command) {
+            (0, ["check"]) => "entitled: the token was verified (and handed off)",
+            (0, ["exec"]) => "never: PROGRAM replaces this process once entitled",
+            (0, ["verify"]) => "the handoff or token is genuine, fresh and bound to this workload",
+            (0, ["doctor"]) => "no check failed (warnings may remain)",
+            (0, ["meter"]) => "stopped on SIGTERM after sending every closed hour",
+            (0, ["license", "check"]) => "AWS granted every entitlement; license.json written",
+            (0, ["license", "watch"]) => "stopped on SIGTERM; a floating seat was checked in",
+            (0, ["health"]) => "the sidecar answers and is ready",
+            (0, _) => "success",
+            (INTERNAL, ["doctor"]) => "a check failed",
+            (INTERNAL, ["health"]) => "not ready, or nothing answers there",
+            (INTERNAL, _) => "an answer AWS does not document, or an internal error",
+            (CONFIG, _) => "the configuration (a flag, a variable, a file, a locked build's rule)",
+            (NOT_ENTITLED, ["license", "watch"]) => {
+                "no license at start-up, or the license was lost (--on-loss exit)"
+            }
+            (NOT_ENTITLED, ["license", "check"]) => {
+                "nothing granted: no license, an ended contract, or every seat in use"
+            }
+            (NOT_ENTITLED, _) => "the buyer is not entitled (no subscription)",
+            (TOKEN_REJECTED, ["verify"]) => "not genuine, too old, or not bound to this workload",
+            (TOKEN_REJECTED, _) => "the token failed verification",
+            (SETUP_REFUSED, _) => "AWS refused the setup (product, key version, Region, platform)",
+            (CREDENTIALS, _) => "no credentials, or no permission for the call",
+            (UNREACHABLE, ["meter"]) => {
+                "AWS out of reach or throttled until the deadline, or usage left unsent at \
+                 shutdown (kept in the state for the next start)"
+            }
+            (UNREACHABLE, ["license", "watch"]) => {
+                "AWS out of reach at start-up, or the seat not checked in within the grace"
+            }
+            (UNREACHABLE, _) => "AWS out of reach, throttled or failing until the deadline",
+            (INTERRUPTED, _) => "SIGTERM or SIGINT before a decision",
+            _ => "",
+        }
+    }
 }
 
 /// Every way a run can fail, from every layer.
