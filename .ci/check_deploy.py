@@ -41,6 +41,12 @@ LIBRARY = ROOT / "helm" / "entitlement-gate"
 KUBERNETES_VERSIONS = ["1.29.0", "1.37.0"]
 GATE = "entitlement-gate"
 METER = "entitlement-gate-meter"
+LICENSE = "entitlement-gate-license"
+PRODUCT_LICENSE = "/var/run/secrets/product-license"
+MESH_ENV = {
+    "ENTITLEMENT_GATE_ISTIO_SIDECAR_STATUS": {"fieldRef": {"fieldPath": "metadata.annotations['sidecar.istio.io/status']"}},
+    "ENTITLEMENT_GATE_LINKERD_PROXY_VERSION": {"fieldRef": {"fieldPath": "metadata.annotations['linkerd.io/proxy-version']"}},
+}
 HANDOFF_PATH = "/var/run/entitlement-gate"
 KEY_FILE = "/etc/entitlement-gate/public-key/public-key.pem"
 PEM = "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----"
@@ -212,6 +218,78 @@ def check_meter(label, spec, native, dimensions):
     return meter
 
 
+def LICENSE_SETS(base):
+    return [*base, "entitlementGate.license.enabled=true", "entitlementGate.license.productId=prod-abc",
+            "entitlementGate.license.entitlements={Seats=1:Count}"]
+
+
+def check_license(base):
+    """Contract pricing: `license check` as the gate, `license watch` as a sidecar (native from
+    1.29), the app's license URL; outside AWS the buyer's secret, never a web identity token."""
+    contract = LICENSE_SETS([s for s in base if not s.startswith("entitlementGate.productCode=")])
+    for kube in KUBERNETES_VERSIONS + ["1.28.0"]:
+        spec = pod_spec(render(*contract, kube=kube, versions=[kube] if kube != "1.28.0" else ["1.29.0"]))
+        label = f"license {kube}"
+        inits = spec.get("initContainers", [])
+        gate = inits[0] if inits else {}
+        check(gate.get("name") == GATE and gate.get("args") == ["license", "check"], f"{label}: the first init container must be `license check`: {gate.get('args')}")
+        check_restricted(f"{label} gate", gate)
+        env = env_of(gate)
+        check(env.get("ENTITLEMENT_GATE_PRODUCT_ID") == "prod-abc" and env.get("ENTITLEMENT_GATE_ENTITLEMENTS") == "Seats=1:Count"
+              and env.get("ENTITLEMENT_GATE_CHECKOUT_TYPE") == "provisional", f"{label}: gate license env {env}")
+        check(not {"ENTITLEMENT_GATE_PRODUCT_CODE", "ENTITLEMENT_GATE_PUBLIC_KEY_FILE", "ENTITLEMENT_GATE_PUBLIC_KEY_VERSION"} & set(env),
+              f"{label}: a contract-only gate needs no product code or key: {sorted(env)}")
+        check(env.get("ENTITLEMENT_GATE_HANDOFF_DIR") == HANDOFF_PATH and HANDOFF_PATH in mounts(gate), f"{label}: gate handoff")
+        check(env.get("ENTITLEMENT_GATE_WORKLOAD_ID") == WORKLOAD_ID, f"{label}: gate workload id (the default NodeId)")
+        native = kube != "1.28.0"
+        watch = container(spec, LICENSE, "initContainers" if native else "containers")
+        if not check(watch is not None, f"{label}: no {LICENSE} ({'native' if native else 'regular'})"):
+            continue
+        check(watch.get("args") == ["license", "watch"], f"{label}: watch args {watch.get('args')}")
+        check((watch.get("restartPolicy") == "Always") == native, f"{label}: watch restartPolicy {watch.get('restartPolicy')}")
+        check_restricted(f"{label} watch", watch)
+        wenv = env_of(watch)
+        check(wenv.get("ENTITLEMENT_GATE_LICENSE_LISTEN") == "127.0.0.1:8479" and wenv.get("ENTITLEMENT_GATE_SHUTDOWN_GRACE") == "10s"
+              and wenv.get("ENTITLEMENT_GATE_ON_LOSS") == "exit" and wenv.get("ENTITLEMENT_GATE_LOSS_GRACE") == "30m"
+              and wenv.get("ENTITLEMENT_GATE_PRODUCT_ID") == "prod-abc", f"{label}: watch env {wenv}")
+        check(mounts(watch).get(HANDOFF_PATH, {}).get("readOnly") is not True, f"{label}: the watch rewrites license.json")
+        for probe in ("startupProbe", "readinessProbe"):
+            command = watch.get(probe, {}).get("exec", {}).get("command", [])
+            check(command[:2] == ["/entitlement-gate", "health"] and "http://127.0.0.1:8479/readyz" in command, f"{label}: watch {probe} {command}")
+        app_env = env_of(app_of(spec))
+        check(app_env.get("ENTITLEMENT_GATE_LICENSE_URL") == "http://127.0.0.1:8479/v1/license", f"{label}: app license URL {app_env}")
+        check(mounts(app_of(spec)).get(HANDOFF_PATH, {}).get("readOnly") is True, f"{label}: the app reads license.json read-only")
+        for who, c in (("gate", gate), ("watch", watch)):
+            check(all(env_of(c).get(name) == value for name, value in MESH_ENV.items()), f"{label}: {who} mesh annotations env")
+            check(not any(n.startswith("AWS_") for n in env_of(c)), f"{label}: {who} has AWS_ variables without Anywhere")
+
+    spec = pod_spec(render(*contract, "entitlementGate.license.anywhere.enabled=true", "entitlementGate.license.watch.onLoss=report",
+                           "entitlementGate.license.checkoutType=perpetual", versions=["1.37.0"]))
+    token = f"{PRODUCT_LICENSE}/license_token"
+    for name in (GATE, LICENSE):
+        c = container(spec, name) or {}
+        env = env_of(c)
+        check(env.get("AWS_WEB_IDENTITY_REFRESH_TOKEN_FILE") == token, f"anywhere {name}: token file {env.get('AWS_WEB_IDENTITY_REFRESH_TOKEN_FILE')}")
+        check(env.get("AWS_ROLE_ARN") == {"secretKeyRef": {"name": "awsmp-license-access", "key": "iam_role"}}, f"anywhere {name}: role {env.get('AWS_ROLE_ARN')}")
+        check("AWS_WEB_IDENTITY_TOKEN_FILE" not in env, f"anywhere {name}: AWS_WEB_IDENTITY_TOKEN_FILE would hand the license token to STS")
+        check("ENTITLEMENT_GATE_REGION" not in env, f"anywhere {name}: no Region by default")
+        check(mounts(c).get(PRODUCT_LICENSE, {}).get("readOnly") is True, f"anywhere {name}: the secret mount must be read-only")
+        check(env.get("ENTITLEMENT_GATE_CHECKOUT_TYPE") == "perpetual", f"anywhere {name}: checkout type")
+    check(env_of(container(spec, LICENSE) or {}).get("ENTITLEMENT_GATE_ON_LOSS") == "report", "anywhere: onLoss report")
+    check("AWS_ROLE_ARN" not in env_of(app_of(spec)) and PRODUCT_LICENSE not in mounts(app_of(spec)), "anywhere: the app gets the buyer's secret")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    check(volumes.get("entitlement-gate-product-license", {}).get("secret", {}).get("secretName") == "awsmp-license-access", f"anywhere secret volume {volumes}")
+    spec = pod_spec(render(*contract, "entitlementGate.license.anywhere.enabled=true", "entitlementGate.license.anywhere.secretName=my-license",
+                           "entitlementGate.license.watch.enabled=false", versions=["1.37.0"]))
+    check(container(spec, LICENSE) is None and container(spec, LICENSE, "containers") is None, "license watch disabled: no sidecar")
+    check(env_of(container(spec, GATE) or {}).get("AWS_ROLE_ARN", {}).get("secretKeyRef", {}).get("name") == "my-license", "anywhere secret name")
+    # Contract pricing with custom dimensions: the meter beside the watch, with the product code.
+    spec = pod_spec(render(*LICENSE_SETS(base), "entitlementGate.metering.enabled=true", "entitlementGate.metering.dimensions={requests}",
+                           versions=["1.37.0"]))
+    check([c["name"] for c in spec["initContainers"]] == [GATE, METER, LICENSE], f"license and metering: {[c['name'] for c in spec['initContainers']]}")
+    check(env_of(container(spec, METER) or {}).get("ENTITLEMENT_GATE_PRODUCT_CODE") == "abc", "license and metering: the meter's product code")
+
+
 def check_labels(label, metadata, selector=None):
     labels = metadata.get("labels", {})
     missing = [k for k in RECOMMENDED if k not in labels]
@@ -381,6 +459,8 @@ def check_helm_chart():
               and env["ENTITLEMENT_GATE_SHUTDOWN_GRACE"] == "50s", f"meter customised env {env}")
     check(spec.get("terminationGracePeriodSeconds") == 60, "terminationGracePeriodSeconds")
 
+    check_license(base)
+
     # What must be refused, by the schema or the templates.
     refusals = {
         "enabled without productCode": ["entitlementGate.enabled=true"],
@@ -402,6 +482,13 @@ def check_helm_chart():
         "regular meter drain plus grace not below the pod's": [*base, *key, *metering, "entitlementGate.metering.nativeSidecar=false",
                                                                 "entitlementGate.metering.shutdownGraceSeconds=28"],
         "unknown metering key": [*base, *key, "entitlementGate.metering.dimension={a}"],
+        "license without productId": [*base, "entitlementGate.license.enabled=true", "entitlementGate.license.entitlements={Seats}"],
+        "license without entitlements": [*base, "entitlementGate.license.enabled=true", "entitlementGate.license.productId=prod-abc"],
+        "license watch grace not below the pod's": [*LICENSE_SETS(base), "entitlementGate.license.watch.shutdownGraceSeconds=30"],
+        "license without the handoff": [*LICENSE_SETS(base), "entitlementGate.handoff.enabled=false"],
+        "unknown license key": [*LICENSE_SETS(base), "entitlementGate.license.productID=x"],
+        "license onLoss other than exit or report": [*LICENSE_SETS(base), "entitlementGate.license.watch.onLoss=ignore"],
+        "metering without productCode in license mode": [*LICENSE_SETS(base[:1] + base[2:]), *metering],
     }
     for label, sets in refusals.items():
         check(refused(*sets)[0], f"accepted: {label}")

@@ -68,6 +68,7 @@ dependency's name (or alias); found by chart name so that an alias works too.
 {{- define "entitlement-gate.publicKeyDir" -}}/etc/entitlement-gate/public-key{{- end }}
 {{- define "entitlement-gate.caBundleDir" -}}/etc/entitlement-gate/ca{{- end }}
 {{- define "entitlement-gate.meterStatePath" -}}/var/lib/entitlement-gate/meter{{- end }}
+{{- define "entitlement-gate.productLicensePath" -}}/var/run/secrets/product-license{{- end }}
 
 {{/* The ConfigMap holding the public key: the existing one, or the chart's own. */}}
 {{- define "entitlement-gate.publicKeyConfigMapName" -}}
@@ -107,8 +108,13 @@ default from Kubernetes 1.29 (beta; GA in 1.33). Before that it is a regular con
 {{/* Environment every gate container shares: logging, workload identity, extra env, CA bundle. */}}
 {{- define "entitlement-gate.commonEnv" -}}
 {{- $gate := include "entitlement-gate.config" . | fromYaml -}}
+{{- if not $gate.license.enabled }}
 - name: ENTITLEMENT_GATE_PRODUCT_CODE
   value: {{ required "entitlementGate.productCode is required when the gate is enabled" $gate.productCode | quote }}
+{{- else if $gate.productCode }}
+- name: ENTITLEMENT_GATE_PRODUCT_CODE
+  value: {{ $gate.productCode | quote }}
+{{- end }}
 - name: ENTITLEMENT_GATE_LOG_FORMAT
   value: {{ $gate.logFormat | quote }}
 # Binds the RegisterUsage nonce (and the meter's records) to this pod.
@@ -116,6 +122,15 @@ default from Kubernetes 1.29 (beta; GA in 1.33). Before that it is a regular con
   valueFrom:
     fieldRef:
       fieldPath: metadata.uid
+# A mesh's injector annotates the pod (empty when absent): an exit 7 and doctor then name the mesh.
+- name: ENTITLEMENT_GATE_ISTIO_SIDECAR_STATUS
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.annotations['sidecar.istio.io/status']
+- name: ENTITLEMENT_GATE_LINKERD_PROXY_VERSION
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.annotations['linkerd.io/proxy-version']
 {{- if $gate.caBundle.existingConfigMap }}
 - name: SSL_CERT_FILE
   value: {{ printf "%s/%s" (include "entitlement-gate.caBundleDir" .) $gate.caBundle.key | quote }}
@@ -147,9 +162,71 @@ terminationMessagePolicy: FallbackToLogsOnError
 {{- end }}
 {{- end }}
 
-{{/* The gate itself: `entitlement-gate check` as the first init container. */}}
+{{/*
+What `license check` and `license watch` share: the product ID, the entitlements, the handoff
+directory (license.json), and outside AWS the buyer's license token and role. Never
+AWS_WEB_IDENTITY_TOKEN_FILE: the SDK would send the license token to STS as a web identity token.
+*/}}
+{{- define "entitlement-gate.licenseEnv" -}}
+{{- $gate := include "entitlement-gate.config" . | fromYaml -}}
+{{- $l := $gate.license -}}
+{{- if not $gate.handoff.enabled -}}
+{{- fail "entitlementGate.license needs handoff.enabled: license.json is how the check hands the license to the app and to the watch" -}}
+{{- end -}}
+- name: ENTITLEMENT_GATE_PRODUCT_ID
+  value: {{ required "entitlementGate.license.productId is required when license is enabled" $l.productId | quote }}
+- name: ENTITLEMENT_GATE_ENTITLEMENTS
+  value: {{ required "entitlementGate.license.entitlements must name at least one entitlement when license is enabled" ($l.entitlements | join ",") | quote }}
+- name: ENTITLEMENT_GATE_CHECKOUT_TYPE
+  value: {{ $l.checkoutType | quote }}
+- name: ENTITLEMENT_GATE_DEADLINE
+  value: {{ $l.deadline | quote }}
+- name: ENTITLEMENT_GATE_HANDOFF_DIR
+  value: {{ include "entitlement-gate.handoffPath" . | quote }}
+{{- if $l.anywhere.enabled }}
+- name: AWS_WEB_IDENTITY_REFRESH_TOKEN_FILE
+  value: {{ printf "%s/license_token" (include "entitlement-gate.productLicensePath" .) | quote }}
+- name: AWS_ROLE_ARN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $l.anywhere.secretName | quote }}
+      key: iam_role
+{{- with $l.anywhere.region }}
+- name: ENTITLEMENT_GATE_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The buyer's license secret, read-only, when the gate runs outside AWS. */}}
+{{- define "entitlement-gate.productLicenseMount" -}}
+{{- $gate := include "entitlement-gate.config" . | fromYaml -}}
+{{- if and $gate.license.enabled $gate.license.anywhere.enabled }}
+- name: entitlement-gate-product-license
+  mountPath: {{ include "entitlement-gate.productLicensePath" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The gate itself: `entitlement-gate check` (or `license check`) as the first init container. */}}
 {{- define "entitlement-gate.gateContainer" -}}
 {{- $gate := include "entitlement-gate.config" . | fromYaml -}}
+{{- if $gate.license.enabled -}}
+- name: entitlement-gate
+  {{- include "entitlement-gate.containerBase" . | nindent 2 }}
+  args: ["license", "check"]
+  env:
+    {{- include "entitlement-gate.commonEnv" . | trim | nindent 4 }}
+    {{- include "entitlement-gate.licenseEnv" . | nindent 4 }}
+  {{- with $gate.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- $mounts := list (dict "name" "entitlement-gate-handoff" "mountPath" (include "entitlement-gate.handoffPath" .)) -}}
+  {{- $mounts = concat $mounts (include "entitlement-gate.productLicenseMount" . | fromYamlArray) (include "entitlement-gate.caBundleMount" . | fromYamlArray) }}
+  volumeMounts:
+    {{- toYaml $mounts | nindent 4 }}
+{{- else -}}
 {{- if not (or $gate.lockedImage (include "entitlement-gate.hasPublicKey" .)) -}}
 {{- fail "entitlementGate: an open gate image needs the product's public key (publicKey or existingPublicKeyConfigMap); with a locked image (embedded keys) set lockedImage: true" -}}
 {{- end -}}
@@ -157,7 +234,7 @@ terminationMessagePolicy: FallbackToLogsOnError
   {{- include "entitlement-gate.containerBase" . | nindent 2 }}
   args: ["check"]
   env:
-    {{- include "entitlement-gate.commonEnv" . | nindent 4 }}
+    {{- include "entitlement-gate.commonEnv" . | trim | nindent 4 }}
     - name: ENTITLEMENT_GATE_PUBLIC_KEY_VERSION
       value: {{ $gate.publicKeyVersion | toString | quote }}
     {{- if and (include "entitlement-gate.hasPublicKey" .) (not $gate.lockedImage) }}
@@ -186,6 +263,7 @@ terminationMessagePolicy: FallbackToLogsOnError
   volumeMounts:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end -}}
 {{- end }}
 
 {{/*
@@ -198,6 +276,7 @@ Manager watch) is one more entry here with its name, args, env, mounts and volum
 {{- $specs := list -}}
 {{- if and $gate.enabled $gate.metering.enabled -}}
 {{- $m := $gate.metering -}}
+{{- $_ := required "entitlementGate.productCode is required for the metering sidecar (MeterUsage reports against it)" $gate.productCode -}}
 {{- $dimensions := required "entitlementGate.metering.dimensions must name at least one pricing dimension when metering is enabled" ($m.dimensions | join ",") -}}
 {{- $grace := int $m.shutdownGraceSeconds -}}
 {{- $drain := 0 -}}
@@ -232,6 +311,34 @@ Manager watch) is one more entry here with its name, args, env, mounts and volum
   "startupProbe" (dict "exec" (dict "command" $health) "periodSeconds" 2 "timeoutSeconds" 5 "failureThreshold" 60)
   "readinessProbe" (dict "exec" (dict "command" $health) "periodSeconds" 10 "timeoutSeconds" 5 "failureThreshold" 3)) -}}
 {{- end -}}
+{{- if and $gate.enabled $gate.license.enabled $gate.license.watch.enabled -}}
+{{- $w := $gate.license.watch -}}
+{{- $grace := int $w.shutdownGraceSeconds -}}
+{{- $podGrace := int (.terminationGracePeriodSeconds | default 30) -}}
+{{- if ge $grace $podGrace -}}
+{{- fail (printf "entitlementGate.license.watch.shutdownGraceSeconds (%d) must be less than the pod's terminationGracePeriodSeconds (%d): the watch needs time to check the seat in before SIGKILL, or the seat stays taken for up to an hour" $grace $podGrace) -}}
+{{- end -}}
+{{- $listen := printf "127.0.0.1:%d" (int $w.port) -}}
+{{- $health := list "/entitlement-gate" "health" "--url" (printf "http://%s/readyz" $listen) -}}
+{{- $live := list "/entitlement-gate" "health" "--url" (printf "http://%s/healthz" $listen) -}}
+{{- $env := concat (include "entitlement-gate.licenseEnv" . | fromYamlArray) (list
+  (dict "name" "ENTITLEMENT_GATE_LICENSE_LISTEN" "value" $listen)
+  (dict "name" "ENTITLEMENT_GATE_LICENSE_INTERVAL" "value" $w.interval)
+  (dict "name" "ENTITLEMENT_GATE_ON_LOSS" "value" $w.onLoss)
+  (dict "name" "ENTITLEMENT_GATE_LOSS_GRACE" "value" $w.lossGrace)
+  (dict "name" "ENTITLEMENT_GATE_SHUTDOWN_GRACE" "value" (printf "%ds" $grace))) -}}
+{{- $mounts := concat (list (dict "name" "entitlement-gate-handoff" "mountPath" (include "entitlement-gate.handoffPath" .))) (include "entitlement-gate.productLicenseMount" . | fromYamlArray) -}}
+{{- $specs = append $specs (dict
+  "name" "entitlement-gate-license"
+  "args" (list "license" "watch")
+  "env" $env
+  "resources" $w.resources
+  "volumeMounts" $mounts
+  "volumes" (list)
+  "appEnv" (list (dict "name" "ENTITLEMENT_GATE_LICENSE_URL" "value" (printf "http://%s/v1/license" $listen)))
+  "startupProbe" (dict "exec" (dict "command" $health) "periodSeconds" 2 "timeoutSeconds" 5 "failureThreshold" 60)
+  "readinessProbe" (dict "exec" (dict "command" $health) "periodSeconds" 10 "timeoutSeconds" 5 "failureThreshold" 3)) -}}
+{{- end -}}
 {{- toYaml $specs -}}
 {{- end }}
 
@@ -250,7 +357,7 @@ distroless image has no curl.
   {{- end }}
   args: {{ toJson $spec.args }}
   env:
-    {{- include "entitlement-gate.commonEnv" . | nindent 4 }}
+    {{- include "entitlement-gate.commonEnv" . | trim | nindent 4 }}
     {{- toYaml $spec.env | nindent 4 }}
   {{- with $spec.resources }}
   resources:
@@ -302,6 +409,10 @@ distroless image has no curl.
 {{- $items := list (dict "key" $key "path" "public-key.pem") -}}
 {{- $volumes = append $volumes (dict "name" "entitlement-gate-public-key" "configMap" (dict "name" (include "entitlement-gate.publicKeyConfigMapName" .) "items" $items)) -}}
 {{- end -}}
+{{- if and $gate.license.enabled $gate.license.anywhere.enabled -}}
+{{- $items := list (dict "key" "license_token" "path" "license_token") (dict "key" "iam_role" "path" "iam_role") -}}
+{{- $volumes = append $volumes (dict "name" "entitlement-gate-product-license" "secret" (dict "secretName" $gate.license.anywhere.secretName "items" $items)) -}}
+{{- end -}}
 {{- if $gate.caBundle.existingConfigMap -}}
 {{- $volumes = append $volumes (dict "name" "entitlement-gate-ca" "configMap" (dict "name" $gate.caBundle.existingConfigMap "items" (list (dict "key" $gate.caBundle.key "path" $gate.caBundle.key)))) -}}
 {{- end -}}
@@ -336,10 +447,12 @@ are embedded.
 {{- define "entitlement-gate.appEnv" -}}
 {{- $gate := include "entitlement-gate.config" . | fromYaml -}}
 {{- if $gate.enabled -}}
+{{- if $gate.productCode }}
 - name: ENTITLEMENT_GATE_PRODUCT_CODE
   value: {{ $gate.productCode | quote }}
 - name: ENTITLEMENT_GATE_PUBLIC_KEY_VERSION
   value: {{ $gate.publicKeyVersion | toString | quote }}
+{{- end }}
 {{- if include "entitlement-gate.hasPublicKey" . }}
 - name: ENTITLEMENT_GATE_PUBLIC_KEY_FILE
   value: {{ printf "%s/public-key.pem" (include "entitlement-gate.publicKeyDir" .) | quote }}
