@@ -270,7 +270,7 @@ def check_license(base):
         c = container(spec, name) or {}
         env = env_of(c)
         check(env.get("AWS_WEB_IDENTITY_REFRESH_TOKEN_FILE") == token, f"anywhere {name}: token file {env.get('AWS_WEB_IDENTITY_REFRESH_TOKEN_FILE')}")
-        check(env.get("AWS_ROLE_ARN") == {"secretKeyRef": {"name": "awsmp-license-access", "key": "iam_role"}}, f"anywhere {name}: role {env.get('AWS_ROLE_ARN')}")
+        check(env.get("AWS_ROLE_ARN") == {"secretKeyRef": {"name": "awsmp-license-access-config", "key": "iam_role"}}, f"anywhere {name}: role {env.get('AWS_ROLE_ARN')}")
         check("AWS_WEB_IDENTITY_TOKEN_FILE" not in env, f"anywhere {name}: AWS_WEB_IDENTITY_TOKEN_FILE would hand the license token to STS")
         check("ENTITLEMENT_GATE_REGION" not in env, f"anywhere {name}: no Region by default")
         check(mounts(c).get(PRODUCT_LICENSE, {}).get("readOnly") is True, f"anywhere {name}: the secret mount must be read-only")
@@ -278,7 +278,7 @@ def check_license(base):
     check(env_of(container(spec, LICENSE) or {}).get("ENTITLEMENT_GATE_ON_LOSS") == "report", "anywhere: onLoss report")
     check("AWS_ROLE_ARN" not in env_of(app_of(spec)) and PRODUCT_LICENSE not in mounts(app_of(spec)), "anywhere: the app gets the buyer's secret")
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
-    check(volumes.get("entitlement-gate-product-license", {}).get("secret", {}).get("secretName") == "awsmp-license-access", f"anywhere secret volume {volumes}")
+    check(volumes.get("entitlement-gate-product-license", {}).get("secret", {}).get("secretName") == "awsmp-license-access-config", f"anywhere secret volume {volumes}")
     spec = pod_spec(render(*contract, "entitlementGate.license.anywhere.enabled=true", "entitlementGate.license.anywhere.secretName=my-license",
                            "entitlementGate.license.watch.enabled=false", versions=["1.37.0"]))
     check(container(spec, LICENSE) is None and container(spec, LICENSE, "containers") is None, "license watch disabled: no sidecar")
@@ -596,20 +596,29 @@ def check_ecs_rules(label, containers, k):
     check(gate.get(k("essential")) is False, f"{label}: the gate must be essential: false")
     check(str(gate.get(k("user"), "")).split(":")[0] not in ("", "0", "root"), f"{label}: the gate runs as non-root")
     env = {e[k("name")]: e[k("value")] for e in gate.get(k("environment"), [])}
-    check("ENTITLEMENT_GATE_PRODUCT_CODE" in env, f"{label}: the gate gets its product code")
+    licensed = gate.get(k("command")) == ["license", "check"]
+    if licensed:
+        check({"ENTITLEMENT_GATE_PRODUCT_ID", "ENTITLEMENT_GATE_ENTITLEMENTS"} <= set(env), f"{label}: the gate gets its product ID and entitlements")
+    else:
+        check(gate.get(k("command")) == ["check"] and "ENTITLEMENT_GATE_PRODUCT_CODE" in env, f"{label}: the gate gets its product code")
     deadline = seconds(str(env.get("ENTITLEMENT_GATE_DEADLINE")))
     start = gate.get(k("startTimeout"))
     check(isinstance(start, int) and start <= 120 and deadline is not None and deadline < start,
           f"{label}: the gate's deadline ({deadline}) must end before its startTimeout ({start}, at most 120 on Fargate)")
     meter = by_name.get(METER)
-    apps = [c for c in containers if c[k("name")] not in (GATE, METER)]
+    watch = by_name.get(LICENSE)
+    check(bool(watch) == licensed, f"{label}: a license watch exactly with `license check`")
+    apps = [c for c in containers if c[k("name")] not in (GATE, METER, LICENSE)]
     check(apps and all(c.get(k("essential")) is True for c in apps), f"{label}: the app must be essential")
     for app in apps:
         waits = {d[k("containerName")]: d[k("condition")] for d in app.get(k("dependsOn"), [])}
-        expected = {GATE: "SUCCESS", **({METER: "HEALTHY"} if meter else {})}
+        expected = {GATE: "SUCCESS", **({METER: "HEALTHY"} if meter else {}), **({LICENSE: "HEALTHY"} if watch else {})}
         check(waits == expected, f"{label}: {app[k('name')]} must depend on {expected}, has {waits}")
         app_env = {e[k("name")]: e.get(k("value")) for e in app.get(k("environment"), [])}
-        check({"ENTITLEMENT_GATE_PRODUCT_CODE", "ENTITLEMENT_GATE_PUBLIC_KEY_VERSION"} <= set(app_env), f"{label}: app verify env")
+        if licensed:
+            check(app_env.get("ENTITLEMENT_GATE_LICENSE_URL") == "http://127.0.0.1:8479/v1/license", f"{label}: app license URL")
+        else:
+            check({"ENTITLEMENT_GATE_PRODUCT_CODE", "ENTITLEMENT_GATE_PUBLIC_KEY_VERSION"} <= set(app_env), f"{label}: app verify env")
         if meter:
             check(app_env.get("ENTITLEMENT_GATE_METER_URL") == "http://127.0.0.1:8478", f"{label}: app meter URL")
     for c in containers:
@@ -636,6 +645,25 @@ def check_ecs_rules(label, containers, k):
         state = menv.get("ENTITLEMENT_GATE_STATE_DIR")
         check(any(m.get(k("containerPath")) == state for m in meter.get(k("mountPoints"), [])), f"{label}: meter state dir {state} not on a volume")
         check(meter.get(k("readonlyRootFilesystem")) is True, f"{label}: meter read-only root")
+    if watch:
+        check(watch.get(k("essential")) is True and watch.get(k("command")) == ["license", "watch"], f"{label}: the license watch is essential")
+        health = watch.get(k("healthCheck"), {})
+        check(health.get(k("command")) == ["CMD", "/entitlement-gate", "health", "--url", "http://127.0.0.1:8479/readyz"], f"{label}: watch healthCheck {health}")
+        waits = {d[k("containerName")]: d[k("condition")] for d in watch.get(k("dependsOn"), [])}
+        check(waits == {GATE: "SUCCESS"}, f"{label}: the watch starts after the gate passed: {waits}")
+        wenv = {e[k("name")]: e[k("value")] for e in watch.get(k("environment"), [])}
+        grace = seconds(wenv.get("ENTITLEMENT_GATE_SHUTDOWN_GRACE"))
+        stop = watch.get(k("stopTimeout"))
+        check(grace is not None and isinstance(stop, int) and grace + 10 <= stop <= 120,
+              f"{label}: stopTimeout ({stop}) must leave the check-in time after the shutdown grace ({grace}), at most 120")
+        # The watch adopts the gate's checkout from license.json: without the shared handoff it
+        # would check out a second seat.
+        handoff = env.get("ENTITLEMENT_GATE_HANDOFF_DIR")
+        for c in (gate, watch, *apps):
+            check(handoff and any(m.get(k("containerPath")) == handoff for m in c.get(k("mountPoints"), [])),
+                  f"{label}: {c[k('name')]} does not mount the handoff {handoff}")
+        check(wenv.get("ENTITLEMENT_GATE_HANDOFF_DIR") == handoff, f"{label}: the watch's handoff dir")
+        check(not any(n.startswith("AWS_") for n in wenv), f"{label}: the watch has AWS_ variables on ECS")
 
 
 def camel(name):
@@ -679,8 +707,8 @@ def check_ecs():
     shape = botocore.session.get_session().get_service_model("ecs").operation_model("RegisterTaskDefinition").input_shape
     values = {"ACCOUNT_ID": "111122223333", "AWS_REGION": "eu-central-1", "PRODUCT_CODE": "abc123xyz",
               "GATE_IMAGE": "registry.example.com/entitlement-gate:0.1.0", "APP_IMAGE": "registry.example.com/app:1.0.0",
-              "DIMENSIONS": "requests,gigabytes"}
-    for name, metered in (("task-definition.json", False), ("task-definition-metering.json", True)):
+              "DIMENSIONS": "requests,gigabytes", "PRODUCT_ID": "prod-abc123", "ENTITLEMENTS": "Seats=1:Count"}
+    for name, metered in (("task-definition.json", False), ("task-definition-metering.json", True), ("task-definition-license.json", False)):
         text = (ROOT / "deploy" / "ecs" / name).read_text()
         check("${AWS_REGION}" in text, f"{name}: the log Region must be the ${{AWS_REGION}} placeholder")
         task = json.loads(fill(text, values))
@@ -727,6 +755,16 @@ def check_iam():
     for name, action in (("register-usage-policy.json", "aws-marketplace:RegisterUsage"), ("meter-usage-policy.json", "aws-marketplace:MeterUsage")):
         statements = json.loads((ROOT / "deploy" / "iam" / name).read_text())["Statement"]
         check([(s["Effect"], s["Action"], s["Resource"]) for s in statements] == [("Allow", action, "*")], f"{name} grants exactly {action}: {statements}")
+    statements = json.loads((ROOT / "deploy" / "iam" / "license-manager-policy.json").read_text())["Statement"]
+    wanted = {f"license-manager:{a}" for a in ("CheckoutLicense", "ExtendLicenseConsumption", "CheckInLicense", "GetLicense", "ListReceivedLicenses")}
+    check(len(statements) == 1 and statements[0]["Effect"] == "Allow" and set(statements[0]["Action"]) == wanted,
+          f"license-manager-policy.json grants exactly {sorted(wanted)}: {statements}")
+    anywhere = json.loads((ROOT / "deploy" / "iam" / "anywhere-license-role-trust-policy.json").read_text())["Statement"]
+    check(len(anywhere) == 1 and anywhere[0]["Principal"] == {"Federated": "openid-license-manager.amazonaws.com"}
+          and anywhere[0]["Action"] == "sts:AssumeRoleWithWebIdentity", f"anywhere trust policy principal and action: {anywhere}")
+    condition = anywhere[0].get("Condition", {}).get("ForAnyValue:StringLike", {})
+    check(condition.get("openid-license-manager.amazonaws.com:amr", "").startswith("aws:license-manager:token-issuer-account-id:"),
+          f"anywhere trust policy: only the buyer's own account's tokens (amr condition): {condition}")
     irsa = json.loads((ROOT / "deploy" / "iam" / "irsa-trust-policy.json").read_text())
     check(irsa["Statement"][0]["Action"] == "sts:AssumeRoleWithWebIdentity", "irsa-trust-policy.json action")
     ecs = json.loads((ROOT / "deploy" / "iam" / "ecs-task-role-trust-policy.json").read_text())
