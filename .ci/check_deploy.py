@@ -22,6 +22,7 @@ Usage: check_deploy.py HELM_BINARY KUBECTL_BINARY
 """
 
 import copy
+import itertools
 import json
 import os
 import pathlib
@@ -728,27 +729,29 @@ def check_ecs():
     template, matches = decode(str(ROOT / "deploy" / "ecs" / "cloudformation.yaml"))
     check(not matches, f"cloudformation.yaml does not parse: {matches}")
     check({"ProductCode", "GateImage", "PublicKeyParameter", "Dimensions"} <= set(template["Parameters"]), "cloudformation.yaml: parameters")
-    for metering in (False, True):
-        for key in (False, True):
-            label = f"cloudformation.yaml (metering {metering}, SSM key {key})"
-            # The gate's deadline at its largest allowed value must still end before StartTimeout.
-            parameters = {n: p.get("MaxValue", p.get("Default")) for n, p in template["Parameters"].items()}
-            resources = resolve(template["Resources"], {"UseMetering": metering, "HasPublicKey": key}, parameters)
-            task = resources["TaskDefinition"]["Properties"]
-            containers = task["ContainerDefinitions"]
-            check_ecs_rules(label, containers, pascal)
-            check((METER in {c["Name"] for c in containers}) == metering, f"{label}: meter presence")
-            for c in containers:
-                check(c["LogConfiguration"]["Options"]["awslogs-region"] == {"Ref": "AWS::Region"}, f"{label}: log Region is the stack's")
-            check(task["TaskRoleArn"] == {"Fn::GetAtt": ["TaskRole", "Arn"]}, f"{label}: TaskRoleArn is TaskRole")
-            task_role, execution_role = (json.dumps(resources[r]["Properties"]) for r in ("TaskRole", "ExecutionRole"))
-            check("AWSMarketplaceMeteringRegisterUsage" in task_role and "AWSMarketplaceMeteringRegisterUsage" not in execution_role, f"{label}: RegisterUsage on the task role only")
-            check(("aws-marketplace:MeterUsage" in task_role) == metering and "MeterUsage" not in execution_role, f"{label}: MeterUsage on the task role exactly with metering")
-            check(("ssm:GetParameters" in execution_role) == key and "ssm:" not in task_role, f"{label}: the execution role reads the key parameter exactly when given")
-            for c in containers:
-                if c["Name"] in (GATE, "app"):
-                    secrets = [s["Name"] for s in c.get("Secrets", [])]
-                    check(secrets == (["ENTITLEMENT_GATE_PUBLIC_KEY"] if key else []), f"{label}: {c['Name']} key secret {secrets}")
+    check({"ProductId", "Entitlements"} <= set(template["Parameters"]) and "ProductCodeOrProductId" in template.get("Rules", {}),
+          "cloudformation.yaml: contract pricing parameters and the rule that one product identifier is set")
+    for metering, key, licensed in itertools.product((False, True), repeat=3):
+        label = f"cloudformation.yaml (metering {metering}, SSM key {key}, license {licensed})"
+        # The gate's deadline at its largest allowed value must still end before StartTimeout.
+        parameters = {n: p.get("MaxValue", p.get("Default")) for n, p in template["Parameters"].items()}
+        resources = resolve(template["Resources"], {"UseMetering": metering, "HasPublicKey": key, "UseLicense": licensed}, parameters)
+        task = resources["TaskDefinition"]["Properties"]
+        containers = task["ContainerDefinitions"]
+        check_ecs_rules(label, containers, pascal)
+        check((METER in {c["Name"] for c in containers}) == metering, f"{label}: meter presence")
+        for c in containers:
+            check(c["LogConfiguration"]["Options"]["awslogs-region"] == {"Ref": "AWS::Region"}, f"{label}: log Region is the stack's")
+        check(task["TaskRoleArn"] == {"Fn::GetAtt": ["TaskRole", "Arn"]}, f"{label}: TaskRoleArn is TaskRole")
+        task_role, execution_role = (json.dumps(resources[r]["Properties"]) for r in ("TaskRole", "ExecutionRole"))
+        check(("AWSMarketplaceMeteringRegisterUsage" in task_role) != licensed and "AWSMarketplaceMeteringRegisterUsage" not in execution_role, f"{label}: RegisterUsage on the task role only, without License Manager")
+        check(("AWSLicenseManagerConsumptionPolicy" in task_role) == licensed and "LicenseManager" not in execution_role, f"{label}: License Manager on the task role exactly with a ProductId")
+        check(("aws-marketplace:MeterUsage" in task_role) == metering and "MeterUsage" not in execution_role, f"{label}: MeterUsage on the task role exactly with metering")
+        check(("ssm:GetParameters" in execution_role) == key and "ssm:" not in task_role, f"{label}: the execution role reads the key parameter exactly when given")
+        for c in containers:
+            if c["Name"] in (GATE, "app") and not licensed:
+                secrets = [s["Name"] for s in c.get("Secrets", [])]
+                check(secrets == (["ENTITLEMENT_GATE_PUBLIC_KEY"] if key else []), f"{label}: {c['Name']} key secret {secrets}")
 
 
 def check_iam():
