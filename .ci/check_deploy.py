@@ -574,6 +574,50 @@ def check_plain_manifests():
         (overlay / "kustomization.yaml").write_text(yaml.safe_dump(example))
         (overlay / "public-key.pem").write_text(PEM + "\n")
         check_kustomize_overlay("kustomize linkerd", kustomize(overlay), meter_uid=2102)
+    check_kustomize_license("kustomize contract (Anywhere)", kustomize(base / "overlays" / "contract"), anywhere=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        overlay = pathlib.Path(tmp)
+        contract = yaml.safe_load((base / "overlays" / "contract" / "kustomization.yaml").read_text())
+        relative = lambda path: os.path.relpath(path, overlay)
+        contract["resources"] = [relative(base / "base")]
+        contract["components"] = [relative(base / "components" / "license")]
+        (overlay / "kustomization.yaml").write_text(yaml.safe_dump(contract))
+        check_kustomize_license("kustomize contract (EKS)", kustomize(overlay), anywhere=False)
+
+
+def check_kustomize_license(label, objects, anywhere):
+    spec = pod_spec(objects)
+    configmaps = {name for kind, name in objects if kind == "ConfigMap"}
+    inits = spec.get("initContainers", [])
+    check([c["name"] for c in inits] == [GATE, LICENSE], f"{label}: init containers {[c['name'] for c in inits]}")
+    if len(inits) != 2:
+        return
+    gate, watch = inits
+    check(gate.get("args") == ["license", "check"] and watch.get("args") == ["license", "watch"], f"{label}: args")
+    check(watch.get("restartPolicy") == "Always", f"{label}: the watch is a native sidecar")
+    for who, c in (("gate", gate), ("watch", watch)):
+        check_restricted(f"{label} {who}", c)
+        env = env_of(c)
+        check({"ENTITLEMENT_GATE_PRODUCT_ID", "ENTITLEMENT_GATE_ENTITLEMENTS"} <= set(env) and "ENTITLEMENT_GATE_PRODUCT_CODE" not in env,
+              f"{label}: {who} license env {sorted(env)}")
+        check(env.get("ENTITLEMENT_GATE_HANDOFF_DIR") == HANDOFF_PATH and HANDOFF_PATH in mounts(c), f"{label}: {who} handoff")
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("configMapKeyRef")
+            if ref:
+                check(ref["name"] in configmaps, f"{label}: {who} reads a ConfigMap that is not generated: {ref['name']}")
+        check("AWS_WEB_IDENTITY_TOKEN_FILE" not in env, f"{label}: {who} AWS_WEB_IDENTITY_TOKEN_FILE")
+        check(("AWS_WEB_IDENTITY_REFRESH_TOKEN_FILE" in env) == anywhere and ("AWS_ROLE_ARN" in env) == anywhere, f"{label}: {who} Anywhere env")
+        check((mounts(c).get(PRODUCT_LICENSE, {}).get("readOnly") is True) == anywhere, f"{label}: {who} secret mount")
+    for probe in ("startupProbe", "readinessProbe"):
+        command = watch.get(probe, {}).get("exec", {}).get("command", [])
+        check(command[:2] == ["/entitlement-gate", "health"] and "http://127.0.0.1:8479/readyz" in command, f"{label}: watch {probe}")
+    app = app_of(spec)
+    app_env = env_of(app)
+    check(app_env.get("ENTITLEMENT_GATE_LICENSE_URL") == "http://127.0.0.1:8479/v1/license", f"{label}: app license URL")
+    check("ENTITLEMENT_GATE_PRODUCT_CODE" not in app_env, f"{label}: the app reads no product code")
+    check(mounts(app).get(HANDOFF_PATH, {}).get("readOnly") is True, f"{label}: app license.json read-only")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    check(("entitlement-gate-product-license" in volumes) == anywhere, f"{label}: secret volume")
 
 
 def fill(text, values):
