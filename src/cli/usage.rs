@@ -24,6 +24,34 @@ const HELM_VALUES: &[(&str, &str)] = &[
     ("ENTITLEMENT_GATE_PUBLIC_KEY", "entitlementGate.publicKey"),
     ("ENTITLEMENT_GATE_DEADLINE", "entitlementGate.deadline"),
     ("ENTITLEMENT_GATE_LOG_FORMAT", "entitlementGate.logFormat"),
+    (
+        "ENTITLEMENT_GATE_DIMENSIONS",
+        "entitlementGate.metering.dimensions",
+    ),
+    (
+        "ENTITLEMENT_GATE_PRODUCT_ID",
+        "entitlementGate.license.productId",
+    ),
+    (
+        "ENTITLEMENT_GATE_ENTITLEMENTS",
+        "entitlementGate.license.entitlements",
+    ),
+    (
+        "ENTITLEMENT_GATE_CHECKOUT_TYPE",
+        "entitlementGate.license.checkoutType",
+    ),
+    (
+        "ENTITLEMENT_GATE_LICENSE_INTERVAL",
+        "entitlementGate.license.watch.interval",
+    ),
+    (
+        "ENTITLEMENT_GATE_ON_LOSS",
+        "entitlementGate.license.watch.onLoss",
+    ),
+    (
+        "ENTITLEMENT_GATE_LOSS_GRACE",
+        "entitlementGate.license.watch.lossGrace",
+    ),
 ];
 
 /// A command-line mistake: what is wrong, and which `--help` explains it.
