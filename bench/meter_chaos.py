@@ -289,6 +289,10 @@ for line in log.splitlines():
         carried.append({"dimension": fields["dimension"], "hour": fields["hour"], "quantity": int(fields["quantity"]),
                         "already_in_ledger": [{"quantity": r["quantity"], "received_at": r["receivedAt"]}
                                               for r in recorded]})
+doubled = [c for c in carried if c["already_in_ledger"]]
+doubled_units = {}
+for c in doubled:
+    doubled_units[c["dimension"]] = doubled_units.get(c["dimension"], 0) + c["quantity"]
 max_resend_age = max(client.max_resend_age for client in clients)
 window = REMEMBERED_PERIODS * PERIOD_S
 
@@ -326,7 +330,13 @@ result = {
     "id_window_s": window,
     "ready_after_restart_s": {"median": round(statistics.median(ready_s), 3), "max": round(max(ready_s), 3)},
     "hours_carried": len(carried),
-    "carried_hours_already_in_ledger": [c for c in carried if c["already_in_ledger"]],
+    "carried_hours_already_in_ledger": {
+        "count": len(doubled),
+        "units": doubled_units,
+        "hours": doubled,
+    },
+    "difference_not_from_carried_hours": {name: difference[name] - doubled_units.get(name, 0)
+                                          for name in difference},
     "final_exit_code": exit_code,
     "shutdown_s": round(shutdown_s, 2),
     "problems": problems + [f"HTTP {status}: {answer} for {body}" for status, answer, body in refused[:5]],
