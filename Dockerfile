@@ -27,6 +27,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src src
 COPY emulator emulator
+# A workspace member (the benchmarks' load generator): cargo reads every member's manifest.
+COPY bench/meter-load bench/meter-load
 COPY trusted-keys trusted-keys
 ARG TARGETARCH
 ARG TRUSTED_PRODUCT_CODES=""
