@@ -8,6 +8,7 @@
 //! - [`token`]: PS256 token verification
 //! - [`handoff`]: `entitlement.json` for the main container
 //! - [`license`]: License Manager checkouts, and `license.json` for the main container
+//! - [`quantity`]: exact usage quantities (six decimal places, integer micro-units)
 //! - [`mesh`]: the service mesh a pod may be in, which init containers must get past
 //! - [`files`], [`text`], [`time`]: bounded file access, escaping of network text, time formats
 
@@ -19,6 +20,7 @@ pub mod license;
 pub mod mesh;
 pub mod nonce;
 pub mod product_code;
+pub mod quantity;
 pub mod text;
 pub mod time;
 pub mod token;

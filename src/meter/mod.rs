@@ -8,9 +8,11 @@
 //! the shutdown grace. [`api`] serves the HTTP API and [`metrics`] its counters.
 //!
 //! - [`report`]: what a client may report, by MeterUsage's rules
+//! - [`billing`]: an hour's whole units, allocations and carried fraction, exactly
 //! - [`period`]: the metering hour (shorter only against an emulator)
 
 pub mod api;
+pub mod billing;
 pub mod metrics;
 pub mod period;
 pub mod report;
