@@ -15,6 +15,7 @@ use entitlement_gate::aws::{endpoint, workload};
 use entitlement_gate::doctor;
 use entitlement_gate::domain::handoff;
 use entitlement_gate::domain::license as license_file;
+use entitlement_gate::domain::quantity::Micros;
 use entitlement_gate::domain::time::SystemClock;
 use entitlement_gate::gate::check::{self, Phase, Progress};
 use entitlement_gate::gate::verify::{Evidence, Requirements, VerifyError};
@@ -172,12 +173,14 @@ fn meter(supervisor: &Supervisor, args: &MeterArgs, progress: &Progress) -> u8 {
     };
     match block_on_threads(running) {
         Ok(stopped) => {
+            let fraction: i128 = stopped.ledger.values().map(|l| l.carried_fraction).sum();
             tracing::info!(
                 signal = stopped.signal,
                 flushed = stopped.flushed,
                 exit_code = 0,
                 reason = "stopped",
-                "stopped: every acknowledged report was sent"
+                "stopped: every acknowledged unit was billed, except a carried fraction of {} (the ledger lines above, per dimension)",
+                Micros(fraction)
             );
             supervisor.conclude_success().err().unwrap_or(0)
         }

@@ -20,6 +20,7 @@ use super::identity::CredentialSource;
 use super::retry::{self, Attempt, GaveUp, RetryError, RetryPolicy, TransientKind};
 use super::sdk_call::{self, Undocumented};
 use crate::domain::product_code::ProductCode;
+use crate::domain::quantity::{Quantity, MICROS_PER_UNIT};
 use crate::domain::text;
 use crate::domain::token::Binding;
 
@@ -412,10 +413,11 @@ pub struct MeterUsageCall<'a> {
     pub dimension: &'a str,
     /// The start of the hour: MeterUsage rounds it down to the hour anyway.
     pub timestamp: SystemTime,
-    pub quantity: u64,
+    /// A whole number of [`BILLABLE_STEP`]s.
+    pub quantity: Quantity,
     /// Quantities by tag set (sorted key/value pairs); empty when no usage was tagged. The
     /// untagged set, if any, is an allocation without tags.
-    pub allocations: &'a [(Vec<(String, String)>, u64)],
+    pub allocations: &'a [(Vec<(String, String)>, Quantity)],
     /// The same for every resend of this hour, so AWS answers a resend with the same record.
     pub client_token: &'a str,
     pub region: &'a str,
@@ -527,15 +529,32 @@ fn meter_usage_request(
         .product_code(call.product_code.as_str())
         .usage_dimension(call.dimension)
         .timestamp(DateTime::from(call.timestamp))
-        .usage_quantity(call.quantity as i32)
+        .usage_quantity(wire_quantity(call.quantity))
         .set_usage_allocations(allocations)
         .client_token(call.client_token)
         .dry_run(dry_run)
 }
 
+/// The micro-units MeterUsage is sent in one piece: a whole unit, as long as the AWS SDK for
+/// Rust has no `UsageQuantityAsDecimal` (1.124.0 does not). The meter bills whole steps and
+/// carries the rest (`meter::billing`). The day the SDK sends decimals, this becomes 1 and
+/// [`wire_quantity`] sets the decimal fields: the one place that changes.
+pub const BILLABLE_STEP: u64 = MICROS_PER_UNIT;
+
+/// A quantity as MeterUsage's `UsageQuantity` (and `AllocatedUsageQuantity`): whole units.
+/// Quantities are whole steps by construction, and at most MeterUsage's maximum.
+fn wire_quantity(quantity: Quantity) -> i32 {
+    debug_assert_eq!(
+        quantity.micros() % BILLABLE_STEP,
+        0,
+        "billed in whole steps"
+    );
+    i32::try_from(quantity.whole_units()).unwrap_or(i32::MAX)
+}
+
 /// The SDK's allocations; none when no usage was tagged.
 fn usage_allocations(
-    allocations: &[(Vec<(String, String)>, u64)],
+    allocations: &[(Vec<(String, String)>, Quantity)],
 ) -> Result<Option<Vec<UsageAllocation>>, MeteringError> {
     if allocations.iter().all(|(tags, _)| tags.is_empty()) {
         return Ok(None);
@@ -548,7 +567,7 @@ fn usage_allocations(
                 .map(|(key, value)| Tag::builder().key(key).value(value).build())
                 .collect::<Result<Vec<_>, _>>()?;
             UsageAllocation::builder()
-                .allocated_usage_quantity(*quantity as i32)
+                .allocated_usage_quantity(wire_quantity(*quantity))
                 .set_tags((!tags.is_empty()).then_some(tags))
                 .build()
         })

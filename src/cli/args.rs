@@ -20,6 +20,7 @@ use entitlement_gate::license::watch::WatchConfig;
 use entitlement_gate::license::LicenseConfig;
 use entitlement_gate::license::OnLoss;
 use entitlement_gate::local_http::server::Listen;
+use entitlement_gate::meter::billing::Rounding;
 use entitlement_gate::meter::period::Period;
 use entitlement_gate::meter::MeterConfig;
 use entitlement_gate::outcome::GateError;
@@ -371,6 +372,20 @@ pub struct MeterArgs {
     #[arg(long, overrides_with = "send_zero")]
     pub no_send_zero: bool,
 
+    /// How long a report's id is remembered, so that a resend after a lost answer counts once
+    /// (at least this long, at most twice; at most the carry window, 5.5 periods)
+    /// [default: 1h, or the carry window if shorter].
+    #[arg(long, env = "ENTITLEMENT_GATE_METER_ID_WINDOW",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub id_window: Option<Duration>,
+
+    /// At shutdown, what the last hour does with the fraction left under one unit: down
+    /// (not billed; it stays in the state for a restart on it) or up (billed as one unit, the
+    /// difference kept as a credit for a restart on it).
+    #[arg(long, env = "ENTITLEMENT_GATE_FINAL_FRACTION", value_enum,
+          default_value_t = FinalFraction::Down)]
+    pub final_fraction: FinalFraction,
+
     /// After SIGTERM, how long to send what is unsent; the pod's terminationGracePeriodSeconds
     /// (ECS stopTimeout) must exceed it.
     #[arg(long, env = "ENTITLEMENT_GATE_SHUTDOWN_GRACE", default_value = "25s",
@@ -430,6 +445,25 @@ impl MeterArgs {
                 remedy: "leave the period at 1h; shorter whole-second periods are for an \
                          emulator, with AWS_ENDPOINT_URL_MARKETPLACE_METERING set",
             })?;
+        let carry_window = period
+            .carry_after(0)
+            .duration_since(period.start(0))
+            .unwrap_or_default();
+        let id_window = match self.id_window {
+            None => carry_window.min(DEFAULT_ID_WINDOW),
+            Some(window) if window <= carry_window => window,
+            Some(window) => {
+                return Err(GateError::InvalidSetting {
+                    setting: "--id-window (ENTITLEMENT_GATE_METER_ID_WINDOW)",
+                    problem: format!(
+                        "{} is longer than the carry window of {} (5.5 periods)",
+                        humantime::format_duration(window),
+                        humantime::format_duration(carry_window)
+                    ),
+                    remedy: "use at most the carry window; 1h is the default",
+                })
+            }
+        };
         Ok(MeterConfig {
             product_code,
             dimensions,
@@ -437,6 +471,11 @@ impl MeterArgs {
             state_dir: self.state_dir.clone(),
             period,
             send_zero: self.send_zero && !self.no_send_zero,
+            id_window,
+            final_fraction: match self.final_fraction {
+                FinalFraction::Down => Rounding::Down,
+                FinalFraction::Up => Rounding::Up,
+            },
             shutdown_grace: self.shutdown_grace,
             drain: self.drain,
             deadline: self.deadline,
@@ -444,6 +483,16 @@ impl MeterArgs {
             region_override: self.region.clone(),
         })
     }
+}
+
+/// The id window when none is given (or the carry window, if shorter).
+const DEFAULT_ID_WINDOW: Duration = Duration::from_secs(3600);
+
+/// `--final-fraction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FinalFraction {
+    Down,
+    Up,
 }
 
 /// Flags shared by `license check` and `license watch`: what to check out.

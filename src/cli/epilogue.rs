@@ -49,6 +49,7 @@ fn epilogue(path: &[&str]) -> Option<String> {
                 CREDENTIALS,
                 UNREACHABLE,
                 INTERRUPTED,
+                UNBILLED,
             ],
             "  AWS_ENDPOINT_URL_MARKETPLACE_METERING  another Metering endpoint (tests; refused by a locked build)",
         ),

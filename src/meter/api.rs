@@ -10,11 +10,12 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Snapshot};
 use super::period::Period;
 use super::report;
-use super::store::{HourRecord, Reader};
+use super::store::{HourRecord, Ledger, Reader};
 use super::writer::{Refused, Writer};
+use crate::domain::quantity::{Micros, Quantity};
 use crate::domain::time::Clock;
 use crate::local_http::server::{error, respond, text, Body};
 
@@ -75,13 +76,15 @@ pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
         ),
         (&Method::GET, "/metrics") => {
             let unsent = api.reader.unsent().unwrap_or_default();
-            let body = api.metrics.render(
-                api.readiness.is_ready(),
-                &unsent,
-                &api.writer.settled(),
-                api.period,
-                api.clock.now(),
-            );
+            let ledger = api.reader.ledger().unwrap_or_default();
+            let body = api.metrics.render(&Snapshot {
+                ready: api.readiness.is_ready(),
+                unsent: &unsent,
+                settled: &api.writer.settled(),
+                ledger: &ledger,
+                period: api.period,
+                now: api.clock.now(),
+            });
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         (_, "/v1/usage" | "/v1/status" | "/healthz" | "/readyz" | "/metrics") => error(
@@ -127,8 +130,8 @@ async fn usage(api: &Api, request: Request<Incoming>) -> Response<Body> {
     };
     match api.writer.submit(reports).await {
         Ok(Ok(accepted)) => {
-            for (dimension, (reports, quantity)) in &accepted.counted {
-                api.metrics.accepted(dimension, *reports, *quantity);
+            for (dimension, (reports, _)) in &accepted.counted {
+                api.metrics.accepted(dimension, *reports);
             }
             respond(
                 StatusCode::OK,
@@ -154,6 +157,8 @@ async fn usage(api: &Api, request: Request<Incoming>) -> Response<Body> {
 fn status(api: &Api) -> Value {
     let settled = api.writer.settled();
     let records = api.reader.records().unwrap_or_default();
+    let ledgers = api.reader.ledger().unwrap_or_default();
+    let units = |micros: u64| Quantity::from_micros(micros).to_string();
     let label = |hour: u64| api.period.label(hour);
     let dimensions: serde_json::Map<String, Value> = api
         .dimensions
@@ -163,7 +168,7 @@ fn status(api: &Api) -> Value {
                 .open
                 .iter()
                 .filter(|(_, name, _)| name == dimension)
-                .map(|(hour, _, quantity)| json!({ "hour": label(*hour), "quantity": quantity }))
+                .map(|(hour, _, quantity)| json!({ "hour": label(*hour), "quantity": units(*quantity) }))
                 .collect();
             let mine = records.iter().filter(|(_, name, _)| name == dimension);
             let mut unsent = Vec::new();
@@ -178,7 +183,7 @@ fn status(api: &Api) -> Value {
                         last_error: error,
                         in_doubt,
                     } => {
-                        unsent.push(json!({ "hour": label(*hour), "quantity": quantity, "attempts": attempts, "lastError": error, "inDoubt": in_doubt }));
+                        unsent.push(json!({ "hour": label(*hour), "quantity": units(*quantity), "attempts": attempts, "lastError": error, "inDoubt": in_doubt }));
                         if error.is_some() {
                             last_error = json!(error);
                         }
@@ -188,19 +193,19 @@ fn status(api: &Api) -> Value {
                         record_id,
                         ..
                     } => {
-                        last_sent = json!({ "hour": label(*hour), "quantity": quantity, "meteringRecordId": record_id });
+                        last_sent = json!({ "hour": label(*hour), "quantity": units(*quantity), "meteringRecordId": record_id });
                     }
                     HourRecord::Duplicate {
                         quantity, message, ..
                     } => {
                         last_error = json!(format!("DuplicateRequestException for {}: {message}", label(*hour)));
-                        settled_problems.push(json!({ "hour": label(*hour), "state": "duplicate", "quantity": quantity, "message": message }));
+                        settled_problems.push(json!({ "hour": label(*hour), "state": "duplicate", "quantity": units(*quantity), "message": message }));
                     }
                     HourRecord::Carried { quantity, into, .. } => {
-                        settled_problems.push(json!({ "hour": label(*hour), "state": "carried", "quantity": quantity, "into": label(*into) }));
+                        settled_problems.push(json!({ "hour": label(*hour), "state": "carried", "quantity": units(*quantity), "into": label(*into) }));
                     }
                     HourRecord::InDoubt { quantity, .. } => {
-                        settled_problems.push(json!({ "hour": label(*hour), "state": "inDoubt", "quantity": quantity }));
+                        settled_problems.push(json!({ "hour": label(*hour), "state": "inDoubt", "quantity": units(*quantity) }));
                     }
                 }
             }
@@ -212,6 +217,7 @@ fn status(api: &Api) -> Value {
                     "lastSent": last_sent,
                     "lastError": last_error,
                     "duplicatesAndCarried": settled_problems,
+                    "ledger": ledger_json(&ledgers.get(dimension).copied().unwrap_or_default()),
                 }),
             )
         })
@@ -223,5 +229,19 @@ fn status(api: &Api) -> Value {
         "ready": api.readiness.is_ready(),
         "acceptingHour": label(settled.accepting_hour),
         "dimensions": dimensions,
+    })
+}
+
+/// A dimension's ledger as exact decimal strings: where every acknowledged unit is.
+pub fn ledger_json(ledger: &Ledger) -> Value {
+    let units = |micros: u128| Micros(micros as i128).to_string();
+    json!({
+        "acknowledged": units(ledger.acknowledged),
+        "billed": units(ledger.billed),
+        "refused": units(ledger.refused),
+        "inDoubt": units(ledger.in_doubt),
+        "unsent": units(ledger.unsent),
+        "carriedFraction": Micros(ledger.carried_fraction).to_string(),
+        "balances": ledger.balances(),
     })
 }

@@ -1,14 +1,15 @@
-//! Billing one closed hour of one dimension, exactly: MeterUsage takes whole units (until the AWS
-//! SDK for Rust sends `UsageQuantityAsDecimal`), so the hour bills the whole part of the fraction
+//! Billing one closed hour of one dimension, exactly. MeterUsage is sent quantities in steps
+//! (whole units, until the AWS SDK for Rust sends `UsageQuantityAsDecimal`: see
+//! [`crate::aws::metering::BILLABLE_STEP`]), so the hour bills the whole steps of the fraction
 //! carried in plus the hour's usage, and carries what remains into the dimension's next hour.
-//! Over any run the whole units billed are the floor of what was acknowledged, and what is not
-//! yet billed is under one unit.
+//! Over any run the steps billed are the floor of what was acknowledged, and what is not yet
+//! billed is under one step.
 //!
-//! The billed units are allocated to the hour's tag sets in proportion to their usage, by the
+//! The billed steps are allocated to the hour's tag sets in proportion to their usage, by the
 //! largest-remainder method, so the allocations sum exactly to the record's quantity and the
 //! carried fraction is attributed to tag sets as their usage is.
-
-use crate::domain::quantity::MICROS_PER_UNIT;
+//!
+//! Everything is in micro-units.
 
 /// Where the remaining fraction goes when an hour closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,43 +22,47 @@ pub enum Rounding {
     Up,
 }
 
-/// One closed hour's bill for a dimension.
+/// One closed hour's bill for a dimension, in micro-units.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HourBill<K> {
-    /// Whole units for MeterUsage's `UsageQuantity`.
+    /// The record's quantity: a whole number of steps.
     pub quantity: u64,
-    /// Whole units per tag set, summing to `quantity`; tag sets allocated nothing are left out.
+    /// Whole steps per tag set, summing to `quantity`; tag sets allocated nothing are left out.
     pub allocations: Vec<(K, u64)>,
-    /// Micro-units carried into the dimension's next hour, within (-1, 1) unit.
+    /// Carried into the dimension's next hour, within (-1, 1) step.
     pub carried_out: i64,
 }
 
-/// Bills an hour: `carried_in` micro-units (within (-1, 1) unit) and the hour's `usage` in
-/// micro-units per tag set (keys unique), at most `max_units` whole units.
+/// Bills an hour: `carried_in` (within (-1, 1) step) and the hour's `usage` per tag set (keys
+/// unique), in whole `step`s, at most `max` (a whole number of steps).
 pub fn bill_hour<K: Clone + Ord>(
     carried_in: i64,
     usage: &[(K, u64)],
     rounding: Rounding,
-    max_units: u64,
+    step: u64,
+    max: u64,
 ) -> HourBill<K> {
-    let per_unit = i128::from(MICROS_PER_UNIT);
+    let per_step = i128::from(step);
     let used: u128 = usage.iter().map(|(_, micros)| u128::from(*micros)).sum();
     let total = i128::from(carried_in) + used as i128;
-    let units = match rounding {
-        Rounding::Down => total.div_euclid(per_unit),
-        Rounding::Up => (total + per_unit - 1).div_euclid(per_unit),
+    let steps = match rounding {
+        Rounding::Down => total.div_euclid(per_step),
+        Rounding::Up => (total + per_step - 1).div_euclid(per_step),
     }
-    .clamp(0, i128::from(max_units));
-    let carried_out = total - units * per_unit;
-    let quantity = units as u64;
+    .clamp(0, i128::from(max / step));
+    let carried_out = total - steps * per_step;
+    let steps = steps as u64;
     HourBill {
-        quantity,
-        allocations: allocate(quantity, usage, used),
-        carried_out: i64::try_from(carried_out).expect("under one unit fits"),
+        quantity: steps * step,
+        allocations: allocate(steps, usage, used)
+            .into_iter()
+            .map(|(key, whole)| (key, whole * step))
+            .collect(),
+        carried_out: i64::try_from(carried_out).expect("under one step fits"),
     }
 }
 
-/// `units` split over `usage` in proportion to it: each tag set gets the whole part of its
+/// `units` (steps) split over `usage` in proportion to it: each tag set gets the whole part of its
 /// quota, and the units left go one each to the largest remainders (ties to the first key).
 fn allocate<K: Clone + Ord>(units: u64, usage: &[(K, u64)], used: u128) -> Vec<(K, u64)> {
     if units == 0 || used == 0 {
@@ -92,17 +97,24 @@ fn allocate<K: Clone + Ord>(units: u64, usage: &[(K, u64)], used: u128) -> Vec<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::quantity::MICROS_PER_UNIT;
     use proptest::prelude::*;
 
     const UNIT: u64 = MICROS_PER_UNIT;
-    const MAX: u64 = 2_147_483_647;
+    const MAX: u64 = 2_147_483_647 * UNIT;
 
+    /// Billed in whole units, as MeterUsage is sent today; quantities below in units.
     fn bill(
         carried_in: i64,
         usage: &[(&'static str, u64)],
         rounding: Rounding,
     ) -> HourBill<&'static str> {
-        bill_hour(carried_in, usage, rounding, MAX)
+        let mut bill = bill_hour(carried_in, usage, rounding, UNIT, MAX);
+        bill.quantity /= UNIT;
+        for (_, units) in &mut bill.allocations {
+            *units /= UNIT;
+        }
+        bill
     }
 
     #[test]
@@ -162,9 +174,18 @@ mod tests {
 
     #[test]
     fn the_quantity_never_passes_meter_usages_maximum() {
-        let hour = bill_hour(900_000, &[("", MAX * UNIT)], Rounding::Up, MAX);
+        let hour = bill_hour(900_000, &[("", MAX)], Rounding::Up, UNIT, MAX);
         assert_eq!(hour.quantity, MAX);
         assert_eq!(hour.carried_out, 900_000);
+    }
+
+    #[test]
+    fn a_micro_unit_step_bills_everything_and_carries_nothing() {
+        // The day MeterUsage is sent decimals: the same arithmetic, one micro-unit per step.
+        let hour = bill_hour(0, &[("a", 250_001), ("b", 3)], Rounding::Down, 1, MAX);
+        assert_eq!(hour.quantity, 250_004);
+        assert_eq!(hour.allocations, vec![("a", 250_001), ("b", 3)]);
+        assert_eq!(hour.carried_out, 0);
     }
 
     proptest! {
@@ -176,22 +197,25 @@ mod tests {
         ) {
             let usage: Vec<(usize, u64)> = usage.into_iter().enumerate().collect();
             let rounding = if up { Rounding::Up } else { Rounding::Down };
-            let hour = bill_hour(carried_in, &usage, rounding, MAX);
+            let hour = bill_hour(carried_in, &usage, rounding, UNIT, MAX);
             let used: i128 = usage.iter().map(|(_, m)| i128::from(*m)).sum();
             prop_assert_eq!(
                 i128::from(carried_in) + used,
-                i128::from(hour.quantity) * i128::from(UNIT) + i128::from(hour.carried_out)
+                i128::from(hour.quantity) + i128::from(hour.carried_out)
             );
+            prop_assert_eq!(hour.quantity % UNIT, 0);
             prop_assert!(hour.carried_out.unsigned_abs() < UNIT);
             if !up && i128::from(carried_in) + used >= 0 {
                 prop_assert!(hour.carried_out >= 0);
             }
             if used > 0 {
                 prop_assert_eq!(hour.allocations.iter().map(|(_, u)| u).sum::<u64>(), hour.quantity);
-                for (key, units) in &hour.allocations {
+                let unit = i128::from(UNIT);
+                for (key, micros) in &hour.allocations {
+                    prop_assert_eq!(micros % UNIT, 0);
                     let quota = i128::from(hour.quantity) * i128::from(usage[*key].1);
-                    prop_assert!(i128::from(*units) * used >= quota - used);
-                    prop_assert!(i128::from(*units) * used <= quota + used);
+                    prop_assert!(i128::from(*micros) * used >= quota - unit * used);
+                    prop_assert!(i128::from(*micros) * used <= quota + unit * used);
                 }
             }
         }
@@ -206,8 +230,8 @@ mod tests {
             for usage in &hours {
                 let usage: Vec<(usize, u64)> = usage.iter().copied().enumerate().collect();
                 used += usage.iter().map(|(_, m)| m).sum::<u64>();
-                let hour = bill_hour(carried, &usage, Rounding::Down, MAX);
-                billed += hour.quantity;
+                let hour = bill_hour(carried, &usage, Rounding::Down, UNIT, MAX);
+                billed += hour.quantity / UNIT;
                 carried = hour.carried_out;
                 prop_assert!(billed <= used / UNIT, "never more than was used");
             }

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use super::period::Period;
-use super::store::Unsent;
+use super::store::{Ledger, Unsent};
 use super::writer::Settled;
 use crate::aws::metering::{MeterUsageAnswer, MeteringError};
+use crate::domain::quantity::Micros;
 use crate::domain::time::epoch_seconds;
 
 /// How one MeterUsage call ended, as a metric label.
@@ -56,44 +57,46 @@ impl CallOutcome {
     }
 }
 
-/// Reports and quantity accepted for one dimension.
-#[derive(Debug, Default)]
-struct Accepted {
-    reports: AtomicU64,
-    quantity: AtomicU64,
-}
-
-/// Every counter of the sidecar.
+/// Every counter of the sidecar; the ledger's figures come from the state when rendered.
 #[derive(Debug)]
 pub struct Metrics {
-    accepted: BTreeMap<String, Accepted>,
+    /// Reports acknowledged by this process, by dimension (duplicates of earlier reports
+    /// excluded).
+    reports: BTreeMap<String, AtomicU64>,
     rejected: AtomicU64,
     calls: [AtomicU64; CallOutcome::ALL.len()],
     carried: AtomicU64,
     in_doubt_hours: AtomicU64,
-    in_doubt_quantity: AtomicU64,
+}
+
+/// What `/metrics` shows besides the counters, read from the state as of a scrape.
+pub struct Snapshot<'a> {
+    pub ready: bool,
+    pub unsent: &'a [Unsent],
+    pub settled: &'a Settled,
+    pub ledger: &'a BTreeMap<String, Ledger>,
+    pub period: Period,
+    pub now: SystemTime,
 }
 
 impl Metrics {
     pub fn new<'a>(dimensions: impl IntoIterator<Item = &'a String>) -> Metrics {
         Metrics {
-            accepted: dimensions
+            reports: dimensions
                 .into_iter()
-                .map(|name| (name.clone(), Accepted::default()))
+                .map(|name| (name.clone(), AtomicU64::new(0)))
                 .collect(),
             rejected: AtomicU64::new(0),
             calls: Default::default(),
             carried: AtomicU64::new(0),
             in_doubt_hours: AtomicU64::new(0),
-            in_doubt_quantity: AtomicU64::new(0),
         }
     }
 
     /// Counts reports acknowledged for `dimension` (duplicates of earlier reports excluded).
-    pub fn accepted(&self, dimension: &str, reports: u64, quantity: u64) {
-        if let Some(counters) = self.accepted.get(dimension) {
-            counters.reports.fetch_add(reports, Ordering::Relaxed);
-            counters.quantity.fetch_add(quantity, Ordering::Relaxed);
+    pub fn accepted(&self, dimension: &str, reports: u64) {
+        if let Some(counter) = self.reports.get(dimension) {
+            counter.fetch_add(reports, Ordering::Relaxed);
         }
     }
 
@@ -113,58 +116,85 @@ impl Metrics {
         self.carried.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts an hour left in doubt and its quantity.
-    pub fn in_doubt(&self, quantity: u64) {
+    /// Counts an hour left in doubt (its units are in the ledger).
+    pub fn in_doubt(&self) {
         self.in_doubt_hours.fetch_add(1, Ordering::Relaxed);
-        self.in_doubt_quantity
-            .fetch_add(quantity, Ordering::Relaxed);
     }
 
-    /// The Prometheus text of every series, with the gauges computed from `unsent` as of `now`.
-    pub fn render(
-        &self,
-        ready: bool,
-        unsent: &[Unsent],
-        settled: &Settled,
-        period: Period,
-        now: SystemTime,
-    ) -> String {
+    /// The Prometheus text of every series.
+    pub fn render(&self, snapshot: &Snapshot<'_>) -> String {
         let mut text = String::new();
-        let mut series = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        let mut series = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
             let _ = writeln!(text, "# HELP {name} {help}");
             let _ = writeln!(text, "# TYPE {name} {kind}");
             for (labels, value) in samples {
                 let _ = writeln!(text, "{name}{labels} {value}");
             }
         };
-        let per_dimension = |value: fn(&Accepted) -> u64| {
-            self.accepted
-                .iter()
-                .map(|(name, counters)| {
+        let one = |value: u64| vec![(String::new(), value.to_string())];
+        let by_dimension = |value: &dyn Fn(&str) -> String| {
+            self.reports
+                .keys()
+                .map(|name| {
                     (
                         format!("{{dimension=\"{}\"}}", label_value(name)),
-                        value(counters),
+                        value(name),
                     )
                 })
-                .collect()
+                .collect::<Vec<_>>()
         };
         series(
             "entitlement_gate_meter_reports_total",
             "counter",
-            "Usage records acknowledged (durable), by dimension.",
-            per_dimension(|c| c.reports.load(Ordering::Relaxed)),
+            "Usage records acknowledged (durable) by this process, by dimension.",
+            by_dimension(&|name| self.reports[name].load(Ordering::Relaxed).to_string()),
         );
-        series(
-            "entitlement_gate_meter_quantity_total",
-            "counter",
-            "Usage quantity acknowledged, by dimension.",
-            per_dimension(|c| c.quantity.load(Ordering::Relaxed)),
-        );
+        let ledger = |name: &str| snapshot.ledger.get(name).copied().unwrap_or_default();
+        for (name, kind, help, part) in [
+            (
+                "entitlement_gate_meter_acknowledged_units_total",
+                "counter",
+                "Units acknowledged since the state was created, by dimension (exact decimals).",
+                (|l: &Ledger| Micros(l.acknowledged as i128)) as fn(&Ledger) -> Micros,
+            ),
+            (
+                "entitlement_gate_meter_billed_units_total",
+                "counter",
+                "Units AWS recorded (MeterUsage answered with a record ID), by dimension.",
+                |l| Micros(l.billed as i128),
+            ),
+            (
+                "entitlement_gate_meter_refused_units_total",
+                "counter",
+                "Units AWS refused as a duplicate of another quantity for the hour: not billed.",
+                |l| Micros(l.refused as i128),
+            ),
+            (
+                "entitlement_gate_meter_in_doubt_units_total",
+                "counter",
+                "Units in hours that left MeterUsage's window after an attempt without an answer: AWS may hold them; reconcile with AWS Marketplace's reports.",
+                |l| Micros(l.in_doubt as i128),
+            ),
+            (
+                "entitlement_gate_meter_unsent_units",
+                "gauge",
+                "Units acknowledged and not sent yet (open hours and closed unsent hours), by dimension.",
+                |l| Micros(l.unsent as i128),
+            ),
+            (
+                "entitlement_gate_meter_carried_fraction_units",
+                "gauge",
+                "The fraction under one unit carried into the dimension's next hour (negative: a credit after rounding up).",
+                |l| Micros(l.carried_fraction),
+            ),
+        ] {
+            series(name, kind, help, by_dimension(&|dimension| part(&ledger(dimension)).to_string()));
+        }
         series(
             "entitlement_gate_meter_rejected_requests_total",
             "counter",
             "POST /v1/usage requests refused as invalid (HTTP 400).",
-            vec![(String::new(), self.rejected.load(Ordering::Relaxed))],
+            one(self.rejected.load(Ordering::Relaxed)),
         );
         series(
             "entitlement_gate_meter_calls_total",
@@ -176,7 +206,7 @@ impl Metrics {
                 .map(|(outcome, count)| {
                     (
                         format!("{{outcome=\"{}\"}}", outcome.label()),
-                        count.load(Ordering::Relaxed),
+                        count.load(Ordering::Relaxed).to_string(),
                     )
                 })
                 .collect(),
@@ -185,57 +215,50 @@ impl Metrics {
             "entitlement_gate_meter_carried_hours_total",
             "counter",
             "Hours whose usage was carried into a later hour before leaving MeterUsage's window.",
-            vec![(String::new(), self.carried.load(Ordering::Relaxed))],
+            one(self.carried.load(Ordering::Relaxed)),
         );
         series(
             "entitlement_gate_meter_in_doubt_hours_total",
             "counter",
             "Hours that left MeterUsage's window after an attempt without an answer: AWS may hold them; neither carried nor resent.",
-            vec![(String::new(), self.in_doubt_hours.load(Ordering::Relaxed))],
-        );
-        series(
-            "entitlement_gate_meter_in_doubt_quantity_total",
-            "counter",
-            "The usage in those hours, to reconcile with AWS Marketplace's reports.",
-            vec![(
-                String::new(),
-                self.in_doubt_quantity.load(Ordering::Relaxed),
-            )],
+            one(self.in_doubt_hours.load(Ordering::Relaxed)),
         );
         series(
             "entitlement_gate_meter_unsent_hours",
             "gauge",
             "Closed (hour, dimension) records not yet sent.",
-            vec![(String::new(), unsent.len() as u64)],
+            one(snapshot.unsent.len() as u64),
         );
-        let oldest = unsent
+        let now = epoch_seconds(snapshot.now);
+        let oldest = snapshot
+            .unsent
             .iter()
-            .map(|u| epoch_seconds(now).saturating_sub(epoch_seconds(period.start(u.hour))))
+            .map(|u| now.saturating_sub(epoch_seconds(snapshot.period.start(u.hour))))
             .max()
             .unwrap_or(0);
         series(
             "entitlement_gate_meter_oldest_unsent_hour_age_seconds",
             "gauge",
             "Seconds since the start of the oldest unsent hour (0 when none).",
-            vec![(String::new(), oldest)],
+            one(oldest),
         );
         series(
             "entitlement_gate_meter_commits_total",
             "counter",
             "State transactions committed, each with one sync.",
-            vec![(String::new(), settled.commits)],
+            one(snapshot.settled.commits),
         );
         series(
             "entitlement_gate_meter_committed_changes_total",
             "counter",
             "Changes those transactions carried (group commit: many per sync under load).",
-            vec![(String::new(), settled.changes)],
+            one(snapshot.settled.changes),
         );
         series(
             "entitlement_gate_meter_ready",
             "gauge",
             "1 when the sidecar accepts usage.",
-            vec![(String::new(), u64::from(ready))],
+            one(u64::from(snapshot.ready)),
         );
         text
     }
@@ -258,17 +281,17 @@ mod tests {
     fn every_series_renders_with_help_type_and_escaped_labels() {
         let dimensions = ["requests".to_owned(), "odd \"dim\"\n".to_owned()];
         let metrics = Metrics::new(&dimensions);
-        metrics.accepted("requests", 2, 7);
-        metrics.accepted("unknown", 1, 1);
+        metrics.accepted("requests", 2);
+        metrics.accepted("unknown", 1);
         metrics.rejected();
         metrics.call(CallOutcome::Sent);
         metrics.call(CallOutcome::Throttled);
         metrics.carried();
-        metrics.in_doubt(5);
+        metrics.in_doubt();
         let unsent = vec![Unsent {
             hour: 500_000,
             dimension: "requests".into(),
-            quantity: 7,
+            quantity: 7_000_000,
             attempts: 1,
             last_error: None,
             in_doubt: true,
@@ -279,17 +302,37 @@ mod tests {
             ..Settled::default()
         };
         let now = UNIX_EPOCH + Duration::from_secs(500_000 * 3600 + 4000);
-        let text = metrics.render(true, &unsent, &settled, Period::HOUR, now);
+        let ledger = BTreeMap::from([(
+            "requests".to_owned(),
+            Ledger {
+                acknowledged: 7_250_000,
+                billed: 0,
+                refused: 0,
+                in_doubt: 0,
+                unsent: 7_000_000,
+                carried_fraction: 250_000,
+            },
+        )]);
+        let text = metrics.render(&Snapshot {
+            ready: true,
+            unsent: &unsent,
+            settled: &settled,
+            ledger: &ledger,
+            period: Period::HOUR,
+            now,
+        });
         for line in [
             "entitlement_gate_meter_reports_total{dimension=\"requests\"} 2",
-            "entitlement_gate_meter_quantity_total{dimension=\"requests\"} 7",
+            "entitlement_gate_meter_acknowledged_units_total{dimension=\"requests\"} 7.25",
+            "entitlement_gate_meter_unsent_units{dimension=\"requests\"} 7",
+            "entitlement_gate_meter_carried_fraction_units{dimension=\"requests\"} 0.25",
+            "entitlement_gate_meter_billed_units_total{dimension=\"odd \\\"dim\\\"\\n\"} 0",
             "entitlement_gate_meter_reports_total{dimension=\"odd \\\"dim\\\"\\n\"} 0",
             "entitlement_gate_meter_rejected_requests_total 1",
             "entitlement_gate_meter_calls_total{outcome=\"sent\"} 1",
             "entitlement_gate_meter_calls_total{outcome=\"throttled\"} 1",
             "entitlement_gate_meter_carried_hours_total 1",
             "entitlement_gate_meter_in_doubt_hours_total 1",
-            "entitlement_gate_meter_in_doubt_quantity_total 5",
             "entitlement_gate_meter_unsent_hours 1",
             "entitlement_gate_meter_oldest_unsent_hour_age_seconds 4000",
             "entitlement_gate_meter_commits_total 3",

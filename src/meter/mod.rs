@@ -20,7 +20,7 @@ pub mod sender;
 pub mod store;
 pub mod writer;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,13 +32,15 @@ use crate::aws::identity::{self, IdentityError};
 use crate::aws::metering::{self, MeterUsageCall, MeteringError};
 use crate::aws::retry::RetryPolicy;
 use crate::domain::product_code::ProductCode;
+use crate::domain::quantity::{Micros, Quantity};
 use crate::domain::time::Clock;
 use crate::local_http::server::{Listen, Listener};
 use api::{Api, Readiness};
+use billing::Rounding;
 use metrics::Metrics;
 use period::Period;
 use sender::{Destination, Limit, Sender};
-use store::{Store, StoreError};
+use store::{Ledger, Store, StoreError};
 use writer::{Closing, Refused, Writer};
 
 /// A validated configuration of the metering sidecar.
@@ -52,6 +54,10 @@ pub struct MeterConfig {
     pub period: Period,
     /// Give every dimension a record every closed hour, zero when unused.
     pub send_zero: bool,
+    /// How long a report ID is remembered (at least; at most twice that).
+    pub id_window: Duration,
+    /// What the last hour closed at shutdown does with the fraction left under one unit.
+    pub final_fraction: Rounding,
     /// How long, after SIGTERM, the sidecar may take to send what is unsent.
     pub shutdown_grace: Duration,
     /// How long, after SIGTERM, the sidecar still accepts usage (before the grace starts).
@@ -81,13 +87,17 @@ pub enum MeterError {
         deadline: Duration,
     },
     #[error(
-        "{hours} hour records ({quantity} units) were still unsent when the shutdown grace ended"
+        "{quantity} acknowledged units ({hours} hour records) were still unsent when the shutdown grace ended"
     )]
     Unsent {
         hours: usize,
-        quantity: u64,
+        quantity: Micros,
         state_dir: PathBuf,
     },
+    /// Stopped with everything sent, but AWS refused some acknowledged usage as a duplicate or
+    /// may not hold it (in doubt): not billed by this sidecar.
+    #[error("{refused} acknowledged units were refused by AWS as duplicates and {in_doubt} are in doubt")]
+    Unbilled { refused: Micros, in_doubt: Micros },
     #[error(transparent)]
     Writer(#[from] Refused),
 }
@@ -121,11 +131,13 @@ pub async fn health(listen: &Listen, timeout: Duration) -> Result<(), HealthErro
 }
 
 /// How the sidecar ended after a stop request: everything sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stopped {
     pub signal: &'static str,
     /// Hour records settled during the shutdown flush.
     pub flushed: usize,
+    /// Per dimension, where every acknowledged unit is.
+    pub ledger: BTreeMap<String, Ledger>,
 }
 
 /// A started sidecar: ready, taking usage and sending closed hours.
@@ -156,6 +168,7 @@ pub async fn start(config: &MeterConfig, clock: Arc<dyn Clock>) -> Result<Sideca
         &config.state_dir,
         config.product_code.as_str(),
         config.period,
+        config.id_window,
     )?;
     tracing::info!(state_dir = %config.state_dir.display(), instance_id = %store.instance_id,
         "opened the metering state");
@@ -166,6 +179,7 @@ pub async fn start(config: &MeterConfig, clock: Arc<dyn Clock>) -> Result<Sideca
         Closing {
             dimensions: config.dimensions.clone(),
             send_zero: config.send_zero,
+            final_fraction: config.final_fraction,
         },
         clock.clone(),
     );
@@ -293,27 +307,52 @@ impl Sidecar {
         let flush = self.sender.pass(Limit::All(grace_ends)).await;
         self.serving.abort();
         let unsent = self.reader.unsent()?;
-        let carried_ahead: u64 = self
-            .writer
-            .settled()
-            .open
-            .iter()
-            .map(|(_, _, quantity)| quantity)
-            .sum();
-        if let Some(hour) = future_hour.filter(|_| carried_ahead > 0) {
-            tracing::warn!(hour = %config.period.label(hour), quantity = carried_ahead,
+        let ledger = self.reader.ledger()?;
+        if let Some(hour) = future_hour.filter(|hour| {
+            self.writer
+                .settled()
+                .open
+                .iter()
+                .any(|(open, _, micros)| open == hour && *micros > 0)
+        }) {
+            tracing::warn!(hour = %config.period.label(hour),
                 "usage accepted after a restart within an hour already reported waits for its own hour; a restart with the same state directory sends it, a deleted pod loses it");
         }
-        if unsent.is_empty() && carried_ahead == 0 {
-            return Ok(Stopped {
-                signal,
-                flushed: flush.settled,
+        for (dimension, counted) in &ledger {
+            let fraction = Micros(counted.carried_fraction);
+            tracing::info!(
+                dimension = %dimension,
+                acknowledged = %Micros(counted.acknowledged as i128),
+                billed = %Micros(counted.billed as i128),
+                refused = %Micros(counted.refused as i128),
+                in_doubt = %Micros(counted.in_doubt as i128),
+                unsent = %Micros(counted.unsent as i128),
+                carried_fraction = %fraction,
+                balances = counted.balances(),
+                "ledger: acknowledged = billed + refused + in doubt + unsent + carried fraction"
+            );
+            if counted.carried_fraction > 0 {
+                tracing::info!(dimension = %dimension, fraction = %fraction,
+                    "the fraction under one unit is not billed (--final-fraction down); it stays in the state, and a sidecar restarted on it bills it with later usage");
+            }
+        }
+        let total =
+            |part: fn(&Ledger) -> u128| Micros(ledger.values().map(part).sum::<u128>() as i128);
+        if !unsent.is_empty() || total(|l| l.unsent) > Micros(0) {
+            return Err(MeterError::Unsent {
+                hours: unsent.len(),
+                quantity: total(|l| l.unsent),
+                state_dir: config.state_dir.clone(),
             });
         }
-        Err(MeterError::Unsent {
-            hours: unsent.len(),
-            quantity: unsent.iter().map(|u| u.quantity).sum::<u64>() + carried_ahead,
-            state_dir: config.state_dir.clone(),
+        let (refused, in_doubt) = (total(|l| l.refused), total(|l| l.in_doubt));
+        if refused > Micros(0) || in_doubt > Micros(0) {
+            return Err(MeterError::Unbilled { refused, in_doubt });
+        }
+        Ok(Stopped {
+            signal,
+            flushed: flush.settled,
+            ledger,
         })
     }
 }
@@ -334,7 +373,7 @@ pub async fn dry_run(
             product_code: &destination.product_code,
             dimension,
             timestamp: hour_start,
-            quantity: 0,
+            quantity: Quantity::ZERO,
             allocations: &[],
             client_token: &token,
             region: &destination.region,

@@ -1,12 +1,22 @@
 //! What a local client reports (`POST /v1/usage`), checked against MeterUsage's rules before
-//! anything is stored, so nothing invalid is ever recorded, even in part.
+//! anything is stored, so nothing invalid is ever recorded, even in part. Quantities are read
+//! exactly from the JSON number's text (six decimal places at most), never through `f64`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
-use serde_json::Value;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
-/// The largest `UsageQuantity` (and total per dimension and hour) MeterUsage accepts.
+use crate::domain::quantity::{Quantity, DECIMAL_PLACES};
+
+/// The largest `UsageQuantity` (and total per dimension and hour) MeterUsage accepts, in whole
+/// units.
 pub const MAX_QUANTITY: u64 = i32::MAX as u64;
+/// The largest quantity one report or one hour of a dimension may hold.
+pub const MAX_REPORT_QUANTITY: Quantity = Quantity::from_units(MAX_QUANTITY);
 /// The most `UsageAllocations` one MeterUsage record may carry.
 pub const MAX_ALLOCATIONS: usize = 2500;
 /// The most tags one allocation may carry.
@@ -24,7 +34,7 @@ pub type Tags = BTreeMap<String, String>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     pub dimension: String,
-    pub quantity: u64,
+    pub quantity: Quantity,
     pub tags: Tags,
     /// The client's idempotency key: the same report sent again (after a lost answer) is not
     /// counted twice.
@@ -39,20 +49,21 @@ pub struct Invalid(pub String);
 /// Parses a body holding one report object or an array of them (all or none), against the
 /// configured `dimensions`.
 pub fn parse(body: &[u8], dimensions: &BTreeSet<String>) -> Result<Vec<Report>, Invalid> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| Invalid(format!("the body is not JSON ({e})")))?;
-    let records = match value {
-        Value::Array(records) if records.is_empty() => {
-            return Err(Invalid("the array holds no records".to_owned()))
-        }
-        Value::Array(records) => records,
-        record @ Value::Object(_) => vec![record],
+    let not_json = |e: serde_json::Error| Invalid(format!("the body is not JSON ({e})"));
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let records: Vec<&RawValue> = match first {
+        Some(b'[') => serde_json::from_slice(body).map_err(not_json)?,
+        Some(b'{') => vec![serde_json::from_slice(body).map_err(not_json)?],
         _ => {
+            serde_json::from_slice::<IgnoredAny>(body).map_err(not_json)?;
             return Err(Invalid(
                 "send a record object, or an array of record objects".to_owned(),
-            ))
+            ));
         }
     };
+    if records.is_empty() {
+        return Err(Invalid("the array holds no records".to_owned()));
+    }
     let many = records.len() > 1;
     records
         .iter()
@@ -69,21 +80,20 @@ pub fn parse(body: &[u8], dimensions: &BTreeSet<String>) -> Result<Vec<Report>, 
         .collect()
 }
 
-fn parse_record(record: &Value, dimensions: &BTreeSet<String>) -> Result<Report, Invalid> {
-    let Value::Object(fields) = record else {
-        return Err(Invalid("a record must be a JSON object".to_owned()));
-    };
-    if let Some(unknown) = fields
-        .keys()
-        .find(|name| !matches!(name.as_str(), "dimension" | "quantity" | "tags" | "id"))
-    {
+fn parse_record(record: &RawValue, dimensions: &BTreeSet<String>) -> Result<Report, Invalid> {
+    let fields: Fields = serde_json::from_str(record.get())
+        .map_err(|_| Invalid("a record must be a JSON object".to_owned()))?;
+    if let Some(unknown) = fields.unknown {
         return Err(Invalid(format!(
             "unknown field {unknown:?} (known: dimension, quantity, tags, id)"
         )));
     }
-    let dimension = match fields.get("dimension") {
-        Some(Value::String(name)) if dimensions.contains(name) => name.clone(),
-        Some(Value::String(name)) => {
+    if let Some(twice) = fields.repeated {
+        return Err(Invalid(format!("the field {twice:?} is given twice")));
+    }
+    let dimension = match fields.dimension.map(string) {
+        Some(Some(name)) if dimensions.contains(name.as_ref()) => name.into_owned(),
+        Some(Some(name)) => {
             return Err(Invalid(format!(
                 "unknown dimension {name:?}; this sidecar meters {}",
                 dimensions.iter().cloned().collect::<Vec<_>>().join(", ")
@@ -91,48 +101,38 @@ fn parse_record(record: &Value, dimensions: &BTreeSet<String>) -> Result<Report,
         }
         _ => return Err(Invalid("\"dimension\" must be a string".to_owned())),
     };
-    let quantity = match fields.get("quantity") {
-        Some(Value::Number(number)) => match number.as_u64() {
-            Some(quantity) if quantity <= MAX_QUANTITY => quantity,
-            Some(_) => {
-                return Err(Invalid(format!(
-                    "\"quantity\" is over MeterUsage's maximum of {MAX_QUANTITY}"
-                )))
-            }
-            None if number.as_f64().is_some_and(|q| q >= 0.0) => {
-                return Err(Invalid(
-                    "\"quantity\" must be a whole number: the AWS SDK for Rust cannot send \
-                     fractional quantities (UsageQuantityAsDecimal) yet"
-                        .to_owned(),
-                ))
-            }
-            None => return Err(Invalid("\"quantity\" must not be negative".to_owned())),
-        },
-        _ => {
-            return Err(Invalid(
-                "\"quantity\" must be a whole number >= 0".to_owned(),
-            ))
-        }
-    };
-    let tags = match fields.get("tags") {
-        None | Some(Value::Null) => Tags::new(),
-        Some(Value::Object(tags)) => parse_tags(tags)?,
-        Some(_) => {
-            return Err(Invalid(
-                "\"tags\" must be an object of string values".to_owned(),
-            ))
-        }
-    };
-    let id = match fields.get("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(id)) if !id.is_empty() && id.chars().count() <= MAX_ID_CHARS => {
-            Some(id.clone())
-        }
-        Some(_) => {
+    let quantity = match fields.quantity {
+        Some(raw) => Quantity::parse_json_number(raw.get(), MAX_REPORT_QUANTITY)
+            .map_err(|e| Invalid(format!("\"quantity\" {e}")))?,
+        None => {
             return Err(Invalid(format!(
-                "\"id\" must be a string of 1 to {MAX_ID_CHARS} characters"
+                "\"quantity\" is missing: send a number >= 0 with at most {DECIMAL_PLACES} decimal \
+                 places"
             )))
         }
+    };
+    let tags = match fields.tags {
+        None => Tags::new(),
+        Some(raw) if raw.get() == "null" => Tags::new(),
+        Some(raw) => {
+            let tags: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get())
+                .map_err(|_| Invalid("\"tags\" must be an object of string values".to_owned()))?;
+            parse_tags(&tags)?
+        }
+    };
+    let id = match fields.id {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => match string(raw) {
+            Some(id) if !id.is_empty() && id.chars().count() <= MAX_ID_CHARS => {
+                Some(id.into_owned())
+            }
+            _ => {
+                return Err(Invalid(format!(
+                    "\"id\" must be a string of 1 to {MAX_ID_CHARS} characters"
+                )))
+            }
+        },
     };
     Ok(Report {
         dimension,
@@ -142,7 +142,65 @@ fn parse_record(record: &Value, dimensions: &BTreeSet<String>) -> Result<Report,
     })
 }
 
-fn parse_tags(tags: &serde_json::Map<String, Value>) -> Result<Tags, Invalid> {
+/// A JSON string's text, borrowed when it has no escapes; `None` for anything but a string.
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) if !inner.contains(['\\', '"']) => Some(Cow::Borrowed(inner)),
+        Some(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
+        None => None,
+    }
+}
+
+/// A record's fields, kept as raw JSON until each is checked by its own rule; an unknown or
+/// repeated field is noted rather than failing the parse, so the refusal can name it.
+#[derive(Default)]
+struct Fields<'a> {
+    dimension: Option<&'a RawValue>,
+    quantity: Option<&'a RawValue>,
+    tags: Option<&'a RawValue>,
+    id: Option<&'a RawValue>,
+    unknown: Option<String>,
+    repeated: Option<&'static str>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a record object")
+            }
+
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Fields<'de>, M::Error> {
+                let mut fields = Fields::default();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let (name, slot) = match key.as_ref() {
+                        "dimension" => ("dimension", &mut fields.dimension),
+                        "quantity" => ("quantity", &mut fields.quantity),
+                        "tags" => ("tags", &mut fields.tags),
+                        "id" => ("id", &mut fields.id),
+                        other => {
+                            fields.unknown.get_or_insert_with(|| other.to_owned());
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        fields.repeated.get_or_insert(name);
+                    }
+                    *slot = Some(map.next_value()?);
+                }
+                Ok(fields)
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+fn parse_tags(tags: &BTreeMap<String, &RawValue>) -> Result<Tags, Invalid> {
     if tags.len() > MAX_TAGS {
         return Err(Invalid(format!(
             "{} tags, over MeterUsage's maximum of {MAX_TAGS} per allocation",
@@ -151,12 +209,12 @@ fn parse_tags(tags: &serde_json::Map<String, Value>) -> Result<Tags, Invalid> {
     }
     let mut checked = Tags::new();
     for (key, value) in tags {
-        let Value::String(value) = value else {
+        let Some(value) = string(value) else {
             return Err(Invalid(format!("tag {key:?} must have a string value")));
         };
         check_tag_text("key", key, MAX_TAG_KEY_CHARS)?;
-        check_tag_text("value", value, MAX_TAG_VALUE_CHARS)?;
-        checked.insert(key.clone(), value.clone());
+        check_tag_text("value", &value, MAX_TAG_VALUE_CHARS)?;
+        checked.insert(key.clone(), value.into_owned());
     }
     Ok(checked)
 }
@@ -226,7 +284,7 @@ mod tests {
             one,
             vec![Report {
                 dimension: "requests".into(),
-                quantity: 3,
+                quantity: Quantity::from_units(3),
                 tags: [("team".to_owned(), "a".to_owned())].into(),
                 id: Some("r-1".into()),
             }]
@@ -257,15 +315,34 @@ mod tests {
                 r#"{"dimension": "users", "quantity": -1}"#,
                 "must not be negative",
             ),
-            (r#"{"dimension": "users", "quantity": 1.5}"#, "whole number"),
+            (
+                r#"{"dimension": "users", "quantity": 0.0000001}"#,
+                "more than 6 decimal places",
+            ),
+            (
+                r#"{"dimension": "users", "quantity": 1e-7}"#,
+                "more than 6 decimal places",
+            ),
+            (
+                r#"{"dimension": "users", "quantity": -0}"#,
+                "must not be negative",
+            ),
+            (
+                r#"{"dimension": "users", "quantity": 1e400}"#,
+                "over the maximum",
+            ),
             (
                 r#"{"dimension": "users", "quantity": "3"}"#,
-                "whole number >= 0",
+                "must be a JSON number, not a string",
             ),
-            (r#"{"dimension": "users"}"#, "whole number >= 0"),
+            (r#"{"dimension": "users"}"#, "\"quantity\" is missing"),
+            (
+                r#"{"dimension": "users", "quantity": 1, "quantity": 2}"#,
+                "\"quantity\" is given twice",
+            ),
             (
                 r#"{"dimension": "users", "quantity": 2147483648}"#,
-                "maximum of 2147483647",
+                "over the maximum of 2147483647",
             ),
             (
                 r#"{"dimension": "users", "quantity": 1, "tags": {"a":"1","b":"2","c":"3","d":"4","e":"5","f":"6"}}"#,

@@ -18,6 +18,7 @@ use crate::aws::identity::{CredentialSource, ResolvedCredentials};
 use crate::aws::metering::{self, MeterUsageCall, MeteringError};
 use crate::aws::retry::{Backoff, RetryPolicy};
 use crate::domain::product_code::ProductCode;
+use crate::domain::quantity::Quantity;
 use crate::domain::text;
 use crate::domain::time::{epoch_seconds, Clock};
 
@@ -199,13 +200,13 @@ impl Sender {
             .await?;
             return Ok(true);
         }
-        let allocations: Vec<(Vec<(String, String)>, u64)> = self
+        let allocations: Vec<(Vec<(String, String)>, Quantity)> = self
             .reader
             .allocations(unsent.hour, &unsent.dimension)?
             .into_iter()
-            .map(|(tags, quantity)| (tags.into_iter().collect(), quantity))
+            .map(|(tags, micros)| (tags.into_iter().collect(), Quantity::from_micros(micros)))
             .collect();
-        let quantity: u64 = allocations.iter().map(|(_, quantity)| quantity).sum();
+        let quantity = Quantity::from_micros(unsent.quantity);
         let hour_start = self.period.start(unsent.hour);
         let token = client_token(&self.instance_id, &unsent.dimension, hour_start);
         let destination = &self.destination;
@@ -235,7 +236,7 @@ impl Sender {
                     unsent.hour,
                     &unsent.dimension,
                     HourRecord::Unsent {
-                        quantity,
+                        quantity: unsent.quantity,
                         attempts: unsent.attempts,
                         last_error: unsent.last_error.clone(),
                         in_doubt: true,
@@ -253,7 +254,7 @@ impl Sender {
         self.metrics.call(outcome);
         match result {
             Ok(answer) => {
-                tracing::info!(dimension = %unsent.dimension, hour = %label, quantity,
+                tracing::info!(dimension = %unsent.dimension, hour = %label, %quantity,
                     metering_record_id = %answer.metering_record_id,
                     request_id = answer.request_id.as_deref(), "usage sent with MeterUsage");
                 self.writer
@@ -261,7 +262,7 @@ impl Sender {
                         unsent.hour,
                         &unsent.dimension,
                         HourRecord::Sent {
-                            quantity,
+                            quantity: unsent.quantity,
                             record_id: answer.metering_record_id,
                             sent_at: epoch_seconds(self.clock.now()),
                         },
@@ -270,7 +271,7 @@ impl Sender {
                 Ok(true)
             }
             Err(MeteringError::DuplicateRequest { aws_message, .. }) => {
-                tracing::error!(dimension = %unsent.dimension, hour = %label, quantity,
+                tracing::error!(dimension = %unsent.dimension, hour = %label, %quantity,
                     aws_message = %aws_message,
                     "AWS already holds a record for this pod or task, dimension and hour with another quantity than this instance's {quantity} units ({aws_message}); it is not resent, and the difference is not billed");
                 self.writer
@@ -278,7 +279,7 @@ impl Sender {
                         unsent.hour,
                         &unsent.dimension,
                         HourRecord::Duplicate {
-                            quantity,
+                            quantity: unsent.quantity,
                             message: aws_message,
                             at: epoch_seconds(self.clock.now()),
                         },
@@ -301,14 +302,14 @@ impl Sender {
             }
             Err(error) => {
                 let detail = text::quoted(&error.to_string());
-                tracing::warn!(dimension = %unsent.dimension, hour = %label, quantity, error = %detail,
+                tracing::warn!(dimension = %unsent.dimension, hour = %label, %quantity, error = %detail,
                     "MeterUsage did not take the hour's usage; it stays in the state and is sent again");
                 self.writer
                     .settle(
                         unsent.hour,
                         &unsent.dimension,
                         HourRecord::Unsent {
-                            quantity,
+                            quantity: unsent.quantity,
                             attempts: unsent.attempts + 1,
                             last_error: Some(detail),
                             in_doubt,
@@ -339,14 +340,14 @@ impl Sender {
                     },
                 )
                 .await?;
-            self.metrics.in_doubt(unsent.quantity);
-            tracing::error!(dimension = %unsent.dimension, hour = %label, quantity = unsent.quantity,
+            self.metrics.in_doubt();
+            tracing::error!(dimension = %unsent.dimension, hour = %label, quantity = %Quantity::from_micros(unsent.quantity),
                 "the hour's usage was not confirmed and {why}; an earlier attempt got no answer, so AWS may hold it: it is neither carried (that could bill it twice) nor resent; compare it with the product's metering records in AWS Marketplace's reports");
             return Ok(());
         }
         self.writer.carry(unsent.hour, &unsent.dimension).await?;
         self.metrics.carried();
-        tracing::warn!(dimension = %unsent.dimension, hour = %label, quantity = unsent.quantity,
+        tracing::warn!(dimension = %unsent.dimension, hour = %label, quantity = %Quantity::from_micros(unsent.quantity),
             "the hour's usage was not sent and {why}: it is carried into the current hour, as AWS allows reporting missed usage in a later hour");
         Ok(())
     }

@@ -1,44 +1,74 @@
-//! The state directory: acknowledged usage and what became of each hour, in a redb database
-//! (one file, transactional, crash-safe, locked against a second process).
+//! The state directory: acknowledged usage, what became of each hour, and the ledger that
+//! accounts for every unit, in a redb database (one file, transactional, crash-safe, locked
+//! against a second process).
 //!
-//! Usage is kept aggregated per (hour, dimension, tag set), so the file stays small whatever the
-//! report rate. An hour is *open* until it closes (its time passed, or the sidecar stops);
-//! each closed (hour, dimension) then has a record: unsent, sent (with AWS's record ID),
-//! refused as a duplicate, carried into a later hour, or left in doubt (AWS may hold it).
+//! Usage is kept in micro-units, aggregated per (hour, dimension, tag set), so the file stays
+//! small whatever the report rate. An hour is *open* until it closes (its time passed, or the
+//! sidecar stops); each dimension's hour is then billed once ([`billing`]): whole units and
+//! their allocations by tag set, fixed for every resend, and the fraction carried into the
+//! dimension's next hour. Each closed (hour, dimension) has a record: unsent, sent (with AWS's
+//! record ID), refused as a duplicate, carried into a later hour, or left in doubt (AWS may hold
+//! it).
+//!
+//! The ledger counts per dimension what was acknowledged, billed, refused and left in doubt, in
+//! the same transactions that change the usage, so that at every commit
+//! `acknowledged = billed + refused + in doubt + unsent + carried fraction`, exactly.
+//!
+//! Report IDs are kept as keyed 128-bit hashes (16 bytes each) in one table per ID window, and
+//! forgotten a whole table at a time.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rand::rngs::OsRng;
 use rand::TryRngCore as _;
-use redb::{Database, Durability, ReadableDatabase as _, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase as _, ReadableTable, TableDefinition, TableHandle as _,
+};
 use serde::{Deserialize, Serialize};
 
+use super::billing::{self, Rounding};
 use super::period::Period;
-use super::report::{self, Report, Tags, MAX_ALLOCATIONS, MAX_QUANTITY};
+use super::report::{self, Report, Tags, MAX_ALLOCATIONS, MAX_QUANTITY, MAX_REPORT_QUANTITY};
+use crate::aws::metering::BILLABLE_STEP;
+use crate::domain::quantity::Quantity;
 use crate::domain::time::epoch_seconds;
 
-/// `(hour, dimension, tag set key)` to the quantity acknowledged.
+/// `(hour, dimension, tag set key)` to the micro-units acknowledged, for open hours.
 const USAGE: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("usage");
+/// `(hour, dimension, tag set key)` to the micro-units billed (whole steps), for closed hours
+/// not yet settled: the record's `UsageAllocations`, the same for every resend.
+const ALLOCATED: TableDefinition<(u64, &str, &str), u64> = TableDefinition::new("allocated");
 /// `(hour, dimension)` to the JSON of its [`HourRecord`], for closed hours.
 const HOURS: TableDefinition<(u64, &str), &str> = TableDefinition::new("hours");
-/// A client's report ID to the hour it was counted in: resending it counts nothing.
-const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
-/// The same IDs by hour, so that old ones can be forgotten cheaply.
-const SEEN_BY_HOUR: TableDefinition<(u64, &str), ()> = TableDefinition::new("seen_by_hour");
+/// A dimension to the micro-units carried into its next hour: within (-1, 1) unit.
+const FRACTIONS: TableDefinition<&str, i64> = TableDefinition::new("fractions");
+/// `(dimension, part)` to micro-units since the state was created (see [`Part`]).
+const LEDGER: TableDefinition<(&str, u8), u128> = TableDefinition::new("ledger");
 /// Who this state belongs to, and how far it got.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// The prefix of the report ID tables, one per ID window: `ids-<window number>`.
+const IDS_PREFIX: &str = "ids-";
 
 /// The database file inside the state directory.
 pub const FILE_NAME: &str = "meter.redb";
+/// The state format this build writes and reads.
+const SCHEMA: &str = "2";
 /// The read cache: the hot data (open hours) is small, and RSS stays low.
 const CACHE_BYTES: usize = 4 << 20;
-/// How many periods a report ID is remembered, so a resent report is not counted twice.
-pub const REMEMBERED_PERIODS: u64 = 7;
 /// How many periods a closed hour's record is kept for status once it is settled.
 const SETTLED_KEPT_PERIODS: u64 = 48;
+
+/// The ledger's counted parts; unsent usage and the carried fraction are read from the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Acknowledged = 0,
+    Billed = 1,
+    Refused = 2,
+    InDoubt = 3,
+}
 
 /// Why the state directory cannot serve.
 #[derive(Debug, thiserror::Error)]
@@ -57,11 +87,14 @@ pub enum StoreError {
         found: u64,
         expected: u64,
     },
+    #[error("the state in {} was written by another version of the meter (format {found}, this one reads {SCHEMA})", path.display())]
+    OtherFormat { path: PathBuf, found: String },
     #[error("the state in {} cannot be used: {detail}", path.display())]
     Storage { path: PathBuf, detail: String },
 }
 
-/// What became of a closed (hour, dimension).
+/// What became of a closed (hour, dimension). Quantities are the micro-units billed: whole
+/// steps of [`BILLABLE_STEP`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "state")]
 pub enum HourRecord {
@@ -99,6 +132,17 @@ impl HourRecord {
     fn is_settled(&self) -> bool {
         !matches!(self, HourRecord::Unsent { .. })
     }
+
+    /// The ledger part a settled record's units move to, if any (a carried hour's units moved
+    /// to an open hour, where they are unsent again).
+    fn settles_into(&self) -> Option<(Part, u64)> {
+        match self {
+            HourRecord::Sent { quantity, .. } => Some((Part::Billed, *quantity)),
+            HourRecord::Duplicate { quantity, .. } => Some((Part::Refused, *quantity)),
+            HourRecord::InDoubt { quantity, .. } => Some((Part::InDoubt, *quantity)),
+            HourRecord::Unsent { .. } | HourRecord::Carried { .. } => None,
+        }
+    }
 }
 
 /// A closed hour of one dimension still to send.
@@ -106,15 +150,42 @@ impl HourRecord {
 pub struct Unsent {
     pub hour: u64,
     pub dimension: String,
+    /// Micro-units billed (whole steps).
     pub quantity: u64,
     pub attempts: u32,
     pub last_error: Option<String>,
     pub in_doubt: bool,
 }
 
+/// Where every acknowledged micro-unit of one dimension is, since the state was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ledger {
+    pub acknowledged: u128,
+    /// Sent to AWS and recorded there (a `MeteringRecordId`).
+    pub billed: u128,
+    /// Refused by AWS as a duplicate of another quantity for the hour: not billed.
+    pub refused: u128,
+    /// Left MeterUsage's window after an attempt without an answer: AWS may or may not hold it.
+    pub in_doubt: u128,
+    /// In open hours, or in closed hours still to send.
+    pub unsent: u128,
+    /// Carried into the dimension's next hour: under one unit (negative after rounding up).
+    pub carried_fraction: i128,
+}
+
+impl Ledger {
+    /// Whether `acknowledged = billed + refused + in doubt + unsent + carried fraction`.
+    pub fn balances(&self) -> bool {
+        self.acknowledged as i128
+            == (self.billed + self.refused + self.in_doubt + self.unsent) as i128
+                + self.carried_fraction
+    }
+}
+
 /// The totals of one dimension in one open hour, for the limit checks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Totals {
+    /// Micro-units.
     pub quantity: u64,
     /// Tag set keys with usage (the untagged set is `""`).
     pub tag_sets: BTreeSet<String>,
@@ -140,7 +211,34 @@ pub struct Accepted {
     pub duplicates: usize,
     pub hour: u64,
     /// Reports and quantity counted, by dimension.
-    pub counted: BTreeMap<String, (u64, u64)>,
+    pub counted: BTreeMap<String, (u64, Quantity)>,
+}
+
+/// How long report IDs are remembered, and the key their hashes are made with.
+struct Ids {
+    key: aws_lc_rs::hmac::Key,
+    window_secs: u64,
+    /// The oldest ID window still kept, as far as this process knows.
+    oldest_kept: Option<u64>,
+}
+
+impl Ids {
+    /// The keyed 128-bit hash an ID is remembered by: 16 bytes of state, and a client cannot
+    /// make two IDs collide without the state's key.
+    fn hash(&self, id: &str) -> u128 {
+        let tag = aws_lc_rs::hmac::sign(&self.key, id.as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&tag.as_ref()[..16]);
+        u128::from_be_bytes(bytes)
+    }
+
+    fn window_at(&self, now: SystemTime) -> u64 {
+        epoch_seconds(now) / self.window_secs
+    }
+}
+
+fn ids_table(window: u64) -> String {
+    format!("{IDS_PREFIX}{window:020}")
 }
 
 /// The state, open for this process alone.
@@ -149,6 +247,7 @@ pub struct Store {
     path: PathBuf,
     period: Period,
     pub instance_id: String,
+    ids: Ids,
     /// The last closed hour, if any.
     last_closed: Option<u64>,
     /// Open hours (the accepting one, and later ones usage was carried into) by dimension.
@@ -157,8 +256,15 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the state in `dir` for `product_code` and `period`; the first open
-    /// draws the instance ID every MeterUsage `ClientToken` of this state derives from.
-    pub fn open(dir: &Path, product_code: &str, period: Period) -> Result<Store, StoreError> {
+    /// draws the instance ID every MeterUsage `ClientToken` of this state derives from, and the
+    /// key report IDs are hashed with. Report IDs are remembered for at least `id_window` and
+    /// at most twice that.
+    pub fn open(
+        dir: &Path,
+        product_code: &str,
+        period: Period,
+        id_window: Duration,
+    ) -> Result<Store, StoreError> {
         let path = dir.join(FILE_NAME);
         let storage = |detail: String| StoreError::Storage {
             path: path.clone(),
@@ -179,17 +285,25 @@ impl Store {
                 e => storage(e.to_string()),
             })?;
         let txn = db.begin_write().map_err(|e| storage(e.to_string()))?;
-        let meta = {
+        let (instance_id, id_key, last_closed) = {
             let mut meta = txn.open_table(META).map_err(|e| storage(e.to_string()))?;
             let read = |key: &str| {
                 meta.get(key)
                     .map(|value| value.map(|v| v.value().to_owned()))
                     .map_err(|e| storage(e.to_string()))
             };
-            let found = (read("instance_id")?, read("product_code")?, read("period")?);
+            let found = (
+                read("instance_id")?,
+                read("product_code")?,
+                read("period")?,
+                read("schema")?,
+                read("id_key")?,
+            );
             let last_closed = read("last_closed")?.and_then(|hour| hour.parse().ok());
-            let instance_id = match found {
-                (Some(id), Some(product), Some(seconds)) => {
+            match found {
+                (Some(id), Some(product), Some(seconds), Some(schema), Some(key))
+                    if schema == SCHEMA =>
+                {
                     if product != product_code {
                         return Err(StoreError::OtherProduct {
                             path,
@@ -205,30 +319,45 @@ impl Store {
                             expected: period.seconds(),
                         });
                     }
-                    id
+                    (id, key, last_closed)
                 }
-                _ => {
-                    let id = new_instance_id().map_err(storage)?;
-                    for (key, value) in [
+                (Some(_), ..) => {
+                    return Err(StoreError::OtherFormat {
+                        path,
+                        found: found.3.unwrap_or_else(|| "1".to_owned()),
+                    })
+                }
+                (None, ..) => {
+                    let id = hex(&random::<16>().map_err(storage)?);
+                    let key = hex(&random::<32>().map_err(storage)?);
+                    for (name, value) in [
                         ("instance_id", id.as_str()),
                         ("product_code", product_code),
                         ("period", &period.seconds().to_string()),
+                        ("schema", SCHEMA),
+                        ("id_key", key.as_str()),
                     ] {
-                        meta.insert(key, value)
+                        meta.insert(name, value)
                             .map_err(|e| storage(e.to_string()))?;
                     }
-                    id
+                    (id, key, None)
                 }
-            };
-            (instance_id, last_closed)
+            }
         };
         txn.commit().map_err(|e| storage(e.to_string()))?;
+        let key_bytes =
+            unhex(&id_key).ok_or_else(|| storage("its ID key is damaged".to_owned()))?;
         let mut store = Store {
             db: Arc::new(db),
             path,
             period,
-            instance_id: meta.0,
-            last_closed: meta.1,
+            instance_id,
+            ids: Ids {
+                key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key_bytes),
+                window_secs: id_window.as_secs().max(1),
+                oldest_kept: None,
+            },
+            last_closed,
             open: BTreeMap::new(),
         };
         store.load_open()?;
@@ -239,7 +368,6 @@ impl Store {
     pub fn load_open(&mut self) -> Result<(), StoreError> {
         let first_open = self.last_closed.map_or(0, |hour| hour + 1);
         let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
-        let usage = txn.open_table(USAGE).map_err(|e| self.storage(e));
         let mut open: BTreeMap<u64, BTreeMap<String, Totals>> = BTreeMap::new();
         let up_in = txn
             .open_table(META)
@@ -254,7 +382,7 @@ impl Store {
         if let Some(hour) = up_in.filter(|hour| *hour >= first_open) {
             open.entry(hour).or_default();
         }
-        if let Ok(usage) = usage {
+        if let Ok(usage) = txn.open_table(USAGE) {
             for entry in usage
                 .range((first_open, "", "")..)
                 .map_err(|e| self.storage(e))?
@@ -297,6 +425,22 @@ impl Store {
         &self.open
     }
 
+    /// The size of the state file, as the volume counts it.
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// The bytes the state holds (allocated pages), which can be less than the file: pages
+    /// freed by forgotten IDs are reused before the file grows. Walks the database: call it
+    /// rarely.
+    pub fn live_bytes(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        let stats = txn.stats().map_err(|e| self.storage(e))?;
+        let live = stats.allocated_pages() * stats.page_size() as u64;
+        txn.abort().map_err(|e| self.storage(e))?;
+        Ok(live)
+    }
+
     /// Starts a group of changes that commit together, with one sync.
     pub fn batch(&mut self) -> Result<Batch<'_>, StoreError> {
         let mut txn = self.db.begin_write().map_err(|e| self.storage(e))?;
@@ -305,7 +449,8 @@ impl Store {
         Ok(Batch {
             txn: Some(txn),
             store: self,
-            pending_ids: HashMap::new(),
+            pending_ids: HashSet::new(),
+            acknowledged: BTreeMap::new(),
         })
     }
 
@@ -318,10 +463,7 @@ impl Store {
     }
 
     fn storage(&self, error: impl std::fmt::Display) -> StoreError {
-        StoreError::Storage {
-            path: self.path.clone(),
-            detail: error.to_string(),
-        }
+        failed(&self.path, error)
     }
 }
 
@@ -335,67 +477,57 @@ pub struct Reader {
 impl Reader {
     /// Closed hours still to send, oldest first.
     pub fn unsent(&self) -> Result<Vec<Unsent>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
-        let Ok(hours) = txn.open_table(HOURS) else {
-            return Ok(Vec::new());
-        };
-        let mut unsent = Vec::new();
-        for entry in hours.iter().map_err(|e| self.storage(e))? {
-            let (key, record) = entry.map_err(|e| self.storage(e))?;
-            let (hour, dimension) = key.value();
-            if let Ok(HourRecord::Unsent {
-                quantity,
-                attempts,
-                last_error,
-                in_doubt,
-            }) = serde_json::from_str(record.value())
-            {
-                unsent.push(Unsent {
-                    hour,
-                    dimension: dimension.to_owned(),
+        Ok(self
+            .records()?
+            .into_iter()
+            .filter_map(|(hour, dimension, record)| match record {
+                HourRecord::Unsent {
                     quantity,
                     attempts,
                     last_error,
                     in_doubt,
-                });
-            }
-        }
-        Ok(unsent)
+                } => Some(Unsent {
+                    hour,
+                    dimension,
+                    quantity,
+                    attempts,
+                    last_error,
+                    in_doubt,
+                }),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Every closed (hour, dimension) record, for status.
     pub fn records(&self) -> Result<Vec<(u64, String, HourRecord)>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
-        let Ok(hours) = txn.open_table(HOURS) else {
-            return Ok(Vec::new());
-        };
-        let mut records = Vec::new();
-        for entry in hours.iter().map_err(|e| self.storage(e))? {
-            let (key, record) = entry.map_err(|e| self.storage(e))?;
-            let (hour, dimension) = key.value();
-            if let Ok(record) = serde_json::from_str(record.value()) {
-                records.push((hour, dimension.to_owned(), record));
-            }
-        }
-        Ok(records)
+        records_in(&txn).map_err(|e| self.storage(e))
     }
 
-    /// The usage of one closed (hour, dimension) by tag set, for MeterUsage's allocations.
+    /// The `UsageAllocations` of one closed, unsettled (hour, dimension): micro-units by tag
+    /// set, summing to its record's quantity; empty for untagged usage.
     pub fn allocations(&self, hour: u64, dimension: &str) -> Result<Vec<(Tags, u64)>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
-        let Ok(usage) = txn.open_table(USAGE) else {
+        let Ok(allocated) = txn.open_table(ALLOCATED) else {
             return Ok(Vec::new());
         };
         let mut allocations = Vec::new();
-        for entry in usage
+        for entry in allocated
             .range((hour, dimension, "")..=(hour, dimension, "\u{10ffff}"))
             .map_err(|e| self.storage(e))?
         {
-            let (key, quantity) = entry.map_err(|e| self.storage(e))?;
+            let (key, micros) = entry.map_err(|e| self.storage(e))?;
             let (_, _, tags) = key.value();
-            allocations.push((report::tags_of(tags), quantity.value()));
+            allocations.push((report::tags_of(tags), micros.value()));
         }
         Ok(allocations)
+    }
+
+    /// The ledger of every dimension with usage or a record, from one consistent snapshot.
+    pub fn ledger(&self) -> Result<BTreeMap<String, Ledger>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        ledger_in(&txn).map_err(|e| self.storage(e))
     }
 
     fn storage(&self, error: impl std::fmt::Display) -> StoreError {
@@ -403,21 +535,98 @@ impl Reader {
     }
 }
 
-/// A random instance ID: 128 bits, hex.
-fn new_instance_id() -> Result<String, String> {
-    let mut bytes = [0u8; 16];
+/// Every closed record in `txn`.
+fn records_in(txn: &redb::ReadTransaction) -> Result<Vec<(u64, String, HourRecord)>, redb::Error> {
+    let hours = match txn.open_table(HOURS) {
+        Ok(hours) => hours,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut records = Vec::new();
+    for entry in hours.iter()? {
+        let (key, record) = entry?;
+        let (hour, dimension) = key.value();
+        if let Ok(record) = serde_json::from_str(record.value()) {
+            records.push((hour, dimension.to_owned(), record));
+        }
+    }
+    Ok(records)
+}
+
+/// The ledger per dimension as of `txn`.
+fn ledger_in(txn: &redb::ReadTransaction) -> Result<BTreeMap<String, Ledger>, redb::Error> {
+    let mut ledgers: BTreeMap<String, Ledger> = BTreeMap::new();
+    if let Ok(counted) = txn.open_table(LEDGER) {
+        for entry in counted.iter()? {
+            let (key, micros) = entry?;
+            let (dimension, part) = key.value();
+            let ledger = ledgers.entry(dimension.to_owned()).or_default();
+            let micros = micros.value();
+            match part {
+                p if p == Part::Acknowledged as u8 => ledger.acknowledged = micros,
+                p if p == Part::Billed as u8 => ledger.billed = micros,
+                p if p == Part::Refused as u8 => ledger.refused = micros,
+                p if p == Part::InDoubt as u8 => ledger.in_doubt = micros,
+                _ => {}
+            }
+        }
+    }
+    if let Ok(usage) = txn.open_table(USAGE) {
+        for entry in usage.iter()? {
+            let (key, micros) = entry?;
+            let (_, dimension, _) = key.value();
+            ledgers.entry(dimension.to_owned()).or_default().unsent += u128::from(micros.value());
+        }
+    }
+    for (_, dimension, record) in records_in(txn)? {
+        if let HourRecord::Unsent { quantity, .. } = record {
+            ledgers.entry(dimension).or_default().unsent += u128::from(quantity);
+        }
+    }
+    if let Ok(fractions) = txn.open_table(FRACTIONS) {
+        for entry in fractions.iter()? {
+            let (dimension, micros) = entry?;
+            ledgers
+                .entry(dimension.value().to_owned())
+                .or_default()
+                .carried_fraction = i128::from(micros.value());
+        }
+    }
+    Ok(ledgers)
+}
+
+/// `N` random bytes from the OS.
+fn random<const N: usize>() -> Result<[u8; N], String> {
+    let mut bytes = [0u8; N];
     OsRng
         .try_fill_bytes(&mut bytes)
         .map_err(|e| format!("the OS random number generator failed: {e}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (text.len() % 2 == 0)
+        .then(|| {
+            (0..text.len())
+                .step_by(2)
+                .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten()
 }
 
 /// Changes that commit together.
 pub struct Batch<'a> {
     txn: Option<redb::WriteTransaction>,
     store: &'a mut Store,
-    /// IDs counted earlier in this batch (not yet in `SEEN`).
-    pending_ids: HashMap<String, u64>,
+    /// ID hashes counted earlier in this batch (not yet committed).
+    pending_ids: HashSet<u128>,
+    /// Micro-units acknowledged in this batch, by dimension, for the ledger at commit.
+    acknowledged: BTreeMap<String, u128>,
 }
 
 /// A storage failure of the file at `path`.
@@ -429,46 +638,62 @@ fn failed(path: &Path, error: impl std::fmt::Display) -> StoreError {
 }
 
 impl Batch<'_> {
-    /// The transaction, the store and the batch's IDs, borrowed apart.
-    fn parts(
-        &mut self,
-    ) -> (
-        &redb::WriteTransaction,
-        &mut Store,
-        &mut HashMap<String, u64>,
-    ) {
-        (
-            self.txn.as_ref().expect("open until committed"),
-            self.store,
-            &mut self.pending_ids,
-        )
+    fn txn(&self) -> &redb::WriteTransaction {
+        self.txn.as_ref().expect("open until committed")
+    }
+
+    /// Maps a redb error to this state's storage error (owns the path, so that the batch
+    /// stays borrowable).
+    fn fail(&self) -> impl Fn(redb::Error) -> StoreError {
+        let path = self.store.path.clone();
+        move |e| failed(&path, e)
     }
 
     /// Adds `reports` to `hour`, all or none: refused (with the reason) if a record would push
     /// its dimension's hour past MeterUsage's quantity or allocation limits. Reports whose ID
-    /// was already counted are skipped.
+    /// was counted within the ID window are skipped.
     pub fn accept(
         &mut self,
         reports: &[Report],
         hour: u64,
+        now: SystemTime,
     ) -> Result<Result<Accepted, report::Invalid>, StoreError> {
-        let (txn, store, pending_ids) = self.parts();
-        let path = store.path.clone();
-        let fail = |e: redb::Error| failed(&path, e);
+        let window = self.store.ids.window_at(now);
         let mut fresh = Vec::with_capacity(reports.len());
+        let mut fresh_ids = Vec::new();
         let mut duplicates = 0;
         {
-            let seen = txn.open_table(SEEN).map_err(|e| fail(e.into()))?;
-            let mut ids_here = BTreeSet::new();
+            let txn = self.txn();
+            let current = txn
+                .open_table(TableDefinition::<u128, ()>::new(&ids_table(window)))
+                .map_err(|e| failed(&self.store.path, e))?;
+            let previous = window
+                .checked_sub(1)
+                .map(|w| txn.open_table(TableDefinition::<u128, ()>::new(&ids_table(w))))
+                .transpose()
+                .map_err(|e| failed(&self.store.path, e))?;
+            let mut here = HashSet::new();
             for (index, report) in reports.iter().enumerate() {
                 if let Some(id) = &report.id {
-                    let counted = pending_ids.contains_key(id)
-                        || !ids_here.insert(id.as_str())
-                        || seen.get(id.as_str()).map_err(|e| fail(e.into()))?.is_some();
+                    let hash = self.store.ids.hash(id);
+                    let counted = self.pending_ids.contains(&hash)
+                        || !here.insert(hash)
+                        || current
+                            .get(hash)
+                            .map_err(|e| failed(&self.store.path, e))?
+                            .is_some()
+                        || match &previous {
+                            Some(previous) => previous
+                                .get(hash)
+                                .map_err(|e| failed(&self.store.path, e))?
+                                .is_some(),
+                            None => false,
+                        };
                     if counted {
                         duplicates += 1;
                         continue;
                     }
+                    fresh_ids.push(hash);
                 }
                 fresh.push((index, report));
             }
@@ -477,15 +702,15 @@ impl Batch<'_> {
         let mut tentative: BTreeMap<&str, Totals> = BTreeMap::new();
         for &(index, report) in &fresh {
             let totals = tentative.entry(&report.dimension).or_insert_with(|| {
-                store
+                self.store
                     .open
                     .get(&hour)
                     .and_then(|dimensions| dimensions.get(&report.dimension))
                     .cloned()
                     .unwrap_or_default()
             });
-            totals.quantity += report.quantity;
-            if report.quantity > 0 {
+            totals.quantity += report.quantity.micros();
+            if report.quantity > Quantity::ZERO {
                 totals.tag_sets.insert(report::tags_key(&report.tags));
             }
             let record = if reports.len() > 1 {
@@ -493,10 +718,11 @@ impl Batch<'_> {
             } else {
                 String::new()
             };
-            if totals.quantity > MAX_QUANTITY {
+            if totals.quantity > MAX_REPORT_QUANTITY.micros() {
                 return Ok(Err(report::Invalid(format!(
                     "{record}the hour's total for {:?} would be {}, over MeterUsage's maximum of {MAX_QUANTITY}",
-                    report.dimension, totals.quantity
+                    report.dimension,
+                    Quantity::from_micros(totals.quantity)
                 ))));
             }
             if totals.allocations() > MAX_ALLOCATIONS {
@@ -509,33 +735,41 @@ impl Batch<'_> {
         }
         // Aggregate first: many reports of one tag set cost one update.
         let mut sums: BTreeMap<(&str, String), u64> = BTreeMap::new();
-        for (_, report) in fresh.iter().filter(|(_, report)| report.quantity > 0) {
+        for (_, report) in fresh.iter().filter(|(_, r)| r.quantity > Quantity::ZERO) {
             *sums
                 .entry((&report.dimension, report::tags_key(&report.tags)))
-                .or_default() += report.quantity;
+                .or_default() += report.quantity.micros();
         }
         {
+            let fail = self.fail();
+            let txn = self.txn();
             let mut usage = txn.open_table(USAGE).map_err(|e| fail(e.into()))?;
-            for ((dimension, tags), quantity) in &sums {
-                add(&mut usage, (hour, dimension, tags), *quantity).map_err(fail)?;
+            for ((dimension, tags), micros) in &sums {
+                add(&mut usage, (hour, dimension, tags), *micros).map_err(&fail)?;
             }
-            let mut seen = txn.open_table(SEEN).map_err(|e| fail(e.into()))?;
-            let mut by_hour = txn.open_table(SEEN_BY_HOUR).map_err(|e| fail(e.into()))?;
-            for id in fresh.iter().filter_map(|(_, report)| report.id.as_deref()) {
-                seen.insert(id, hour).map_err(|e| fail(e.into()))?;
-                by_hour.insert((hour, id), ()).map_err(|e| fail(e.into()))?;
-                pending_ids.insert(id.to_owned(), hour);
+            let mut ids = txn
+                .open_table(TableDefinition::<u128, ()>::new(&ids_table(window)))
+                .map_err(|e| fail(e.into()))?;
+            for hash in &fresh_ids {
+                ids.insert(hash, ()).map_err(|e| fail(e.into()))?;
             }
         }
-        let open = store.open.entry(hour).or_default();
+        self.pending_ids.extend(fresh_ids);
+        let open = self.store.open.entry(hour).or_default();
         for (dimension, totals) in tentative {
             open.insert(dimension.to_owned(), totals);
         }
-        let mut counted: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut counted: BTreeMap<String, (u64, Quantity)> = BTreeMap::new();
         for (_, report) in &fresh {
-            let (reports, quantity) = counted.entry(report.dimension.clone()).or_default();
+            let (reports, quantity) = counted
+                .entry(report.dimension.clone())
+                .or_insert((0, Quantity::ZERO));
             *reports += 1;
-            *quantity += report.quantity;
+            *quantity = Quantity::from_micros(quantity.micros() + report.quantity.micros());
+        }
+        for (dimension, (_, quantity)) in &counted {
+            *self.acknowledged.entry(dimension.clone()).or_default() +=
+                u128::from(quantity.micros());
         }
         Ok(Ok(Accepted {
             records: reports.len(),
@@ -545,23 +779,53 @@ impl Batch<'_> {
         }))
     }
 
+    /// Forgets report IDs from windows before the one before `now`'s: a whole table at a
+    /// time.
+    pub fn forget_ids(&mut self, now: SystemTime) -> Result<(), StoreError> {
+        let keep_from = self.store.ids.window_at(now).saturating_sub(1);
+        if self
+            .store
+            .ids
+            .oldest_kept
+            .is_some_and(|oldest| oldest >= keep_from)
+        {
+            return Ok(());
+        }
+        let keep_name = ids_table(keep_from);
+        let fail = self.fail();
+        let txn = self.txn();
+        let old: Vec<String> = txn
+            .list_tables()
+            .map_err(|e| fail(e.into()))?
+            .map(|table| table.name().to_owned())
+            .filter(|name| name.starts_with(IDS_PREFIX) && *name < keep_name)
+            .collect();
+        for name in &old {
+            txn.delete_table(TableDefinition::<u128, ()>::new(name))
+                .map_err(|e| fail(e.into()))?;
+        }
+        self.store.ids.oldest_kept = Some(keep_from);
+        Ok(())
+    }
+
     /// Closes every open hour before `before` (and `also`, the accepting hour when the sidecar
-    /// stops): each dimension with usage, and with `send_zero` every one of `dimensions`, gets an
-    /// unsent record. Returns the hours closed.
+    /// stops), billing each dimension with usage, and with `send_zero` every one of
+    /// `dimensions`, an unsent record. Every hour bills its whole units and carries the
+    /// fraction; the last hour closed rounds by `last` (the final fraction at shutdown).
+    /// Returns the hours closed.
     pub fn close(
         &mut self,
         before: u64,
         also: Option<u64>,
         dimensions: &BTreeSet<String>,
         send_zero: bool,
+        last: Rounding,
     ) -> Result<Vec<u64>, StoreError> {
-        let (txn, store, _) = self.parts();
-        let path = store.path.clone();
-        let fail = |e: redb::Error| failed(&path, e);
-        let first_open = store.last_closed.map_or(0, |hour| hour + 1);
+        let first_open = self.store.last_closed.map_or(0, |hour| hour + 1);
         // Open hours include those the sidecar was up in without usage (see `mark_open`), which
         // close with zero records.
-        let mut closing: BTreeSet<u64> = store
+        let mut closing: BTreeSet<u64> = self
+            .store
             .open
             .keys()
             .copied()
@@ -570,82 +834,150 @@ impl Batch<'_> {
         if let Some(hour) = also {
             closing.insert(hour);
         }
-        let Some(&last) = closing.last() else {
+        let Some(&final_hour) = closing.last() else {
             return Ok(Vec::new());
         };
+        let path = self.store.path.clone();
+        let fail = |e: redb::Error| failed(&path, e);
+        let txn = self.txn.as_ref().expect("open until committed");
         {
+            let mut usage = txn.open_table(USAGE).map_err(|e| fail(e.into()))?;
+            let mut allocated = txn.open_table(ALLOCATED).map_err(|e| fail(e.into()))?;
             let mut hours = txn.open_table(HOURS).map_err(|e| fail(e.into()))?;
-            for hour in &closing {
-                let totals = store.open.remove(hour).unwrap_or_default();
-                let names: BTreeSet<&String> = if send_zero {
-                    dimensions.iter().chain(totals.keys()).collect()
+            let mut fractions = txn.open_table(FRACTIONS).map_err(|e| fail(e.into()))?;
+            for &hour in &closing {
+                let totals = self.store.open.remove(&hour).unwrap_or_default();
+                let rounding = if hour == final_hour {
+                    last
                 } else {
-                    totals.keys().collect()
+                    Rounding::Down
                 };
-                for dimension in names {
+                let mut names: BTreeSet<String> = totals.keys().cloned().collect();
+                if send_zero {
+                    names.extend(dimensions.iter().cloned());
+                }
+                if rounding == Rounding::Up {
+                    // A fraction left to round up needs a record to be billed in.
+                    for entry in fractions.iter().map_err(|e| fail(e.into()))? {
+                        let (dimension, micros) = entry.map_err(|e| fail(e.into()))?;
+                        if micros.value() > 0 {
+                            names.insert(dimension.value().to_owned());
+                        }
+                    }
+                }
+                for dimension in &names {
+                    let rows: Vec<(String, u64)> = usage
+                        .extract_from_if(
+                            (hour, dimension.as_str(), "")
+                                ..=(hour, dimension.as_str(), "\u{10ffff}"),
+                            |_, _| true,
+                        )
+                        .map_err(|e| fail(e.into()))?
+                        .map(|entry| {
+                            entry.map(|(key, micros)| (key.value().2.to_owned(), micros.value()))
+                        })
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| fail(e.into()))?;
+                    let carried_in = fractions
+                        .get(dimension.as_str())
+                        .map_err(|e| fail(e.into()))?
+                        .map_or(0, |v| v.value());
+                    let bill = billing::bill_hour(
+                        carried_in,
+                        &rows,
+                        rounding,
+                        BILLABLE_STEP,
+                        MAX_REPORT_QUANTITY.micros(),
+                    );
+                    let tagged = rows.iter().any(|(tags, _)| !tags.is_empty());
+                    if tagged {
+                        for (tags, units) in &bill.allocations {
+                            allocated
+                                .insert((hour, dimension.as_str(), tags.as_str()), units)
+                                .map_err(|e| fail(e.into()))?;
+                        }
+                    }
+                    fractions
+                        .insert(dimension.as_str(), bill.carried_out)
+                        .map_err(|e| fail(e.into()))?;
                     let record = HourRecord::Unsent {
-                        quantity: totals.get(dimension).map_or(0, |t| t.quantity),
+                        quantity: bill.quantity,
                         attempts: 0,
                         last_error: None,
                         in_doubt: false,
                     };
                     hours
-                        .insert((*hour, dimension.as_str()), json(&record).as_str())
+                        .insert((hour, dimension.as_str()), json(&record).as_str())
                         .map_err(|e| fail(e.into()))?;
                 }
             }
         }
-        if store.last_closed.is_none_or(|closed| last > closed) {
+        if self
+            .store
+            .last_closed
+            .is_none_or(|closed| final_hour > closed)
+        {
             let mut meta = txn.open_table(META).map_err(|e| fail(e.into()))?;
-            meta.insert("last_closed", last.to_string().as_str())
+            meta.insert("last_closed", final_hour.to_string().as_str())
                 .map_err(|e| fail(e.into()))?;
-            store.last_closed = Some(last);
+            self.store.last_closed = Some(final_hour);
         }
-        forget(txn, last).map_err(fail)?;
+        forget_settled(txn, final_hour).map_err(fail)?;
         Ok(closing.into_iter().collect())
     }
 
     /// Notes that the sidecar is up in `hour`, so that it closes with zero records even if
     /// nothing is reported in it, whatever restarts happen meanwhile.
     pub fn mark_open(&mut self, hour: u64) -> Result<(), StoreError> {
-        let (txn, store, _) = self.parts();
-        if store.open.contains_key(&hour) {
+        if self.store.open.contains_key(&hour) {
             return Ok(());
         }
-        let mut meta = txn.open_table(META).map_err(|e| failed(&store.path, e))?;
+        let fail = self.fail();
+        let mut meta = self.txn().open_table(META).map_err(|e| fail(e.into()))?;
         meta.insert("up_in", hour.to_string().as_str())
-            .map_err(|e| failed(&store.path, e))?;
-        store.open.entry(hour).or_default();
+            .map_err(|e| fail(e.into()))?;
+        drop(meta);
+        self.store.open.entry(hour).or_default();
         Ok(())
     }
 
-    /// Records the outcome of sending a closed (hour, dimension). A sent or refused hour's
-    /// usage rows are no longer needed.
+    /// Records the outcome of sending a closed (hour, dimension); a settled hour's units move
+    /// in the ledger (billed, refused or in doubt) once, and its allocations are no longer
+    /// needed.
     pub fn settle(
         &mut self,
         hour: u64,
         dimension: &str,
         record: &HourRecord,
     ) -> Result<(), StoreError> {
-        let (txn, store, _) = self.parts();
-        let fail = |e: redb::Error| failed(&store.path, e);
+        let fail = self.fail();
+        let txn = self.txn();
         let mut hours = txn.open_table(HOURS).map_err(|e| fail(e.into()))?;
+        let was_unsent = match hours.get((hour, dimension)).map_err(|e| fail(e.into()))? {
+            Some(before) => !serde_json::from_str::<HourRecord>(before.value())
+                .is_ok_and(|before| before.is_settled()),
+            None => false,
+        };
         hours
             .insert((hour, dimension), json(record).as_str())
             .map_err(|e| fail(e.into()))?;
+        drop(hours);
         if record.is_settled() {
-            let mut usage = txn.open_table(USAGE).map_err(|e| fail(e.into()))?;
-            usage
+            let mut allocated = txn.open_table(ALLOCATED).map_err(|e| fail(e.into()))?;
+            allocated
                 .retain_in(
                     (hour, dimension, "")..=(hour, dimension, "\u{10ffff}"),
                     |_, _| false,
                 )
                 .map_err(|e| fail(e.into()))?;
         }
+        if let (true, Some((part, quantity))) = (was_unsent, record.settles_into()) {
+            count(txn, dimension, part, u128::from(quantity)).map_err(fail)?;
+        }
         Ok(())
     }
 
-    /// Moves the usage of a closed (hour, dimension) into open hours from `into` on, each tag
+    /// Moves the bill of a closed (hour, dimension) into open hours from `into` on, each tag
     /// set into the first hour that can take it within MeterUsage's limits, and marks the hour
     /// carried.
     pub fn carry(
@@ -655,43 +987,62 @@ impl Batch<'_> {
         into: u64,
         now: SystemTime,
     ) -> Result<(), StoreError> {
-        let (txn, store, _) = self.parts();
-        let path = store.path.clone();
+        let path = self.store.path.clone();
         let fail = |e: redb::Error| failed(&path, e);
-        let mut usage = txn.open_table(USAGE).map_err(|e| fail(e.into()))?;
-        let rows: Vec<(String, u64)> = usage
+        let txn = self.txn.as_ref().expect("open until committed");
+        let quantity = match txn
+            .open_table(HOURS)
+            .map_err(|e| fail(e.into()))?
+            .get((hour, dimension))
+            .map_err(|e| fail(e.into()))?
+            .map(|record| serde_json::from_str::<HourRecord>(record.value()))
+        {
+            Some(Ok(HourRecord::Unsent { quantity, .. })) => quantity,
+            _ => return Ok(()),
+        };
+        let mut rows: Vec<(String, u64)> = txn
+            .open_table(ALLOCATED)
+            .map_err(|e| fail(e.into()))?
             .range((hour, dimension, "")..=(hour, dimension, "\u{10ffff}"))
             .map_err(|e| fail(e.into()))?
-            .filter_map(Result::ok)
-            .map(|(key, quantity)| (key.value().2.to_owned(), quantity.value()))
-            .collect();
-        let total: u64 = rows.iter().map(|(_, quantity)| quantity).sum();
-        for (tags, quantity) in &rows {
-            let mut target = into;
-            loop {
-                let totals = store
-                    .open
-                    .entry(target)
-                    .or_default()
-                    .entry(dimension.to_owned())
-                    .or_default();
-                let mut with = totals.clone();
-                with.quantity += quantity;
-                with.tag_sets.insert(tags.clone());
-                if with.quantity <= MAX_QUANTITY && with.allocations() <= MAX_ALLOCATIONS {
-                    *totals = with;
-                    break;
-                }
-                target += 1;
-            }
-            add(&mut usage, (target, dimension, tags), *quantity).map_err(fail)?;
+            .map(|entry| entry.map(|(key, micros)| (key.value().2.to_owned(), micros.value())))
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(e.into()))?;
+        if rows.is_empty() && quantity > 0 {
+            rows.push((String::new(), quantity));
         }
-        drop(usage);
+        {
+            let mut usage = txn.open_table(USAGE).map_err(|e| fail(e.into()))?;
+            for (tags, micros) in &rows {
+                let micros = *micros;
+                let mut target = into;
+                loop {
+                    let totals = self
+                        .store
+                        .open
+                        .entry(target)
+                        .or_default()
+                        .entry(dimension.to_owned())
+                        .or_default();
+                    let mut with = totals.clone();
+                    with.quantity += micros;
+                    with.tag_sets.insert(tags.clone());
+                    if with.quantity <= MAX_REPORT_QUANTITY.micros()
+                        && with.allocations() <= MAX_ALLOCATIONS
+                    {
+                        *totals = with;
+                        break;
+                    }
+                    target += 1;
+                }
+                add(&mut usage, (target, dimension, tags), micros).map_err(&fail)?;
+            }
+        }
         self.settle(
             hour,
             dimension,
             &HourRecord::Carried {
-                quantity: total,
+                quantity,
                 into,
                 at: epoch_seconds(now),
             },
@@ -702,10 +1053,18 @@ impl Batch<'_> {
     /// rebuilt from the file, which still holds the previous state.
     pub fn commit(mut self) -> Result<(), StoreError> {
         let txn = self.txn.take().expect("open until committed");
-        match txn.commit() {
+        let path = self.store.path.clone();
+        let counted = self
+            .acknowledged
+            .iter()
+            .try_for_each(|(dimension, micros)| {
+                count(&txn, dimension, Part::Acknowledged, *micros)
+            });
+        let committed = counted.and_then(|()| txn.commit().map_err(redb::Error::from));
+        match committed {
             Ok(()) => Ok(()),
             Err(e) => {
-                let error = failed(&self.store.path, e);
+                let error = failed(&path, e);
                 self.store.load_open()?;
                 Err(error)
             }
@@ -713,37 +1072,35 @@ impl Batch<'_> {
     }
 }
 
-/// Adds `quantity` to the usage row at `key`.
-fn add(
-    usage: &mut redb::Table<'_, (u64, &str, &str), u64>,
-    key: (u64, &str, &str),
-    quantity: u64,
+/// Adds `micros` to the ledger's `part` of `dimension`.
+fn count(
+    txn: &redb::WriteTransaction,
+    dimension: &str,
+    part: Part,
+    micros: u128,
 ) -> Result<(), redb::Error> {
-    let before = usage.get(key)?.map_or(0, |v| v.value());
-    usage.insert(key, before + quantity)?;
+    let mut ledger = txn.open_table(LEDGER)?;
+    let before = ledger
+        .get((dimension, part as u8))?
+        .map_or(0, |v| v.value());
+    ledger.insert((dimension, part as u8), before + micros)?;
     Ok(())
 }
 
-/// Forgets report IDs older than [`REMEMBERED_PERIODS`] and settled hour records older than
-/// [`SETTLED_KEPT_PERIODS`], as of the hour just closed.
-fn forget(txn: &redb::WriteTransaction, closed: u64) -> Result<(), redb::Error> {
-    let Some(ids_before) = closed.checked_sub(REMEMBERED_PERIODS) else {
-        return Ok(());
-    };
-    let mut by_hour = txn.open_table(SEEN_BY_HOUR)?;
-    let mut seen = txn.open_table(SEEN)?;
-    let old: Vec<(u64, String)> = by_hour
-        .range(..(ids_before, ""))?
-        .filter_map(Result::ok)
-        .map(|(key, _)| {
-            let (hour, id) = key.value();
-            (hour, id.to_owned())
-        })
-        .collect();
-    for (hour, id) in &old {
-        by_hour.remove((*hour, id.as_str()))?;
-        seen.remove(id.as_str())?;
-    }
+/// Adds `micros` to the usage row at `key`.
+fn add(
+    usage: &mut redb::Table<'_, (u64, &str, &str), u64>,
+    key: (u64, &str, &str),
+    micros: u64,
+) -> Result<(), redb::Error> {
+    let before = usage.get(key)?.map_or(0, |v| v.value());
+    usage.insert(key, before + micros)?;
+    Ok(())
+}
+
+/// Forgets settled hour records older than [`SETTLED_KEPT_PERIODS`], as of the hour just
+/// closed (the ledger keeps their units).
+fn forget_settled(txn: &redb::WriteTransaction, closed: u64) -> Result<(), redb::Error> {
     if let Some(settled_before) = closed.checked_sub(SETTLED_KEPT_PERIODS) {
         let mut hours = txn.open_table(HOURS)?;
         hours.retain_in(..(settled_before, ""), |_, record| {
@@ -760,12 +1117,17 @@ fn json(record: &HourRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
+    use crate::domain::quantity::MICROS_PER_UNIT;
+    use proptest::prelude::*;
+    use std::time::UNIX_EPOCH;
 
-    fn report(dimension: &str, quantity: u64, tags: &[(&str, &str)], id: Option<&str>) -> Report {
+    const UNIT: u64 = MICROS_PER_UNIT;
+    const WINDOW: Duration = Duration::from_secs(3600);
+
+    fn report(dimension: &str, micros: u64, tags: &[(&str, &str)], id: Option<&str>) -> Report {
         Report {
             dimension: dimension.to_owned(),
-            quantity,
+            quantity: Quantity::from_micros(micros),
             tags: tags
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -782,85 +1144,142 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(hour * 3600 + 10)
     }
 
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, "prod", Period::HOUR, WINDOW).unwrap()
+    }
+
+    fn accept(store: &mut Store, reports: &[Report], hour: u64) -> Accepted {
+        let mut batch = store.batch().unwrap();
+        let accepted = batch.accept(reports, hour, at(hour)).unwrap().unwrap();
+        batch.commit().unwrap();
+        accepted
+    }
+
+    fn close(store: &mut Store, before: u64, also: Option<u64>, last: Rounding) -> Vec<u64> {
+        let mut batch = store.batch().unwrap();
+        let closed = batch.close(before, also, &dims(), true, last).unwrap();
+        batch.commit().unwrap();
+        closed
+    }
+
+    fn settle(store: &mut Store, hour: u64, dimension: &str, record: HourRecord) {
+        let mut batch = store.batch().unwrap();
+        batch.settle(hour, dimension, &record).unwrap();
+        batch.commit().unwrap();
+    }
+
+    fn sent(quantity: u64) -> HourRecord {
+        HourRecord::Sent {
+            quantity,
+            record_id: "r".into(),
+            sent_at: 1,
+        }
+    }
+
+    fn ledger(store: &Store, dimension: &str) -> Ledger {
+        let ledger = store.reader().ledger().unwrap()[dimension];
+        assert!(ledger.balances(), "{dimension}: {ledger:?}");
+        ledger
+    }
+
     #[test]
     fn accepted_usage_survives_reopening_and_ids_count_once() {
         let dir = tempfile::tempdir().unwrap();
         let instance = {
-            let mut store = Store::open(dir.path(), "prod", Period::HOUR).unwrap();
+            let mut store = open(dir.path());
             let mut batch = store.batch().unwrap();
             let first = batch
                 .accept(
                     &[
-                        report("requests", 3, &[], Some("a")),
-                        report("requests", 2, &[("team", "x")], None),
+                        report("requests", 3 * UNIT, &[], Some("a")),
+                        report("requests", 250_000, &[("team", "x")], None),
                     ],
                     10,
+                    at(10),
                 )
                 .unwrap()
                 .unwrap();
             assert_eq!((first.records, first.duplicates), (2, 0));
             let again = batch
-                .accept(&[report("requests", 3, &[], Some("a"))], 10)
+                .accept(&[report("requests", 3 * UNIT, &[], Some("a"))], 10, at(10))
                 .unwrap()
                 .unwrap();
             assert_eq!((again.records, again.duplicates), (1, 1));
             batch.commit().unwrap();
             store.instance_id.clone()
         };
-        let mut store = Store::open(dir.path(), "prod", Period::HOUR).unwrap();
+        let mut store = open(dir.path());
         assert_eq!(store.instance_id, instance, "the instance ID is kept");
         let totals = &store.open_hours()[&10]["requests"];
-        assert_eq!(totals.quantity, 5);
+        assert_eq!(totals.quantity, 3_250_000);
         assert_eq!(totals.allocations(), 2);
-        let mut batch = store.batch().unwrap();
-        let resent = batch
-            .accept(&[report("requests", 3, &[], Some("a"))], 11)
-            .unwrap()
-            .unwrap();
+        let resent = accept(
+            &mut store,
+            &[report("requests", 3 * UNIT, &[], Some("a"))],
+            10,
+        );
         assert_eq!(resent.duplicates, 1, "remembered across a restart");
+        let counted = ledger(&store, "requests");
+        assert_eq!(counted.acknowledged, 3_250_000);
+        assert_eq!(counted.unsent, 3_250_000);
     }
 
     #[test]
-    fn a_second_process_product_or_period_is_refused() {
+    fn a_second_process_product_period_or_format_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), "prod", Period::HOUR).unwrap();
+        let store = open(dir.path());
         assert!(matches!(
-            Store::open(dir.path(), "prod", Period::HOUR),
+            Store::open(dir.path(), "prod", Period::HOUR, WINDOW),
             Err(StoreError::InUse { .. })
         ));
         drop(store);
         assert!(matches!(
-            Store::open(dir.path(), "other", Period::HOUR),
+            Store::open(dir.path(), "other", Period::HOUR, WINDOW),
             Err(StoreError::OtherProduct { .. })
         ));
         let short = Period::from_duration(Duration::from_secs(2)).unwrap();
         assert!(matches!(
-            Store::open(dir.path(), "prod", short),
+            Store::open(dir.path(), "prod", short, WINDOW),
             Err(StoreError::OtherPeriod { .. })
+        ));
+        // A state written before quantities were exact (no format mark) is not misread.
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().remove("schema").unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        assert!(matches!(
+            Store::open(dir.path(), "prod", Period::HOUR, WINDOW),
+            Err(StoreError::OtherFormat { found, .. }) if found == "1"
         ));
     }
 
     #[test]
     fn limits_refuse_the_whole_submission() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path(), "prod", Period::HOUR).unwrap();
+        let mut store = open(dir.path());
         let mut batch = store.batch().unwrap();
         batch
-            .accept(&[report("users", MAX_QUANTITY - 1, &[], None)], 10)
+            .accept(
+                &[report("users", (MAX_QUANTITY - 1) * UNIT, &[], None)],
+                10,
+                at(10),
+            )
             .unwrap()
             .unwrap();
         let over = batch
             .accept(
                 &[
-                    report("requests", 1, &[], None),
-                    report("users", 2, &[], None),
+                    report("requests", UNIT, &[], None),
+                    report("users", UNIT + 1, &[], None),
                 ],
                 10,
+                at(10),
             )
             .unwrap()
             .unwrap_err();
         assert!(
-            over.0.contains("record 1") && over.0.contains("2147483647"),
+            over.0.contains("record 1") && over.0.contains("2147483647.000001"),
             "{over}"
         );
         batch.commit().unwrap();
@@ -868,72 +1287,85 @@ mod tests {
             !store.open_hours()[&10].contains_key("requests"),
             "nothing of a refused submission is recorded"
         );
+        assert_eq!(
+            ledger(&store, "users").acknowledged,
+            (MAX_QUANTITY - 1) as u128 * 1_000_000
+        );
         let mut batch = store.batch().unwrap();
         let many: Vec<Report> = (0..MAX_ALLOCATIONS)
-            .map(|i| report("requests", 1, &[("n", &i.to_string())], None))
+            .map(|i| report("requests", UNIT, &[("n", &i.to_string())], None))
             .collect();
-        batch.accept(&many, 12).unwrap().unwrap();
+        batch.accept(&many, 12, at(12)).unwrap().unwrap();
         let one_more = batch
-            .accept(&[report("requests", 1, &[("n", "new")], None)], 12)
+            .accept(
+                &[report("requests", UNIT, &[("n", "new")], None)],
+                12,
+                at(12),
+            )
             .unwrap()
             .unwrap_err();
         assert!(one_more.0.contains("2500 allocations"), "{one_more}");
     }
 
     #[test]
-    fn closing_sending_and_carrying() {
+    fn closing_bills_whole_units_and_carries_the_fraction_per_dimension() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path(), "prod", Period::HOUR).unwrap();
-        let mut batch = store.batch().unwrap();
-        batch
-            .accept(
-                &[
-                    report("requests", 4, &[("team", "a")], None),
-                    report("requests", 1, &[], None),
-                ],
-                10,
-            )
-            .unwrap()
-            .unwrap();
-        batch.commit().unwrap();
-        assert_eq!(store.accepting_hour(at(10)), 10);
-        let mut batch = store.batch().unwrap();
-        assert_eq!(batch.close(11, None, &dims(), true).unwrap(), vec![10]);
-        batch.commit().unwrap();
+        let mut store = open(dir.path());
+        // 0.1 + 0.2 + 2.45 in hour 10: 2 units billed, 0.75 carried.
+        accept(
+            &mut store,
+            &[
+                report("requests", 100_000, &[("team", "a")], None),
+                report("requests", 200_000, &[("team", "b")], None),
+                report("requests", 2_450_000, &[("team", "a")], None),
+            ],
+            10,
+        );
+        assert_eq!(close(&mut store, 11, None, Rounding::Down), vec![10]);
         let unsent = store.reader().unsent().unwrap();
         assert_eq!(
             unsent
                 .iter()
                 .map(|u| (u.hour, u.dimension.as_str(), u.quantity))
                 .collect::<Vec<_>>(),
-            vec![(10, "requests", 5), (10, "users", 0)],
+            vec![(10, "requests", 2 * UNIT), (10, "users", 0)],
             "send-zero gives every dimension a record"
         );
-        let mut allocations = store.reader().allocations(10, "requests").unwrap();
-        allocations.sort();
-        assert_eq!(allocations.len(), 2);
-        assert_eq!(allocations.iter().map(|(_, q)| q).sum::<u64>(), 5);
-
+        let allocations = store.reader().allocations(10, "requests").unwrap();
+        assert_eq!(allocations.iter().map(|(_, q)| q).sum::<u64>(), 2 * UNIT);
+        let requests = ledger(&store, "requests");
+        assert_eq!(
+            (
+                requests.acknowledged,
+                requests.unsent,
+                requests.carried_fraction
+            ),
+            (2_750_000, 2_000_000, 750_000)
+        );
         // Stopped and restarted within hour 10: reports go to hour 11.
         assert_eq!(store.accepting_hour(at(10)), 11);
-
-        let mut batch = store.batch().unwrap();
-        batch
-            .settle(
-                10,
-                "users",
-                &HourRecord::Sent {
-                    quantity: 0,
-                    record_id: "r".into(),
-                    sent_at: 1,
-                },
-            )
-            .unwrap();
-        batch.carry(10, "requests", 16, at(16)).unwrap();
-        batch.commit().unwrap();
-        assert!(store.reader().unsent().unwrap().is_empty());
-        assert_eq!(store.open_hours()[&16]["requests"].quantity, 5);
-        assert_eq!(store.reader().allocations(16, "requests").unwrap().len(), 2);
+        // 0.5 more in hour 11: with the 0.75 carried in, 1 unit, 0.25 carried on.
+        accept(&mut store, &[report("requests", 500_000, &[], None)], 11);
+        close(&mut store, 12, None, Rounding::Down);
+        let hour_11 = store.reader().unsent().unwrap();
+        assert!(hour_11.iter().any(|u| (u.hour, u.quantity) == (11, UNIT)));
+        assert!(
+            store
+                .reader()
+                .allocations(11, "requests")
+                .unwrap()
+                .is_empty(),
+            "untagged"
+        );
+        settle(&mut store, 10, "requests", sent(2 * UNIT));
+        settle(&mut store, 11, "requests", sent(UNIT));
+        // A settled record settled again (a resend's answer) does not count twice.
+        settle(&mut store, 11, "requests", sent(UNIT));
+        let requests = ledger(&store, "requests");
+        assert_eq!(
+            (requests.billed, requests.unsent, requests.carried_fraction),
+            (3_000_000, 0, 250_000)
+        );
         assert!(store
             .reader()
             .allocations(10, "requests")
@@ -942,24 +1374,192 @@ mod tests {
     }
 
     #[test]
-    fn report_ids_are_forgotten_after_seven_periods() {
+    fn rounding_up_at_shutdown_bills_a_fraction_even_without_usage_in_the_last_hour() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(dir.path(), "prod", Period::HOUR).unwrap();
+        let mut store = open(dir.path());
+        accept(&mut store, &[report("requests", 1_400_000, &[], None)], 10);
+        close(&mut store, 11, None, Rounding::Down);
+        let mut batch = store.batch().unwrap();
+        batch.mark_open(11).unwrap();
+        batch.commit().unwrap();
         let mut batch = store.batch().unwrap();
         batch
-            .accept(&[report("users", 1, &[], Some("old"))], 10)
-            .unwrap()
+            .close(11, Some(11), &dims(), false, Rounding::Up)
             .unwrap();
-        batch.close(11, None, &dims(), false).unwrap();
         batch.commit().unwrap();
+        let last = store.reader().unsent().unwrap();
+        assert!(last
+            .iter()
+            .any(|u| (u.hour, u.dimension.as_str(), u.quantity) == (11, "requests", UNIT)));
+        let requests = ledger(&store, "requests");
+        assert_eq!(
+            requests.carried_fraction, -600_000,
+            "a credit for a restart on this state"
+        );
+    }
+
+    #[test]
+    fn a_carried_hour_moves_its_bill_into_the_open_hour_and_refusals_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        accept(
+            &mut store,
+            &[
+                report("requests", 4 * UNIT, &[("team", "a")], None),
+                report("requests", 1_500_000, &[], None),
+            ],
+            10,
+        );
+        close(&mut store, 11, None, Rounding::Down);
         let mut batch = store.batch().unwrap();
-        batch.mark_open(18).unwrap();
-        batch.close(19, None, &dims(), false).unwrap();
-        let again = batch
-            .accept(&[report("users", 1, &[], Some("old"))], 19)
-            .unwrap()
-            .unwrap();
-        assert_eq!(again.duplicates, 0, "forgotten");
+        batch.carry(10, "requests", 16, at(16)).unwrap();
         batch.commit().unwrap();
+        assert_eq!(store.open_hours()[&16]["requests"].quantity, 5 * UNIT);
+        assert!(store
+            .reader()
+            .allocations(10, "requests")
+            .unwrap()
+            .is_empty());
+        let requests = ledger(&store, "requests");
+        assert_eq!(
+            (requests.unsent, requests.carried_fraction),
+            (5 * UNIT as u128, 500_000)
+        );
+        close(&mut store, 17, None, Rounding::Down);
+        let allocations = store.reader().allocations(16, "requests").unwrap();
+        assert_eq!(allocations.len(), 2);
+        assert_eq!(allocations.iter().map(|(_, q)| q).sum::<u64>(), 5 * UNIT);
+        settle(
+            &mut store,
+            16,
+            "requests",
+            HourRecord::Duplicate {
+                quantity: 5 * UNIT,
+                message: "m".into(),
+                at: 1,
+            },
+        );
+        settle(
+            &mut store,
+            10,
+            "users",
+            HourRecord::InDoubt { quantity: 0, at: 1 },
+        );
+        let requests = ledger(&store, "requests");
+        assert_eq!((requests.refused, requests.unsent), (5 * UNIT as u128, 0));
+    }
+
+    #[test]
+    fn report_ids_are_forgotten_a_window_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        accept(&mut store, &[report("users", UNIT, &[], Some("old"))], 10);
+        // The next window still remembers it.
+        let again = accept(&mut store, &[report("users", UNIT, &[], Some("old"))], 11);
+        assert_eq!(again.duplicates, 1);
+        // Two windows on, its table is dropped whole.
+        let mut batch = store.batch().unwrap();
+        batch.forget_ids(at(12)).unwrap();
+        batch.commit().unwrap();
+        let tables = |store: &Store| {
+            let txn = store.db.begin_read().unwrap();
+            txn.list_tables()
+                .unwrap()
+                .map(|t| t.name().to_owned())
+                .filter(|name| name.starts_with(IDS_PREFIX))
+                .count()
+        };
+        assert_eq!(tables(&store), 1, "window 10's table is gone, 11's is kept");
+        let later = accept(&mut store, &[report("users", UNIT, &[], Some("old"))], 12);
+        assert_eq!(later.duplicates, 0, "forgotten");
+        assert_eq!(tables(&store), 2, "this window's and the one before");
+    }
+
+    /// One step of a random run against the state.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Report {
+            dimension: usize,
+            micros: u64,
+            tag: u8,
+            id: Option<u8>,
+        },
+        NextHour,
+        Settle {
+            outcome: u8,
+        },
+        Carry,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => (0usize..2, 0u64..3_000_000, 0u8..3, proptest::option::of(0u8..20))
+                .prop_map(|(dimension, micros, tag, id)| Step::Report { dimension, micros, tag, id }),
+            2 => Just(Step::NextHour),
+            2 => (0u8..4).prop_map(|outcome| Step::Settle { outcome }),
+            1 => Just(Step::Carry),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn every_acknowledged_micro_unit_is_accounted_for_after_every_commit(
+            steps in proptest::collection::vec(step(), 1..40),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = open(dir.path());
+            let reader = store.reader();
+            let names = ["requests", "users"];
+            let mut hour = 10;
+            let mut acknowledged = [0u128; 2];
+            let mut billed = [0u128; 2];
+            for step in steps {
+                let mut batch = store.batch().unwrap();
+                match step {
+                    Step::Report { dimension, micros, tag, id } => {
+                        let tags = [("team", ["a", "b", "c"][tag as usize])];
+                        let id = id.map(|n| format!("id-{n}"));
+                        let r = report(names[dimension], micros, if tag == 0 { &[] } else { &tags }, id.as_deref());
+                        let accepted = batch.accept(&[r], hour, at(hour)).unwrap().unwrap();
+                        if accepted.duplicates == 0 {
+                            acknowledged[dimension] += u128::from(micros);
+                        }
+                    }
+                    Step::NextHour => {
+                        hour += 1;
+                        batch.close(hour, None, &dims(), true, Rounding::Down).unwrap();
+                    }
+                    Step::Settle { outcome } => {
+                        if let Some(unsent) = reader.unsent().unwrap().first() {
+                            let record = match outcome {
+                                0 | 1 => sent(unsent.quantity),
+                                2 => HourRecord::Duplicate { quantity: unsent.quantity, message: "m".into(), at: 1 },
+                                _ => HourRecord::InDoubt { quantity: unsent.quantity, at: 1 },
+                            };
+                            if outcome <= 1 {
+                                let index = names.iter().position(|n| *n == unsent.dimension).unwrap();
+                                billed[index] += u128::from(unsent.quantity);
+                            }
+                            batch.settle(unsent.hour, &unsent.dimension, &record).unwrap();
+                        }
+                    }
+                    Step::Carry => {
+                        if let Some(unsent) = reader.unsent().unwrap().first() {
+                            batch.carry(unsent.hour, &unsent.dimension, hour, at(hour)).unwrap();
+                        }
+                    }
+                }
+                batch.commit().unwrap();
+                let ledgers = store.reader().ledger().unwrap();
+                for (index, name) in names.iter().enumerate() {
+                    let counted = ledgers.get(*name).copied().unwrap_or_default();
+                    prop_assert!(counted.balances(), "{name}: {counted:?}");
+                    prop_assert_eq!(counted.acknowledged, acknowledged[index]);
+                    prop_assert_eq!(counted.billed, billed[index]);
+                    prop_assert!(counted.carried_fraction >= 0 && counted.carried_fraction < UNIT as i128);
+                }
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::billing::Rounding;
 use super::report::{Invalid, Report};
 use super::store::{Accepted, HourRecord, Store, StoreError};
 use crate::domain::time::Clock;
@@ -83,6 +84,8 @@ pub struct Writer {
 pub struct Closing {
     pub dimensions: BTreeSet<String>,
     pub send_zero: bool,
+    /// How the last hour, closed at shutdown, rounds the fraction left.
+    pub final_fraction: Rounding,
 }
 
 impl Writer {
@@ -297,6 +300,7 @@ impl Thread {
         let accepting = self.store.accepting_hour(now);
         let clock_hour = self.store.period().index_at(now);
         let mut store_batch = self.store.batch()?;
+        store_batch.forget_ids(now)?;
         // Hours whose time passed close before anything lands in the accepting hour.
         let mut closed = !store_batch
             .close(
@@ -304,6 +308,7 @@ impl Thread {
                 None,
                 &self.closing.dimensions,
                 self.closing.send_zero,
+                Rounding::Down,
             )?
             .is_empty();
         if !self.shutting_down {
@@ -317,7 +322,7 @@ impl Thread {
                         applied.push(Applied::Answered);
                         continue;
                     }
-                    let result = store_batch.accept(&reports, accepting)?;
+                    let result = store_batch.accept(&reports, accepting, now)?;
                     applied.push(Applied::Submit(answer, result));
                 }
                 Change::Tick { answer } => applied.push(Applied::Done(answer)),
@@ -334,6 +339,7 @@ impl Thread {
                             also,
                             &self.closing.dimensions,
                             self.closing.send_zero,
+                            self.closing.final_fraction,
                         )?
                         .is_empty();
                     applied.push(Applied::Closed(answer, future));
@@ -369,6 +375,7 @@ mod tests {
 
     use super::super::period::Period;
     use super::*;
+    use crate::domain::quantity::Quantity;
 
     /// A clock the test moves: seconds since the epoch.
     struct TestClock(AtomicU64);
@@ -383,10 +390,11 @@ mod tests {
         let clock = Arc::new(TestClock(AtomicU64::new(seconds)));
         let (_queue, changes) = mpsc::channel(1);
         let thread = Thread {
-            store: Store::open(dir, "prod", Period::HOUR).unwrap(),
+            store: Store::open(dir, "prod", Period::HOUR, Duration::from_secs(3600)).unwrap(),
             closing: Closing {
                 dimensions: BTreeSet::from(["requests".to_owned()]),
                 send_zero: true,
+                final_fraction: Rounding::Down,
             },
             clock: clock.clone(),
             changes,
@@ -397,11 +405,12 @@ mod tests {
         (thread, clock)
     }
 
-    fn submit(quantity: u64) -> (Change, oneshot::Receiver<SubmitAnswer>) {
+    /// A report of `units` whole units.
+    fn submit(units: u64) -> (Change, oneshot::Receiver<SubmitAnswer>) {
         let (answer, answered) = oneshot::channel();
         let reports = vec![Report {
             dimension: "requests".to_owned(),
-            quantity,
+            quantity: Quantity::from_units(units),
             tags: Default::default(),
             id: None,
         }];
@@ -420,7 +429,10 @@ mod tests {
         }
         let settled = lock(&thread.settled).clone();
         assert_eq!((settled.commits, settled.changes), (1, 100));
-        assert_eq!(settled.open, vec![(10, "requests".to_owned(), 5050)]);
+        assert_eq!(
+            settled.open,
+            vec![(10, "requests".to_owned(), 5050 * 1_000_000)]
+        );
     }
 
     #[test]
@@ -439,7 +451,7 @@ mod tests {
                 .iter()
                 .map(|u| (u.hour, u.quantity))
                 .collect::<Vec<_>>(),
-            vec![(10, 7)]
+            vec![(10, 7_000_000)]
         );
 
         let (close, mut closed) = oneshot::channel();

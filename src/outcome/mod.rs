@@ -35,6 +35,7 @@ pub mod exit_code {
     pub const CREDENTIALS: u8 = 6;
     pub const UNREACHABLE: u8 = 7;
     pub const INTERRUPTED: u8 = 8;
+    pub const UNBILLED: u8 = 9;
 
     /// What `code` means for the command at `command` (`["license", "watch"]`), for `--help`.
     pub fn meaning(code: u8, command: &[&str]) -> &'static str {
@@ -72,6 +73,10 @@ pub mod exit_code {
             }
             (UNREACHABLE, _) => "AWS out of reach, throttled or failing until the deadline",
             (INTERRUPTED, _) => "SIGTERM or SIGINT before a decision",
+            (UNBILLED, ["meter"]) => {
+                "stopped with everything sent, but AWS refused acknowledged usage as a duplicate \
+                 or may not hold it (in doubt): not billed by this sidecar"
+            }
             _ => "",
         }
     }
@@ -251,7 +256,9 @@ pub fn report(error: &GateError) -> Report {
                     "give every pod or task its own state volume (an emptyDir), never one shared \
                      by two sidecars",
                 ),
-                StoreError::OtherProduct { .. } | StoreError::OtherPeriod { .. } => (
+                StoreError::OtherProduct { .. }
+                | StoreError::OtherPeriod { .. }
+                | StoreError::OtherFormat { .. } => (
                     "state_mismatch",
                     "point ENTITLEMENT_GATE_STATE_DIR at this product's own state, or at an empty \
                      directory",
@@ -291,12 +298,24 @@ pub fn report(error: &GateError) -> Report {
             UNREACHABLE,
             "usage_unsent",
             format!(
-                "{hours} hour records ({quantity} units) could not be sent before the shutdown \
-                 grace ended; they stay in {} and a sidecar restarted with the same state \
-                 directory sends them, so keep that volume, and raise \
+                "{quantity} acknowledged units ({hours} closed hour records) could not be sent \
+                 before the shutdown grace ended; they stay in {} and a sidecar restarted with \
+                 the same state directory sends them, so keep that volume, and raise \
                  ENTITLEMENT_GATE_SHUTDOWN_GRACE with the pod's terminationGracePeriodSeconds if \
                  AWS was only slow.",
                 state_dir.display()
+            ),
+        ),
+        G::Meter(MeterError::Unbilled { refused, in_doubt }) => (
+            UNBILLED,
+            "usage_unbilled",
+            format!(
+                "Stopped with every hour sent, but {refused} acknowledged units were refused by AWS \
+                 as duplicates (another workload reported this pod's hour with another quantity) \
+                 and {in_doubt} are in doubt (an attempt got no answer, and none came before the \
+                 hour left MeterUsage's window); this sidecar bills neither, so compare the ledger \
+                 in its log (or /v1/status) with the product's metering records in AWS \
+                 Marketplace's reports."
             ),
         ),
         G::Meter(MeterError::Writer(e)) => internal(e),
