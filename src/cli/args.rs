@@ -57,6 +57,28 @@ pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// Parses a size as Kubernetes writes it for a volume: bytes, or with a binary suffix
+/// (`256Mi`, `1Gi`, `512Ki`).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, multiplier) = match text.strip_suffix("Gi") {
+        Some(digits) => (digits, 1u64 << 30),
+        None => match text.strip_suffix("Mi") {
+            Some(digits) => (digits, 1 << 20),
+            None => match text.strip_suffix("Ki") {
+                Some(digits) => (digits, 1 << 10),
+                None => (text, 1),
+            },
+        },
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .filter(|bytes| *bytes > 0)
+        .ok_or_else(|| format!("{text:?} is not a size like 256Mi, 1Gi or 1048576 (bytes)"))
+}
+
 /// Which product and which key: shared by every command that checks a token.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ProductArgs {
@@ -379,6 +401,13 @@ pub struct MeterArgs {
           value_parser = parse_duration, value_name = "DURATION")]
     pub id_window: Option<Duration>,
 
+    /// The most the state may hold: past it, new reports get HTTP 503 with Retry-After (nothing
+    /// acknowledged is dropped). Keep it well under the state volume's size (the chart's
+    /// emptyDir sizeLimit is twice it).
+    #[arg(long, env = "ENTITLEMENT_GATE_METER_STATE_BUDGET", default_value = "256Mi",
+          value_parser = parse_bytes, value_name = "SIZE")]
+    pub state_budget: u64,
+
     /// At shutdown, what the last hour does with the fraction left under one unit: down
     /// (not billed; it stays in the state for a restart on it) or up (billed as one unit, the
     /// difference kept as a credit for a restart on it).
@@ -472,6 +501,7 @@ impl MeterArgs {
             period,
             send_zero: self.send_zero && !self.no_send_zero,
             id_window,
+            state_budget: self.state_budget,
             final_fraction: match self.final_fraction {
                 FinalFraction::Down => Rounding::Down,
                 FinalFraction::Up => Rounding::Up,
@@ -727,6 +757,17 @@ mod tests {
         }
         for bad in ["", "s", "0s", "0", "-1s", "1.5", "ten", "25h", "2d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        for (text, bytes) in [
+            ("256Mi", 256 << 20),
+            ("1Gi", 1 << 30),
+            ("4Ki", 4096),
+            ("1000", 1000),
+        ] {
+            assert_eq!(parse_bytes(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "0", "1G", "-1Mi", "Mi", "99999999999Gi"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
         }
         let huge = parse_duration("18446744073709551615s").unwrap_err();
         assert!(huge.contains("24h maximum"), "{huge}");

@@ -19,6 +19,19 @@ use crate::domain::quantity::{Micros, Quantity};
 use crate::domain::time::Clock;
 use crate::local_http::server::{error, respond, text, Body};
 
+/// When a client refused for the state budget should try again: room comes back as report ids
+/// age out of their window.
+const OVER_BUDGET_RETRY_AFTER_SECS: u64 = 60;
+
+/// `response` with a `Retry-After` header.
+fn retry_after(mut response: Response<Body>, seconds: u64) -> Response<Body> {
+    response.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from(seconds),
+    );
+    response
+}
+
 /// The largest request body accepted (a batch of about 10,000 records).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -58,6 +71,8 @@ pub struct Api {
     pub clock: Arc<dyn Clock>,
     pub instance_id: String,
     pub product_code: String,
+    /// Bytes (`--state-budget`).
+    pub state_budget: u64,
 }
 
 /// Answers one request.
@@ -84,6 +99,7 @@ pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
                 ledger: &ledger,
                 period: api.period,
                 now: api.clock.now(),
+                state_budget: api.state_budget,
             });
             text(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
@@ -145,6 +161,17 @@ async fn usage(api: &Api, request: Request<Incoming>) -> Response<Body> {
         Err(Refused::ShuttingDown) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the sidecar is shutting down; report to the next one".to_owned(),
+        ),
+        Err(refused @ Refused::OverBudget { .. }) => retry_after(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{refused}: nothing of this request was recorded; send it again later (report \
+                     ids are forgotten after the id window, which frees room), or aggregate usage \
+                     into fewer reports"
+                ),
+            ),
+            OVER_BUDGET_RETRY_AFTER_SECS,
         ),
         Err(refused @ Refused::Storage(_)) => {
             error(StatusCode::INTERNAL_SERVER_ERROR, refused.to_string())

@@ -77,6 +77,8 @@ pub struct Snapshot<'a> {
     pub ledger: &'a BTreeMap<String, Ledger>,
     pub period: Period,
     pub now: SystemTime,
+    /// The state budget (`--state-budget`), in bytes.
+    pub state_budget: u64,
 }
 
 impl Metrics {
@@ -255,6 +257,24 @@ impl Metrics {
             one(snapshot.settled.changes),
         );
         series(
+            "entitlement_gate_meter_state_bytes",
+            "gauge",
+            "The size of the state file (what the volume holds).",
+            one(snapshot.settled.state_bytes),
+        );
+        series(
+            "entitlement_gate_meter_state_budget_bytes",
+            "gauge",
+            "The state budget: past it, new reports are refused with HTTP 503 (--state-budget).",
+            one(snapshot.state_budget),
+        );
+        series(
+            "entitlement_gate_meter_over_budget_refusals_total",
+            "counter",
+            "POST /v1/usage requests refused because the state was at its budget.",
+            one(snapshot.settled.over_budget_refusals),
+        );
+        series(
             "entitlement_gate_meter_ready",
             "gauge",
             "1 when the sidecar accepts usage.",
@@ -320,6 +340,7 @@ mod tests {
             ledger: &ledger,
             period: Period::HOUR,
             now,
+            state_budget: 256 << 20,
         });
         for line in [
             "entitlement_gate_meter_reports_total{dimension=\"requests\"} 2",
@@ -338,6 +359,7 @@ mod tests {
             "entitlement_gate_meter_commits_total 3",
             "entitlement_gate_meter_committed_changes_total 9",
             "entitlement_gate_meter_ready 1",
+            "entitlement_gate_meter_state_budget_bytes 268435456",
             "# TYPE entitlement_gate_meter_unsent_hours gauge",
         ] {
             assert!(

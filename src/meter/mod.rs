@@ -41,7 +41,7 @@ use metrics::Metrics;
 use period::Period;
 use sender::{Destination, Limit, Sender};
 use store::{Ledger, Store, StoreError};
-use writer::{Closing, Refused, Writer};
+use writer::{Budget, Closing, Refused, Writer};
 
 /// A validated configuration of the metering sidecar.
 #[derive(Debug, Clone)]
@@ -58,6 +58,8 @@ pub struct MeterConfig {
     pub id_window: Duration,
     /// What the last hour closed at shutdown does with the fraction left under one unit.
     pub final_fraction: Rounding,
+    /// The most the state may hold, in bytes, before new reports are refused.
+    pub state_budget: u64,
     /// How long, after SIGTERM, the sidecar may take to send what is unsent.
     pub shutdown_grace: Duration,
     /// How long, after SIGTERM, the sidecar still accepts usage (before the grace starts).
@@ -181,6 +183,7 @@ pub async fn start(config: &MeterConfig, clock: Arc<dyn Clock>) -> Result<Sideca
             send_zero: config.send_zero,
             final_fraction: config.final_fraction,
         },
+        Budget::new(config.state_budget),
         clock.clone(),
     );
     // Hours that ended while the sidecar was down close now, before the first report.
@@ -197,6 +200,7 @@ pub async fn start(config: &MeterConfig, clock: Arc<dyn Clock>) -> Result<Sideca
         clock: clock.clone(),
         instance_id: instance_id.clone(),
         product_code: config.product_code.to_string(),
+        state_budget: config.state_budget,
     });
     let listener = Listener::bind(&config.listen)
         .await

@@ -54,6 +54,10 @@ enum Change {
 pub enum Refused {
     #[error("the sidecar is shutting down")]
     ShuttingDown,
+    /// Accepting more would take the state past its budget: nothing of the submission was
+    /// recorded; acknowledged usage is never dropped to make room.
+    #[error("the state holds {live} bytes, at its budget of {budget} bytes (--state-budget)")]
+    OverBudget { live: u64, budget: u64 },
     #[error("the state could not be written: {0}")]
     Storage(String),
 }
@@ -68,6 +72,10 @@ pub struct Settled {
     /// Committed transactions and the changes they carried, for group-commit evidence.
     pub commits: u64,
     pub changes: u64,
+    /// The state file's size after the last commit.
+    pub state_bytes: u64,
+    /// Submissions refused because the state was at its budget.
+    pub over_budget_refusals: u64,
 }
 
 /// A handle on the writer thread; cheap to clone.
@@ -77,6 +85,43 @@ pub struct Writer {
     /// Woken when hours close, so that the sender looks for work.
     pub closed: Arc<Notify>,
     settled: Arc<Mutex<Settled>>,
+}
+
+/// The most the state may hold before new reports are refused, and what it was last found to
+/// hold.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub bytes: u64,
+    /// The live bytes found when the file last reached the budget, and when.
+    live: Option<(u64, SystemTime)>,
+}
+
+/// How long a measurement of the live bytes stands: measuring walks the whole database.
+const LIVE_BYTES_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Budget {
+    pub fn new(bytes: u64) -> Budget {
+        Budget { bytes, live: None }
+    }
+
+    /// The live bytes when they are at the budget, `None` while below. Below the budget the
+    /// file's size (one `stat`) answers; only a file at the budget is measured inside, since
+    /// pages freed by forgotten report IDs are reused before the file grows.
+    fn reached(&mut self, store: &Store, now: SystemTime) -> Result<Option<u64>, StoreError> {
+        if store.file_bytes() < self.bytes {
+            self.live = None;
+            return Ok(None);
+        }
+        let live = match self.live {
+            Some((live, at)) if now < at + LIVE_BYTES_RECHECK => live,
+            _ => {
+                let live = store.live_bytes()?;
+                self.live = Some((live, now));
+                live
+            }
+        };
+        Ok((live >= self.bytes).then_some(live))
+    }
 }
 
 /// How hours close.
@@ -90,13 +135,14 @@ pub struct Closing {
 
 impl Writer {
     /// Starts the writer thread, which owns `store` until every handle is dropped.
-    pub fn start(store: Store, closing: Closing, clock: Arc<dyn Clock>) -> Writer {
+    pub fn start(store: Store, closing: Closing, budget: Budget, clock: Arc<dyn Clock>) -> Writer {
         let (queue, changes) = mpsc::channel(QUEUE);
         let closed = Arc::new(Notify::new());
         let settled = Arc::new(Mutex::new(Settled::default()));
         let thread = Thread {
             store,
             closing,
+            budget,
             clock,
             changes,
             closed: closed.clone(),
@@ -186,6 +232,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Thread {
     store: Store,
     closing: Closing,
+    budget: Budget,
     clock: Arc<dyn Clock>,
     changes: mpsc::Receiver<Change>,
     closed: Arc<Notify>,
@@ -234,6 +281,7 @@ impl Thread {
                     let mut settled = lock(&self.settled);
                     settled.commits += 1;
                     settled.changes += changes;
+                    settled.state_bytes = self.store.file_bytes();
                     settled.accepting_hour = self.store.accepting_hour(now);
                     settled.open = self
                         .store
@@ -299,6 +347,7 @@ impl Thread {
     ) -> Result<bool, StoreError> {
         let accepting = self.store.accepting_hour(now);
         let clock_hour = self.store.period().index_at(now);
+        let over_budget = self.budget.reached(&self.store, now)?;
         let mut store_batch = self.store.batch()?;
         store_batch.forget_ids(now)?;
         // Hours whose time passed close before anything lands in the accepting hour.
@@ -319,6 +368,19 @@ impl Thread {
                 Change::Submit { reports, answer } => {
                     if self.shutting_down {
                         let _ = answer.send(Err(Refused::ShuttingDown));
+                        applied.push(Applied::Answered);
+                        continue;
+                    }
+                    if let Some(live) = over_budget {
+                        let budget = self.budget.bytes;
+                        let mut settled = lock(&self.settled);
+                        if settled.over_budget_refusals == 0 || settled.state_bytes < budget {
+                            tracing::warn!(live, budget,
+                                "the state is at its budget: new reports are refused (503) until report ids older than the id window are forgotten; acknowledged usage is kept");
+                        }
+                        settled.over_budget_refusals += 1;
+                        drop(settled);
+                        let _ = answer.send(Err(Refused::OverBudget { live, budget }));
                         applied.push(Applied::Answered);
                         continue;
                     }
@@ -390,6 +452,7 @@ mod tests {
         let clock = Arc::new(TestClock(AtomicU64::new(seconds)));
         let (_queue, changes) = mpsc::channel(1);
         let thread = Thread {
+            budget: Budget::new(u64::MAX),
             store: Store::open(dir, "prod", Period::HOUR, Duration::from_secs(3600)).unwrap(),
             closing: Closing {
                 dimensions: BTreeSet::from(["requests".to_owned()]),
@@ -465,5 +528,38 @@ mod tests {
         ));
         let hours: Vec<u64> = reader.unsent().unwrap().iter().map(|u| u.hour).collect();
         assert_eq!(hours, vec![10, 11]);
+    }
+
+    #[test]
+    fn a_state_at_its_budget_refuses_new_reports_whole_and_still_closes_hours() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut thread, clock) = thread_at(dir.path(), 10 * 3600 + 5);
+        let (change, mut accepted) = submit(7);
+        thread.write(&mut vec![change]);
+        assert!(accepted.try_recv().unwrap().unwrap().is_ok());
+        // Whatever the file holds now is over a budget of one page.
+        thread.budget = Budget::new(4096);
+        let (change, mut refused) = submit(1);
+        thread.write(&mut vec![change]);
+        match refused.try_recv().unwrap() {
+            Err(Refused::OverBudget { live, budget }) => assert!(live >= budget, "{live} {budget}"),
+            other => panic!("not refused for the budget: {other:?}"),
+        }
+        let settled = lock(&thread.settled).clone();
+        assert_eq!(settled.over_budget_refusals, 1);
+        assert_eq!(
+            settled.open,
+            vec![(10, "requests".to_owned(), 7_000_000)],
+            "nothing of it recorded"
+        );
+        // Closing an hour is never refused: acknowledged usage moves on to be sent.
+        clock.0.store(11 * 3600 + 5, Ordering::SeqCst);
+        let (tick, mut ticked) = oneshot::channel();
+        thread.write(&mut vec![Change::Tick { answer: tick }]);
+        assert!(ticked.try_recv().unwrap().is_ok());
+        assert_eq!(
+            thread.store.reader().unsent().unwrap()[0].quantity,
+            7_000_000
+        );
     }
 }
