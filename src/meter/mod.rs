@@ -88,6 +88,23 @@ pub enum MeterError {
         phase: &'static str,
         deadline: Duration,
     },
+    /// Stopped with acknowledged usage that was not billed. Boxed: the gate's errors stay small
+    /// enough to return.
+    #[error(transparent)]
+    Unbilled(Box<Unbilled>),
+    #[error(transparent)]
+    Writer(#[from] Refused),
+}
+
+impl From<MeteringError> for MeterError {
+    fn from(error: MeteringError) -> Self {
+        MeterError::Metering(Box::new(error))
+    }
+}
+
+/// Acknowledged usage a stopping sidecar did not bill.
+#[derive(Debug, thiserror::Error)]
+pub enum Unbilled {
     #[error(
         "{quantity} acknowledged units ({hours} hour records) were still unsent when the shutdown grace ended"
     )]
@@ -96,17 +113,15 @@ pub enum MeterError {
         quantity: Micros,
         state_dir: PathBuf,
     },
-    /// Stopped with everything sent, but AWS refused some acknowledged usage as a duplicate or
-    /// may not hold it (in doubt): not billed by this sidecar.
+    /// Everything was sent, but AWS refused some acknowledged usage as a duplicate or may not
+    /// hold it (in doubt).
     #[error("{refused} acknowledged units were refused by AWS as duplicates and {in_doubt} are in doubt")]
-    Unbilled { refused: Micros, in_doubt: Micros },
-    #[error(transparent)]
-    Writer(#[from] Refused),
+    Refused { refused: Micros, in_doubt: Micros },
 }
 
-impl From<MeteringError> for MeterError {
-    fn from(error: MeteringError) -> Self {
-        MeterError::Metering(Box::new(error))
+impl From<Unbilled> for MeterError {
+    fn from(unbilled: Unbilled) -> Self {
+        MeterError::Unbilled(Box::new(unbilled))
     }
 }
 
@@ -343,15 +358,16 @@ impl Sidecar {
         let total =
             |part: fn(&Ledger) -> u128| Micros(ledger.values().map(part).sum::<u128>() as i128);
         if !unsent.is_empty() || total(|l| l.unsent) > Micros(0) {
-            return Err(MeterError::Unsent {
+            return Err(Unbilled::Unsent {
                 hours: unsent.len(),
                 quantity: total(|l| l.unsent),
                 state_dir: config.state_dir.clone(),
-            });
+            }
+            .into());
         }
         let (refused, in_doubt) = (total(|l| l.refused), total(|l| l.in_doubt));
         if refused > Micros(0) || in_doubt > Micros(0) {
-            return Err(MeterError::Unbilled { refused, in_doubt });
+            return Err(Unbilled::Refused { refused, in_doubt }.into());
         }
         Ok(Stopped {
             signal,

@@ -18,7 +18,7 @@ use crate::gate::check::{CheckError, Phase};
 use crate::gate::verify::VerifyError;
 use crate::license::LicenseError;
 use crate::meter::store::StoreError;
-use crate::meter::{HealthError, MeterError};
+use crate::meter::{HealthError, MeterError, Unbilled};
 
 /// The termination log holds at most this many bytes (Kubernetes truncates beyond it).
 pub const TERMINATION_LOG_MAX_BYTES: usize = 4096;
@@ -290,11 +290,12 @@ pub fn report(error: &GateError) -> Report {
                 deadline.as_secs_f64()
             ),
         ),
-        G::Meter(MeterError::Unsent {
+        G::Meter(MeterError::Unbilled(unbilled)) => match unbilled.as_ref() {
+        Unbilled::Unsent {
             hours,
             quantity,
             state_dir,
-        }) => (
+        } => (
             UNREACHABLE,
             "usage_unsent",
             format!(
@@ -306,7 +307,7 @@ pub fn report(error: &GateError) -> Report {
                 state_dir.display()
             ),
         ),
-        G::Meter(MeterError::Unbilled { refused, in_doubt }) => (
+        Unbilled::Refused { refused, in_doubt } => (
             UNBILLED,
             "usage_unbilled",
             format!(
@@ -318,6 +319,7 @@ pub fn report(error: &GateError) -> Report {
                  Marketplace's reports."
             ),
         ),
+        },
         G::Meter(MeterError::Writer(e)) => internal(e),
         G::StopOverran { signal } => (
             UNREACHABLE,
