@@ -127,8 +127,11 @@ fn run(supervisor: &Supervisor, command: Command) -> u8 {
             return match diagnosis {
                 Ok(mut diagnosis) => match supervisor.conclude_success() {
                     Ok(()) => {
-                        diagnosis
-                            .explain(|failure| outcome::report(&GateError::from(failure)).message);
+                        diagnosis.explain(|failure| {
+                            outcome::for_the_seller(
+                                &outcome::report(&GateError::from(failure)).message,
+                            )
+                        });
                         let report = match args.format {
                             ReportFormat::Text => diagnosis.to_text(),
                             ReportFormat::Json => diagnosis.to_json(),

@@ -24,7 +24,8 @@ use metering_emulator::{
 /// target, the body and the SigV4 scope, answers the documented errors, and signs tokens with
 /// its own RSA key.
 ///
-/// Control and inspection: GET /_emulator/stats (calls per operation), GET /_emulator/ledger
+/// Control and inspection: GET /_emulator/status (the period and Region a client should match),
+/// GET /_emulator/stats (calls per operation), GET /_emulator/ledger
 /// (accepted metering records and idempotency counters), GET /_emulator/licenses (seats in use
 /// and checkouts), POST /_emulator/faults (replace the faults: a JSON object with the fault
 /// options below in camelCase, e.g. {"operations": ["meter-usage"], "throttleFirst": 2,

@@ -89,6 +89,7 @@ async fn handle(
     if request.method() == Method::GET {
         match request.uri().path() {
             "/_emulator/stats" => return Ok(json_response(200, &service.stats())),
+            "/_emulator/status" => return Ok(json_response(200, &service.status())),
             "/_emulator/ledger" => {
                 let ledger = serde_json::to_value(service.ledger().snapshot())
                     .expect("the ledger serializes");

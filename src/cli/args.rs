@@ -298,6 +298,11 @@ pub struct DoctorArgs {
     )]
     pub listen: Listen,
 
+    /// The metering sidecar's period (1h against AWS; an emulator's own period against one).
+    #[arg(long, env = "ENTITLEMENT_GATE_METER_PERIOD", default_value = "1h",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub period: Duration,
+
     /// Also check contract pricing (License Manager): the product ID `license check` uses.
     #[arg(long, env = "ENTITLEMENT_GATE_PRODUCT_ID")]
     pub product_id: Option<String>,
@@ -337,6 +342,7 @@ impl DoctorArgs {
                 dimensions: self.dimensions.clone(),
                 state_dir: self.state_dir.clone(),
                 listen: self.listen.clone(),
+                period: self.period,
             }),
             license: self.product_id.as_ref().map(|_| LicenseRequest {
                 product_id: self.product_id.clone(),

@@ -24,6 +24,54 @@ pub struct MeterRequest {
     pub dimensions: Vec<String>,
     pub state_dir: Option<PathBuf>,
     pub listen: Listen,
+    /// `--period` / `ENTITLEMENT_GATE_METER_PERIOD`, as given.
+    pub period: Duration,
+}
+
+/// The metering period against the endpoint the SDK would call: an hour against AWS; against a
+/// metering-emulator, the emulator's own period.
+pub(super) async fn period(period: Duration, endpoint: &str, timeout: Duration) -> Finding {
+    const CHECK: &str = "meter-period";
+    let shown = humantime::format_duration(period);
+    let Some(period) = Period::from_duration(period) else {
+        return Finding::fail(
+            CHECK,
+            format!("ENTITLEMENT_GATE_METER_PERIOD is {shown}, not a whole number of seconds"),
+            "leave it at 1h (whole seconds only against an emulator)",
+        );
+    };
+    if !endpoint.starts_with("http://") {
+        return if period == Period::HOUR {
+            Finding::ok(CHECK, "1h, as MeterUsage meters")
+        } else {
+            Finding::fail(
+                CHECK,
+                format!("ENTITLEMENT_GATE_METER_PERIOD is {shown} against {endpoint}"),
+                "leave it at 1h: MeterUsage meters by the hour (shorter periods are for an \
+                 emulator)",
+            )
+        };
+    }
+    match crate::meter::emulator_period(endpoint, timeout).await {
+        Some(emulator) if emulator == period => Finding::ok(
+            CHECK,
+            format!("{shown}, the same as the metering-emulator at {endpoint}"),
+        ),
+        Some(emulator) => Finding::fail(
+            CHECK,
+            format!(
+                "ENTITLEMENT_GATE_METER_PERIOD is {shown}, and the metering-emulator at \
+                 {endpoint} meters every {emulator}: it would refuse every hour after the first \
+                 as a duplicate"
+            ),
+            "start both with the same period (the meter's --period, the emulator's --period)",
+        ),
+        None => Finding::warn(
+            CHECK,
+            format!("{shown} against {endpoint}, which does not say its period"),
+            "use the period of the service at that endpoint",
+        ),
+    }
 }
 
 /// The most a status answer may hold for the doctor to read it.
@@ -225,6 +273,7 @@ fn sidecar_status(listen: &Listen, body: &[u8]) -> Finding {
 /// What a DryRun needs.
 pub(super) struct DryRunRequest<'a> {
     pub product_code: &'a ProductCode,
+    pub period: Period,
     pub dimensions: &'a [String],
     pub region: &'a ResolvedRegion,
     pub credentials: &'a ResolvedCredentials,
@@ -247,7 +296,7 @@ pub(super) async fn dry_run(request: DryRunRequest<'_>, now: SystemTime) -> Find
         .iter()
         .map(|name| name.trim().to_owned())
         .collect();
-    let hour_start = Period::HOUR.start(Period::HOUR.index_at(now));
+    let hour_start = request.period.start(request.period.index_at(now));
     match crate::meter::dry_run(
         &destination,
         &dimensions,

@@ -32,6 +32,7 @@ use crate::domain::trust::TrustAnchors;
 use crate::domain::workload::{WorkloadId, WorkloadIdSource};
 use crate::gate::check::{self, CheckConfig, CheckError, Progress};
 use crate::license::LicenseError;
+use crate::meter::period::Period;
 pub use license::LicenseRequest;
 pub use meter::MeterRequest;
 
@@ -310,12 +311,17 @@ pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok();
         checks.push(meter::state(meter.state_dir.as_deref(), mounts.as_deref()));
         checks.push(meter::listen(&meter.listen, request.probe_timeout).await);
+        if let Some(region) = &region {
+            let endpoint = endpoint::metering(region.region.as_ref()).await;
+            checks.push(meter::period(meter.period, &endpoint, request.probe_timeout).await);
+        }
         if request.call {
             checks.push(match (&product_code, &region, &credentials) {
                 (Some(product_code), Some(region), Some(credentials)) => {
                     meter::dry_run(
                         meter::DryRunRequest {
                             product_code,
+                            period: Period::from_duration(meter.period).unwrap_or(Period::HOUR),
                             dimensions: &meter.dimensions,
                             region,
                             credentials,

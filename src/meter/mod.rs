@@ -83,6 +83,14 @@ pub enum MeterError {
     Metering(Box<MeteringError>),
     #[error("cannot listen on {listen}: {reason}")]
     Listen { listen: String, reason: String },
+    /// The endpoint is a metering-emulator with another period: every hour of this sidecar
+    /// would be refused there as a duplicate.
+    #[error("the metering endpoint {endpoint} is a metering-emulator with a {emulator} period, and this sidecar's period is {meter}")]
+    PeriodMismatch {
+        endpoint: String,
+        emulator: Period,
+        meter: Period,
+    },
     #[error("the {deadline:?} start-up deadline passed while {phase}")]
     StartupDeadline {
         phase: &'static str,
@@ -252,6 +260,7 @@ pub async fn start(config: &MeterConfig, clock: Arc<dyn Clock>) -> Result<Sideca
         config.retry,
     )
     .await;
+    check_emulator_period(&destination.endpoint, config.period, deadline).await?;
     let hour_start = config.period.start(config.period.index_at(clock.now()));
     dry_run(
         &destination,
@@ -374,6 +383,43 @@ impl Sidecar {
             flushed: flush.settled,
             ledger,
         })
+    }
+}
+
+/// How long a metering-emulator may take to say its period.
+const EMULATOR_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The period of the metering-emulator at `endpoint`, if it is one: an endpoint on plain HTTP
+/// can only be a local stand-in, and the emulator says its period at `/_emulator/status`.
+pub async fn emulator_period(endpoint: &str, timeout: Duration) -> Option<Period> {
+    if !endpoint.starts_with("http://") {
+        return None;
+    }
+    let url = format!("{}/_emulator/status", endpoint.trim_end_matches('/'));
+    let target = crate::local_http::client::Target::Url(url);
+    let answer = crate::local_http::client::get(&target, timeout, 4096)
+        .await
+        .ok()
+        .filter(|answer| answer.status == 200)?;
+    let status: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+    Period::from_duration(Duration::from_secs(status["periodSeconds"].as_u64()?))
+}
+
+/// A metering-emulator with another period than the sidecar's would refuse every hour after
+/// the first as a duplicate, and the usage would never be billed there: refused at start-up.
+async fn check_emulator_period(
+    endpoint: &str,
+    period: Period,
+    deadline: Instant,
+) -> Result<(), MeterError> {
+    let timeout = EMULATOR_STATUS_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+    match emulator_period(endpoint, timeout).await {
+        Some(emulator) if emulator != period => Err(MeterError::PeriodMismatch {
+            endpoint: endpoint.to_owned(),
+            emulator,
+            meter: period,
+        }),
+        _ => Ok(()),
     }
 }
 

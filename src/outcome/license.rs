@@ -1,6 +1,6 @@
 //! Exit codes and sentences for contract pricing (`license check`, `license watch`).
 
-use super::{configuration, exit_code::*, identity, internal, GateError};
+use super::{configuration, exit_code::*, identity, internal, GateError, TELL_THE_SELLER};
 use crate::aws::anywhere::{AnywhereError, TOKEN_FILE_VARIABLES};
 use crate::aws::identity::IdentityError;
 use crate::aws::license_manager::{LicenseManagerError, Persisting};
@@ -95,7 +95,7 @@ pub(super) fn report(error: &GateError, e: &LicenseError) -> (u8, &'static str, 
             "redirect",
             format!(
                 "AWS License Manager redirected the checkout to {location}, which is not an AWS \
-                 Region's License Manager, so it was not followed; report this to the seller."
+                 Region's License Manager, so it was not followed; {TELL_THE_SELLER}."
             ),
         ),
         L::LicenseManager(e) => license_manager(error, e),
@@ -263,7 +263,7 @@ fn license_manager(error: &GateError, e: &LicenseManagerError) -> (u8, &'static 
             "unexpected_response",
             format!(
                 "{e}; check the License Manager endpoint override and any proxy in between, and \
-                 report this to the seller."
+                 {TELL_THE_SELLER}."
             ),
         ),
         M::RequestNotBuilt(_) => (

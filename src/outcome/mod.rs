@@ -20,6 +20,18 @@ use crate::license::LicenseError;
 use crate::meter::store::StoreError;
 use crate::meter::{HealthError, MeterError, Unbilled};
 
+/// What an operator is told to do about a defect or an answer nobody documented: the seller
+/// supports their buyers. `doctor`, run by the seller, says [`FOR_THE_SELLER`] instead.
+pub const TELL_THE_SELLER: &str = "report this to the seller";
+/// The same advice, for a seller reading `doctor`.
+const FOR_THE_SELLER: &str =
+    "if neither explains it, report it to entitlement-gate's maintainers with this output";
+
+/// A sentence for the seller rather than the buyer's operator (`doctor`).
+pub fn for_the_seller(message: &str) -> String {
+    message.replace(TELL_THE_SELLER, FOR_THE_SELLER)
+}
+
 /// The termination log holds at most this many bytes (Kubernetes truncates beyond it).
 pub const TERMINATION_LOG_MAX_BYTES: usize = 4096;
 
@@ -278,6 +290,17 @@ pub fn report(error: &GateError) -> Report {
                 error,
                 "set ENTITLEMENT_GATE_METER_LISTEN to a free loopback port (127.0.0.1:8478) or to \
                  unix:/path in a writable directory",
+            ),
+        ),
+        G::Meter(MeterError::PeriodMismatch { emulator, .. }) => (
+            CONFIG,
+            "period_mismatch",
+            configuration(
+                error,
+                &format!(
+                    "start both with the same period: ENTITLEMENT_GATE_METER_PERIOD={emulator} (or \
+                     --period) for the meter, or the emulator's --period to match"
+                ),
             ),
         ),
         G::Meter(MeterError::StartupDeadline { phase, deadline }) => (
@@ -642,7 +665,7 @@ fn metering(error: &GateError, e: &MeteringError) -> (u8, &'static str, String) 
             format!(
                 "{operation} got an answer AWS does not document (HTTP {status} {code}: \
                  {aws_message}); check the metering endpoint override and any proxy in between, \
-                 and report this to the seller."
+                 and {TELL_THE_SELLER}."
             ),
         ),
         M::RequestNotBuilt(_) => (
@@ -679,7 +702,7 @@ fn metering(error: &GateError, e: &MeteringError) -> (u8, &'static str, String) 
         | M::IdempotencyConflict { .. } => (
             INTERNAL,
             "metering_refused",
-            format!("MeterUsage refused a record ({e}); report this to the seller."),
+            format!("MeterUsage refused a record ({e}); {TELL_THE_SELLER}."),
         ),
         M::Sdk(_) => internal(e),
     }
@@ -722,7 +745,7 @@ fn internal(detail: &dyn std::fmt::Display) -> (u8, &'static str, String) {
     (
         exit_code::INTERNAL,
         "internal",
-        format!("Unexpected internal error: {detail}; report this to the seller."),
+        format!("Unexpected internal error: {detail}; {TELL_THE_SELLER}."),
     )
 }
 
@@ -1362,6 +1385,19 @@ mod tests {
             INTERNAL,
             &["ENTITLEMENT_GATE_WORKLOAD_ID"],
         );
+    }
+
+    #[test]
+    fn the_seller_reading_doctor_is_never_told_to_report_to_the_seller() {
+        let internal = report(&GateError::Internal("boom".into()));
+        assert!(
+            internal.message.contains(TELL_THE_SELLER),
+            "{}",
+            internal.message
+        );
+        let for_seller = for_the_seller(&internal.message);
+        assert!(!for_seller.contains("seller"), "{for_seller}");
+        assert!(for_seller.contains("maintainers"), "{for_seller}");
     }
 
     #[test]

@@ -428,6 +428,17 @@ impl Service {
         self.counters[&operation].calls.load(Ordering::SeqCst)
     }
 
+    /// What a client may check before relying on this emulator, for `GET /_emulator/status`:
+    /// the metering period (a meter with another period would have its hours refused as
+    /// duplicates) and the Region.
+    pub fn status(&self) -> Value {
+        json!({
+            "emulator": "metering-emulator",
+            "periodSeconds": self.config.period.as_secs(),
+            "region": self.config.region,
+        })
+    }
+
     /// Counters, for `GET /_emulator/stats`: RegisterUsage's at the top level, as the bench
     /// scripts read them, and every operation's under `operations`.
     pub fn stats(&self) -> Value {
