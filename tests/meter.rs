@@ -84,6 +84,39 @@ impl MeterClient for Sidecar {
     }
 }
 
+/// Asserts the sidecar's ledger balances for every dimension: acknowledged = billed + refused
+/// + in doubt + unsent + carried fraction. Called after every scenario.
+#[track_caller]
+fn balanced(sidecar: &Sidecar) -> Value {
+    let status = sidecar.status();
+    for (dimension, state) in status["dimensions"].as_object().unwrap() {
+        assert_eq!(
+            state["ledger"]["balances"], true,
+            "{dimension}: {}",
+            state["ledger"]
+        );
+    }
+    status
+}
+
+/// Asserts the stop logged a balanced ledger for every dimension.
+#[track_caller]
+fn stopped_balanced(ended: &Ended) {
+    let lines: Vec<&str> = ended
+        .log
+        .lines()
+        .filter(|line| line.contains("ledger: acknowledged = billed"))
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "no ledger in the stop log:\n{}",
+        ended.log
+    );
+    for line in lines {
+        assert!(line.contains("balances=true"), "{line}");
+    }
+}
+
 /// Whole units per dimension in the ledger's MeterUsage records.
 fn ledger_totals(ledger: &LedgerSnapshot) -> BTreeMap<String, u64> {
     let mut totals = BTreeMap::new();
@@ -147,21 +180,27 @@ fn reports_become_one_record_per_dimension_and_hour_with_their_allocations() {
     let status = sidecar.status();
     assert_eq!(
         status["dimensions"]["requests"]["openHours"][0]["quantity"],
-        11
+        "11"
     );
-    assert_eq!(status["dimensions"]["users"]["openHours"][0]["quantity"], 7);
+    assert_eq!(
+        status["dimensions"]["users"]["openHours"][0]["quantity"],
+        "7"
+    );
     assert_eq!(status["dimensions"]["users"]["lastSent"], Value::Null);
     assert!(status["instanceId"]
         .as_str()
         .is_some_and(|id| id.len() == 32));
     assert_eq!(
-        sidecar.metric("entitlement_gate_meter_quantity_total{dimension=\"requests\"}"),
+        sidecar.metric("entitlement_gate_meter_acknowledged_units_total{dimension=\"requests\"}"),
         11.0
     );
     // Nothing is sent while the hour is open: a record would lock it.
     assert_eq!(emulator.ledger().records.len(), 0);
+    balanced(&sidecar);
 
-    sidecar.stop().expect_code(0);
+    let ended = sidecar.stop();
+    ended.expect_code(0);
+    stopped_balanced(&ended);
     let ledger = emulator.ledger();
     one_record_per_dimension_and_hour(&ledger);
     assert_eq!(
@@ -220,22 +259,34 @@ fn invalid_reports_are_refused_whole_and_never_recorded() {
             r#"{"dimension": "bytes", "quantity": 1}"#,
             "unknown dimension \"bytes\"",
         ),
-        (r#"{"dimension": "requests"}"#, "whole number >= 0"),
+        (r#"{"dimension": "requests"}"#, "\"quantity\" is missing"),
         (
             r#"{"dimension": "requests", "quantity": "3"}"#,
-            "whole number >= 0",
+            "must be a JSON number, not a string",
         ),
         (
             r#"{"dimension": "requests", "quantity": -1}"#,
             "must not be negative",
         ),
         (
-            r#"{"dimension": "requests", "quantity": 1.5}"#,
-            "whole number",
+            r#"{"dimension": "requests", "quantity": 1.0000001}"#,
+            "more than 6 decimal places",
+        ),
+        (
+            r#"{"dimension": "requests", "quantity": 1e-7}"#,
+            "more than 6 decimal places",
+        ),
+        (
+            r#"{"dimension": "requests", "quantity": 1e400}"#,
+            "over the maximum",
+        ),
+        (
+            r#"{"dimension": "requests", "quantity": -0}"#,
+            "must not be negative",
         ),
         (
             r#"{"dimension": "requests", "quantity": 2147483648}"#,
-            "maximum of 2147483647",
+            "over the maximum of 2147483647",
         ),
         (
             r#"{"dimension": "requests", "quantity": 1, "colour": "red"}"#,
@@ -329,6 +380,7 @@ fn invalid_reports_are_refused_whole_and_never_recorded() {
         sidecar.metric("entitlement_gate_meter_rejected_requests_total"),
         (cases.len() + 3) as f64
     );
+    balanced(&sidecar);
 
     sidecar.stop().expect_code(0);
     let ledger = emulator.ledger();
@@ -445,10 +497,11 @@ fn usage_that_cannot_be_sent_exits_7_and_a_restart_with_the_same_state_sends_it(
     ended.expect_code(7);
     let reason = ended.reason();
     assert!(
-        reason.contains("2 hour records (5 units)")
+        reason.contains("5 acknowledged units (2 closed hour records)")
             && reason.contains(&state.path().display().to_string()),
         "{reason}"
     );
+    stopped_balanced(&ended);
     assert!(
         reason.contains("ENTITLEMENT_GATE_SHUTDOWN_GRACE"),
         "{reason}"
@@ -463,8 +516,11 @@ fn usage_that_cannot_be_sent_exits_7_and_a_restart_with_the_same_state_sends_it(
         "{}",
         restarted.log()
     );
-    let status = restarted.status();
-    assert_eq!(status["dimensions"]["requests"]["lastSent"]["quantity"], 5);
+    let status = balanced(&restarted);
+    assert_eq!(
+        status["dimensions"]["requests"]["lastSent"]["quantity"],
+        "5"
+    );
     assert_eq!(status["dimensions"]["requests"]["unsentHours"], json!([]));
     restarted.stop().expect_code(0);
     let ledger = emulator.ledger();
@@ -498,9 +554,11 @@ fn an_hour_about_to_leave_the_window_is_carried_into_a_later_hour_not_lost() {
         sidecar.log()
     );
     assert!(sidecar.metric("entitlement_gate_meter_carried_hours_total") >= 1.0);
+    balanced(&sidecar);
     emulator.set_faults(Faults::default());
     let ended = sidecar.stop();
     ended.expect_code(0);
+    stopped_balanced(&ended);
     assert!(ended.log.contains("it is carried into the current hour"));
     let ledger = emulator.ledger();
     one_record_per_dimension_and_hour(&ledger);
@@ -546,7 +604,7 @@ fn an_hour_whose_answer_was_lost_is_left_in_doubt_not_carried_and_billed_once() 
             .is_some_and(|entries| {
                 entries
                     .iter()
-                    .any(|e| e["state"] == "inDoubt" && e["quantity"] == 5)
+                    .any(|e| e["state"] == "inDoubt" && e["quantity"] == "5")
             })
     };
     assert!(
@@ -554,11 +612,22 @@ fn an_hour_whose_answer_was_lost_is_left_in_doubt_not_carried_and_billed_once() 
         "the hour was not left in doubt:\n{}",
         sidecar.log()
     );
-    assert!(sidecar.metric("entitlement_gate_meter_in_doubt_quantity_total") >= 5.0);
+    assert_eq!(
+        sidecar.metric("entitlement_gate_meter_in_doubt_units_total{dimension=\"requests\"}"),
+        5.0
+    );
+    balanced(&sidecar);
     emulator.set_faults(Faults::default());
+    // Everything was sent, but 5 acknowledged units are in doubt: not an honest exit 0.
     let ended = sidecar.stop();
-    ended.expect_code(0);
+    ended.expect_code(9);
     assert!(ended.log.contains("AWS may hold it"), "{}", ended.log);
+    let reason = ended.reason();
+    assert!(
+        reason.contains("0 acknowledged units were refused") && reason.contains("5 are in doubt"),
+        "{reason}"
+    );
+    stopped_balanced(&ended);
     // Billed once: carrying it would have made it 10.
     let ledger = emulator.ledger();
     one_record_per_dimension_and_hour(&ledger);
@@ -599,9 +668,30 @@ fn a_duplicate_request_is_surfaced_once_and_never_retried() {
         .map(|sidecar| sidecar.metric("entitlement_gate_meter_calls_total{outcome=\"duplicate\"}"))
         .sum();
     assert!(duplicate_calls >= 1.0);
+    let refused = |sidecar: &Sidecar| {
+        sidecar.metric("entitlement_gate_meter_refused_units_total{dimension=\"requests\"}")
+    };
+    let (a_refused, b_refused) = (refused(&a), refused(&b));
+    assert!(a_refused + b_refused >= 5.0, "{a_refused} {b_refused}");
+    balanced(&a);
+    balanced(&b);
     let (a_ended, b_ended) = (a.stop(), b.stop());
-    a_ended.expect_code(0);
-    b_ended.expect_code(0);
+    // A sidecar whose usage AWS refused says so with exit 9 and the units at stake.
+    for (ended, refused) in [(&a_ended, a_refused), (&b_ended, b_refused)] {
+        stopped_balanced(ended);
+        if refused > 0.0 {
+            ended.expect_code(9);
+            assert!(
+                ended
+                    .reason()
+                    .contains(&format!("{refused} acknowledged units were refused")),
+                "{}",
+                ended.log
+            );
+        } else {
+            ended.expect_code(0);
+        }
+    }
     let ledger = emulator.ledger();
     one_record_per_dimension_and_hour(&ledger);
     // One error per refused record, each naming the sidecar's own quantity, and never two for
@@ -697,7 +787,10 @@ fn a_killed_sidecar_loses_no_acknowledged_report_and_sends_each_hour_once() {
             ..RandomFaults::default()
         });
     }));
-    restarted.stop().expect_code(0);
+    balanced(&restarted);
+    let ended = restarted.stop();
+    ended.expect_code(0);
+    stopped_balanced(&ended);
     let ledger = emulator.ledger();
     one_record_per_dimension_and_hour(&ledger);
     assert_eq!(
@@ -780,12 +873,13 @@ fn doctor_checks_the_meter_setup_and_dry_runs_its_dimensions() {
     let emulator = metering_emulator(DAY);
     let state = tempfile::tempdir().unwrap();
     let sidecar = Sidecar::ready(meter(&emulator, state.path(), DAY));
-    let doctor = |dimensions: &str| {
+    let doctor = |dimensions: &str, period: &str| {
         let finished = Gate::against(
             &emulator.endpoint_url(),
             emulator.public_key_pem(),
             &["doctor"],
         )
+        .env("ENTITLEMENT_GATE_METER_PERIOD", period)
         .args(["--call", "--format", "json", "--dimension", dimensions])
         .arg("--state-dir")
         .arg(state.path())
@@ -809,7 +903,7 @@ fn doctor_checks_the_meter_setup_and_dry_runs_its_dimensions() {
             .collect();
         (finished.code, statuses)
     };
-    let (_, checks) = doctor("requests,users");
+    let (_, checks) = doctor("requests,users", "1day");
     assert_eq!(checks["dimensions"].0, "ok");
     assert!(
         checks["meter-state"].1.contains("holds meter.redb"),
@@ -818,8 +912,15 @@ fn doctor_checks_the_meter_setup_and_dry_runs_its_dimensions() {
     assert_eq!(checks["meter-listen"].0, "ok", "{checks:?}");
     assert!(checks["meter-listen"].1.contains("ready"));
     assert_eq!(checks["meter-dry-run"].0, "ok", "{checks:?}");
+    assert_eq!(checks["meter-period"].0, "ok", "{checks:?}");
+    assert!(
+        checks["meter-period"]
+            .1
+            .contains("the same as the metering-emulator"),
+        "{checks:?}"
+    );
 
-    let (code, checks) = doctor("requests,bytes");
+    let (code, checks) = doctor("requests,bytes", "1day");
     assert_eq!(code, Some(1));
     assert_eq!(checks["meter-dry-run"].0, "fail");
     assert!(
@@ -828,7 +929,165 @@ fn doctor_checks_the_meter_setup_and_dry_runs_its_dimensions() {
             .contains("ENTITLEMENT_GATE_DIMENSIONS"),
         "{checks:?}"
     );
+    // The doctor reads the meter's period, as the meter does, and compares it.
+    let (code, checks) = doctor("requests,users", "1h");
+    assert_eq!(code, Some(1));
+    assert_eq!(checks["meter-period"].0, "fail");
+    assert!(
+        checks["meter-period"].1.contains("meters every 1day"),
+        "{checks:?}"
+    );
     // The DryRuns recorded nothing.
     assert!(emulator.ledger().records.is_empty());
     sidecar.stop().expect_code(0);
+}
+
+#[test]
+fn fractions_are_billed_in_whole_units_and_the_rest_is_carried_then_left_unbilled() {
+    away_from_a_boundary(DAY);
+    let emulator = metering_emulator(DAY);
+    let state = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::ready(meter(&emulator, state.path(), DAY));
+    // 0.1 + 0.2 is exactly 0.3, however a float would add them; 2.5e-3 is 0.0025.
+    for body in [
+        r#"{"dimension": "requests", "quantity": 0.1, "tags": {"team": "a"}}"#,
+        r#"{"dimension": "requests", "quantity": 0.2, "tags": {"team": "b"}}"#,
+        r#"{"dimension": "requests", "quantity": 2.5e-3, "tags": {"team": "b"}}"#,
+        r#"{"dimension": "requests", "quantity": 3.5, "tags": {"team": "a"}}"#,
+        r#"{"dimension": "users", "quantity": 0.999999}"#,
+    ] {
+        sidecar.accept(body);
+    }
+    let status = balanced(&sidecar);
+    assert_eq!(
+        status["dimensions"]["requests"]["ledger"]["acknowledged"],
+        "3.8025"
+    );
+    assert_eq!(
+        status["dimensions"]["requests"]["ledger"]["unsent"],
+        "3.8025"
+    );
+    let ended = sidecar.stop();
+    ended.expect_code(0);
+    stopped_balanced(&ended);
+    // Billed: the whole units; not billed, and said so: the fraction under one unit.
+    let ledger = emulator.ledger();
+    one_record_per_dimension_and_hour(&ledger);
+    assert_eq!(
+        ledger_totals(&ledger),
+        BTreeMap::from([("requests".to_owned(), 3), ("users".to_owned(), 0)])
+    );
+    let requests = ledger
+        .records
+        .iter()
+        .find(|r| r.dimension == "requests")
+        .unwrap();
+    let allocated: u64 = requests
+        .allocations
+        .iter()
+        .map(|a| a.quantity.whole_units().unwrap())
+        .sum();
+    assert_eq!(allocated, 3, "the allocations sum to the record's quantity");
+    for (dimension, fraction) in [("requests", "0.8025"), ("users", "0.999999")] {
+        assert!(
+            ended.log.lines().any(
+                |line| line.contains("is not billed (--final-fraction down)")
+                    && line.contains(&format!("dimension={dimension}"))
+                    && line.contains(&format!("fraction={fraction}"))
+            ),
+            "{}",
+            ended.log
+        );
+    }
+
+    // A restart on the same state still holds the fraction, to bill it with later usage.
+    let restarted = Sidecar::ready(meter(&emulator, state.path(), DAY));
+    let status = balanced(&restarted);
+    let requests = &status["dimensions"]["requests"]["ledger"];
+    assert_eq!(requests["carriedFraction"], "0.8025");
+    assert_eq!(requests["acknowledged"], "3.8025");
+    assert_eq!(requests["billed"], "3");
+    restarted.stop().expect_code(0);
+}
+
+#[test]
+fn rounding_the_final_fraction_up_bills_one_more_unit_and_keeps_a_credit() {
+    away_from_a_boundary(DAY);
+    let emulator = metering_emulator(DAY);
+    let state = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::ready(
+        meter(&emulator, state.path(), DAY).env("ENTITLEMENT_GATE_FINAL_FRACTION", "up"),
+    );
+    sidecar.accept(r#"{"dimension": "requests", "quantity": 1.25}"#);
+    let ended = sidecar.stop();
+    ended.expect_code(0);
+    stopped_balanced(&ended);
+    assert_eq!(ledger_totals(&emulator.ledger())["requests"], 2);
+    let restarted = Sidecar::ready(meter(&emulator, state.path(), DAY));
+    let status = balanced(&restarted);
+    assert_eq!(
+        status["dimensions"]["requests"]["ledger"]["carriedFraction"],
+        "-0.75"
+    );
+    restarted.stop().expect_code(0);
+}
+
+#[test]
+fn a_meter_refuses_an_emulator_with_another_period() {
+    let emulator = metering_emulator(DAY);
+    let state = tempfile::tempdir().unwrap();
+    let ended = Sidecar::spawn(meter(&emulator, state.path(), Duration::from_secs(10))).wait();
+    ended.expect_code(2);
+    let reason = ended.reason();
+    assert!(
+        reason.contains("metering-emulator with a 1day period")
+            && reason.contains("this sidecar's period is 10s")
+            && reason.contains("ENTITLEMENT_GATE_METER_PERIOD=1day"),
+        "{reason}"
+    );
+    assert_eq!(
+        emulator.calls_to(Operation::MeterUsage),
+        0,
+        "refused before the DryRun"
+    );
+}
+
+#[test]
+fn a_state_at_its_budget_answers_503_with_retry_after_and_keeps_what_it_acknowledged() {
+    away_from_a_boundary(DAY);
+    let emulator = metering_emulator(DAY);
+    let state = tempfile::tempdir().unwrap();
+    // A budget the new state file already fills: every report is refused, whole.
+    let sidecar = Sidecar::ready(
+        meter(&emulator, state.path(), DAY).env("ENTITLEMENT_GATE_METER_STATE_BUDGET", "4Ki"),
+    );
+    let (status, answer) = sidecar.post(r#"{"dimension": "requests", "quantity": 1, "id": "a"}"#);
+    assert_eq!(status, 503, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("at its budget") && error.contains("nothing of this request was recorded"),
+        "{error}"
+    );
+    let (status, head, _) = http_with_head(
+        &sidecar.socket,
+        "POST",
+        "/v1/usage",
+        br#"{"dimension": "requests", "quantity": 1}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nretry-after: 60"),
+        "{head}"
+    );
+    assert!(sidecar.metric("entitlement_gate_meter_over_budget_refusals_total") >= 1.0);
+    assert_eq!(
+        sidecar.metric("entitlement_gate_meter_state_budget_bytes"),
+        4096.0
+    );
+    assert!(sidecar.log().contains("the state is at its budget"));
+    balanced(&sidecar);
+    let ended = sidecar.stop();
+    ended.expect_code(0);
+    assert_eq!(ledger_totals(&emulator.ledger())["requests"], 0);
 }

@@ -474,6 +474,17 @@ impl Ended {
 
 /// One HTTP/1.1 request over a Unix socket; `None` when nothing listens (yet).
 pub fn http(socket: &Path, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
+    let (status, _, body) = http_with_head(socket, method, path, body)?;
+    Some((status, body))
+}
+
+/// The same, with the answer's head (status line and headers) too.
+pub fn http_with_head(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Option<(u16, String, String)> {
     let mut stream = UnixStream::connect(socket).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
@@ -491,5 +502,5 @@ pub fn http(socket: &Path, method: &str, path: &str, body: &[u8]) -> Option<(u16
     let answer = String::from_utf8_lossy(&answer).into_owned();
     let (head, body) = answer.split_once("\r\n\r\n")?;
     let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
+    Some((status, head.to_owned(), body.to_owned()))
 }
