@@ -184,6 +184,14 @@ def check_gate(label, spec, product_code, handoff=True, key=True):
     return gate
 
 
+def size_bytes(quantity):
+    """A Kubernetes size (`256Mi`, `1Gi`, bytes) in bytes."""
+    for suffix, factor in (("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
+        if str(quantity).endswith(suffix):
+            return int(str(quantity)[:-2]) * factor
+    return int(quantity)
+
+
 def check_meter(label, spec, native, dimensions):
     where = "initContainers" if native else "containers"
     meter = container(spec, METER, where)
@@ -213,6 +221,12 @@ def check_meter(label, spec, native, dimensions):
         check(command[:2] == ["/entitlement-gate", "health"] and f"http://{listen}/readyz" in command,
               f"{label}: {probe} must exec `entitlement-gate health` on {listen}/readyz: {meter.get(probe)}")
         check("httpGet" not in meter.get(probe, {}), f"{label}: {probe} httpGet cannot reach loopback")
+    volume = {v["name"]: v for v in spec.get("volumes", [])}.get("entitlement-gate-meter-state", {})
+    if "emptyDir" in volume:
+        # The sidecar refuses reports at its budget, so the kubelet never evicts the pod for it.
+        budget, limit = env.get("ENTITLEMENT_GATE_METER_STATE_BUDGET"), volume["emptyDir"].get("sizeLimit")
+        check(budget and limit and size_bytes(limit) == 2 * size_bytes(budget),
+              f"{label}: the state emptyDir's sizeLimit {limit} must be twice the meter's budget {budget}")
     check_restricted(f"{label} meter", meter)
     app_env = env_of(app_of(spec))
     check(app_env.get("ENTITLEMENT_GATE_METER_URL") == f"http://{listen}", f"{label}: app meter URL {app_env.get('ENTITLEMENT_GATE_METER_URL')}")
@@ -443,6 +457,12 @@ def check_helm_chart():
             check(env.get("ENTITLEMENT_GATE_METER_DRAIN") == ("0s" if native else "3s"), f"meter drain {kube} {env}")
             volumes = {v["name"]: v for v in spec.get("volumes", [])}
             check("emptyDir" in volumes.get("entitlement-gate-meter-state", {}), "meter state emptyDir by default")
+            # The sidecar refuses reports at its budget, well before the kubelet's limit.
+            check(env.get("ENTITLEMENT_GATE_METER_STATE_BUDGET") == "256Mi"
+                  and volumes["entitlement-gate-meter-state"]["emptyDir"].get("sizeLimit") == "512Mi",
+                  f"meter state budget and emptyDir limit {env} {volumes.get('entitlement-gate-meter-state')}")
+            check(env.get("ENTITLEMENT_GATE_FINAL_FRACTION") == "down" and env.get("ENTITLEMENT_GATE_METER_ID_WINDOW") == "1h",
+                  f"meter fraction and id window defaults {env}")
     spec = pod_spec(render(*base, *key, *metering, kube="1.28.0", versions=["1.28.0"]))
     check_meter("metering 1.28", spec, False, "requests")
     check([c["name"] for c in spec["initContainers"]] == [GATE], "metering 1.28: only the gate is an init container")
@@ -450,6 +470,7 @@ def check_helm_chart():
     check_meter("metering forced regular", spec, False, "requests")
     spec = pod_spec(render(*base, *key, *metering, "entitlementGate.metering.state.existingClaim=meter-state",
                            "entitlementGate.metering.sendZero=false", "entitlementGate.metering.port=9000",
+                           "entitlementGate.metering.finalFraction=up", "entitlementGate.metering.state.budgetMi=64",
                            "entitlementGate.metering.shutdownGraceSeconds=50", "terminationGracePeriodSeconds=60", versions=["1.37.0"]))
     meter = check_meter("metering customised", spec, True, "requests")
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
@@ -457,7 +478,8 @@ def check_helm_chart():
     if meter:
         env = env_of(meter)
         check(env["ENTITLEMENT_GATE_SEND_ZERO"] == "false" and env["ENTITLEMENT_GATE_METER_LISTEN"] == "127.0.0.1:9000"
-              and env["ENTITLEMENT_GATE_SHUTDOWN_GRACE"] == "50s", f"meter customised env {env}")
+              and env["ENTITLEMENT_GATE_SHUTDOWN_GRACE"] == "50s" and env["ENTITLEMENT_GATE_FINAL_FRACTION"] == "up"
+              and env["ENTITLEMENT_GATE_METER_STATE_BUDGET"] == "64Mi", f"meter customised env {env}")
     check(spec.get("terminationGracePeriodSeconds") == 60, "terminationGracePeriodSeconds")
 
     check_license(base)
@@ -483,6 +505,8 @@ def check_helm_chart():
         "regular meter drain plus grace not below the pod's": [*base, *key, *metering, "entitlementGate.metering.nativeSidecar=false",
                                                                 "entitlementGate.metering.shutdownGraceSeconds=28"],
         "unknown metering key": [*base, *key, "entitlementGate.metering.dimension={a}"],
+        "a final fraction neither down nor up": [*base, *key, *metering, "entitlementGate.metering.finalFraction=nearest"],
+        "a state budget of 0": [*base, *key, *metering, "entitlementGate.metering.state.budgetMi=0"],
         "license without productId": [*base, "entitlementGate.license.enabled=true", "entitlementGate.license.entitlements={Seats}"],
         "license without entitlements": [*base, "entitlementGate.license.enabled=true", "entitlementGate.license.productId=prod-abc"],
         "license watch grace not below the pod's": [*LICENSE_SETS(base), "entitlementGate.license.watch.shutdownGraceSeconds=30"],

@@ -4,7 +4,8 @@ Usage: meter_chaos.py [--rounds N] [--seed S] [--clients C] [--outage-rate P] [-
 
 Runs the release `entitlement-gate meter` (2 s periods) against the release emulator, with C
 client threads that POST single reports and small arrays continuously, every report with a
-unique `id`. Each round sets other random MeterUsage faults on the emulator (throttling, 500s,
+unique `id` and a quantity that is whole or has up to six decimal places (`0.25`, `0.000001`,
+`2.5e-3`). Each round sets other random MeterUsage faults on the emulator (throttling, 500s,
 dropped connections, answers lost after the usage was recorded, answers slower than the 1 s
 attempt timeout) and lets the load run 0.2 to 2.5 s; an outage round (--outage-rate, 5% by
 default) instead loses every answer for 0.5 to 2 periods (the calls are recorded), then fails
@@ -14,15 +15,19 @@ state directory (one round in five kills it a second time within 300 ms of its s
 recovery or the start-up DryRun). Clients resend every request whose 200 they did not get,
 unchanged, until it gets one: at-least-once delivery, and the ids make it exactly-once.
 
-The sidecar remembers an id for 7 periods (14 s here; exactly: until 8 periods after the one it
-was counted in have closed, at least 16 s after it was first sent), so a resend must come within
-14 s of the first send. The clients retry every 20 ms and the sidecar restarts at once, so resends
-come within the restart time; the run measures the oldest resend and fails if it was later.
+The sidecar remembers an id for its id window (the carry window when shorter than an hour: 11 s
+here; at most twice that), so a resend must come within 11 s of the first send. The clients retry
+every 20 ms and the sidecar restarts at once, so resends come within the restart time; the run
+measures the oldest resend and fails if it was later.
 
-At the end: clear the faults, stop the clients (each first gets its last request acknowledged),
-SIGTERM the sidecar and require exit 0; then the emulator's ledger must hold, per dimension,
-exactly the units of the acknowledged reports, no (resource, dimension, period) twice, and no
-refused duplicate or idempotency conflict. Prints the result and writes bench/out/meter-chaos.json
+Before every kill the sidecar's own ledger must balance for every dimension (acknowledged = billed
++ refused + in doubt + unsent + carried fraction, exactly, from `/v1/status`). At the end: clear
+the faults, stop the clients (each first gets its last request acknowledged), SIGTERM the sidecar
+and require exit 0, or 9 exactly when its ledger holds units in doubt (an outage's lost answers);
+then, per dimension, the sidecar must have acknowledged exactly the clients' units, and the
+emulator's ledger must hold exactly the floor of them (the fraction under one unit left unbilled
+and logged, never more), no (resource, dimension, period) twice, and no refused duplicate or
+idempotency conflict. Prints the result and writes bench/out/meter-chaos.json
 (exit 1 if an invariant broke; then the sidecar log, the ledger, every acknowledged request and
 the state directory are kept in bench/out/meter-chaos-failure/ for the reproduction).
 """
@@ -38,13 +43,18 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from decimal import Decimal
 
 from common import OUT, MeteringEmulator, Sidecar, free_port, meter_environment
 
 DIMENSIONS = ("requests", "users")
 PERIOD_S = 2
-REMEMBERED_PERIODS = 7  # src/meter/store.rs: REMEMBERED_PERIODS
+# The id window: an hour, or the carry window (5.5 periods) if shorter (src/cli/args.rs).
+ID_WINDOW_S = min(3600, 5.5 * PERIOD_S)
+# Quantities as the clients write them: the JSON number's text, valued exactly with Decimal.
+QUANTITIES = ("0", "1", "1", "2", "3", "5", "8", "13", "100", "0.25", "0.1", "0.2", "1.5",
+              "0.000001", "2.5e-3", "0.999999", "7.000001", "12.5")
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--rounds", type=int, default=200)
@@ -68,7 +78,7 @@ class Client(threading.Thread):
         self.rng = random.Random(f"{args.seed}/client/{index}")
         self.next_id = 0
         self.acknowledged = []  # (first send, acknowledged, as epoch seconds; attempts, reports)
-        self.units = dict.fromkeys(DIMENSIONS, 0)
+        self.units = dict.fromkeys(DIMENSIONS, Decimal(0))
         self.reports = 0
         self.already_counted = 0  # reports a resend found counted before (their first answer was lost)
         self.attempts = 0
@@ -79,9 +89,10 @@ class Client(threading.Thread):
 
     def report(self):
         self.next_id += 1
+        quantity = self.rng.choice(QUANTITIES + (str(self.rng.randrange(1000)),))
         report = {
             "dimension": self.rng.choice(DIMENSIONS),
-            "quantity": self.rng.choice((0, 1, 1, 2, 3, 5, 8, 13, 100, self.rng.randrange(1000))),
+            "quantity": quantity,
             "id": f"chaos-{args.seed}-{self.index}-{self.next_id}",
         }
         draw = self.rng.random()
@@ -91,12 +102,23 @@ class Client(threading.Thread):
             report["tags"] = {"team": self.rng.choice("abc"), "env": "prod"}
         return report
 
+
+def report_json(report):
+    """A report as JSON with its quantity written as the number text chosen, never a float."""
+    fields = dict(report)
+    quantity = fields.pop("quantity")
+    text = json.dumps(fields)
+    return text[:-1] + f', "quantity": {quantity}}}'
+
     def run(self):
         connection = None
         while not self.stopping.is_set():
             count = 1 if self.rng.random() < 0.6 else self.rng.randint(2, 8)
             reports = [self.report() for _ in range(count)]
-            body = json.dumps(reports[0] if count == 1 and self.rng.random() < 0.5 else reports)
+            if count == 1 and self.rng.random() < 0.5:
+                body = report_json(reports[0])
+            else:
+                body = "[" + ", ".join(report_json(report) for report in reports) + "]"
             first, first_wall = time.monotonic(), time.time()
             attempt = 0
             while True:
@@ -127,7 +149,7 @@ class Client(threading.Thread):
                     self.acknowledged.append((first_wall, time.time(), attempt, reports))
                     self.reports += count
                     for report in reports:
-                        self.units[report["dimension"]] += report["quantity"]
+                        self.units[report["dimension"]] += Decimal(report["quantity"])
                     break
                 key = f"HTTP {response.status}"
                 self.failures[key] = self.failures.get(key, 0) + 1
@@ -170,6 +192,15 @@ def quantity(text):
     return int(value)
 
 
+def sidecar_ledger(sidecar):
+    """The sidecar's ledger per dimension from /v1/status, as exact Decimals."""
+    with urllib.request.urlopen(sidecar.url + "/v1/status", timeout=10) as response:
+        status = json.loads(response.read())
+    return {name: {part: (value if part == "balances" else Decimal(value))
+                   for part, value in state["ledger"].items()}
+            for name, state in status["dimensions"].items()}
+
+
 started = time.monotonic()
 emulator = MeteringEmulator(period=f"{PERIOD_S}s", dimensions=DIMENSIONS)
 work = tempfile.TemporaryDirectory(prefix="meter-chaos-")
@@ -184,6 +215,7 @@ environment = meter_environment(
     ENTITLEMENT_GATE_RETRY_CAP="1s",
 )
 problems = []  # crashes, hangs, refusals: each breaks the run
+unbalanced = []  # rounds whose sidecar ledger did not balance
 ready_s = []
 rounds_log = []  # per round: when it started, its faults, when the sidecar was killed
 kills = early_kills = outages = 0
@@ -225,6 +257,14 @@ for round_number in range(args.rounds):
         time.sleep(load_s)
     if sidecar.process.poll() is not None:
         problems.append(f"round {round_number}: the sidecar exited {sidecar.process.returncode} by itself")
+    else:
+        try:
+            balances = {name: counted["balances"] for name, counted in sidecar_ledger(sidecar).items()}
+        except OSError as error:
+            balances = {"unreadable": str(error)}
+        rounds_log[-1]["ledger_balances"] = balances
+        if not all(value is True for value in balances.values()):
+            unbalanced.append({"round": round_number, "balances": balances})
     sidecar.kill()
     kills += 1
     rounds_log[-1]["killed"] = round(time.time(), 3)
@@ -252,6 +292,7 @@ for client in clients:
     client.join(60)
     if client.is_alive():
         problems.append(f"{client.name} did not get its last request acknowledged within 60 s")
+final_ledger = sidecar_ledger(sidecar) if sidecar.process.poll() is None else {}
 stop_started = time.monotonic()
 exit_code = sidecar.stop(timeout=120) if sidecar.process.poll() is None else sidecar.process.returncode
 shutdown_s = time.monotonic() - stop_started
@@ -260,10 +301,12 @@ stats = emulator.stats()
 emulator.close()
 elapsed = time.monotonic() - started
 
-acknowledged = dict.fromkeys(DIMENSIONS, 0)
+acknowledged = dict.fromkeys(DIMENSIONS, Decimal(0))
 for client in clients:
     for dimension, units in client.units.items():
         acknowledged[dimension] += units
+# Billed: the whole units of what was acknowledged; the fraction under one unit is not billed.
+floor_acknowledged = {name: int(units // 1) for name, units in acknowledged.items()}
 in_ledger = dict.fromkeys(DIMENSIONS, 0)
 keys = {}
 for record in ledger["records"]:
@@ -271,7 +314,10 @@ for record in ledger["records"]:
     key = (record["resource"], record["dimension"], record["timestamp"])
     keys[key] = keys.get(key, 0) + 1
 duplicate_keys = sum(count - 1 for count in keys.values() if count > 1)
-difference = {name: in_ledger.get(name, 0) - acknowledged.get(name, 0) for name in sorted(set(in_ledger) | set(acknowledged))}
+difference = {name: in_ledger.get(name, 0) - floor_acknowledged.get(name, 0)
+              for name in sorted(set(in_ledger) | set(acknowledged))}
+sidecar_acknowledged = {name: final_ledger.get(name, {}).get("acknowledged") for name in DIMENSIONS}
+in_doubt_units = sum(counted["inDoubt"] for counted in final_ledger.values())
 log = open(log_path, errors="replace").read()
 failures = {}
 for client in clients:
@@ -286,7 +332,7 @@ for line in log.splitlines():
         fields = dict(field.split("=", 1) for field in line.split() if "=" in field and not field.startswith("error"))
         hour = int(datetime.datetime.fromisoformat(fields["hour"].replace("Z", "+00:00")).timestamp())
         recorded = [r for r in ledger["records"] if r["dimension"] == fields["dimension"] and r["timestamp"] == hour]
-        carried.append({"dimension": fields["dimension"], "hour": fields["hour"], "quantity": int(fields["quantity"]),
+        carried.append({"dimension": fields["dimension"], "hour": fields["hour"], "quantity": quantity(fields["quantity"]),
                         "already_in_ledger": [{"quantity": r["quantity"], "received_at": r["receivedAt"]}
                                               for r in recorded]})
 doubled = [c for c in carried if c["already_in_ledger"]]
@@ -294,13 +340,18 @@ doubled_units = {}
 for c in doubled:
     doubled_units[c["dimension"]] = doubled_units.get(c["dimension"], 0) + c["quantity"]
 max_resend_age = max(client.max_resend_age for client in clients)
-window = REMEMBERED_PERIODS * PERIOD_S
+window = ID_WINDOW_S
+expected_exit = 9 if in_doubt_units > 0 else 0
 
 invariants = {
-    "ledger units equal acknowledged units, per dimension": all(d == 0 for d in difference.values()),
+    "ledger units equal the floor of the acknowledged units, per dimension": all(d == 0 for d in difference.values()),
+    "the sidecar acknowledged exactly the clients' units, per dimension":
+        all(sidecar_acknowledged[name] == acknowledged[name] for name in DIMENSIONS),
+    "the sidecar's ledger balanced before every kill and at the end":
+        not unbalanced and all(counted["balances"] is True for counted in final_ledger.values()),
     "one record per (resource, dimension, period)": duplicate_keys == 0,
     "no refused duplicate and no idempotency conflict": ledger["duplicatesRefused"] == 0 and ledger["conflicts"] == 0,
-    "SIGTERM at the end exits 0": exit_code == 0,
+    "SIGTERM at the end exits 0, or 9 when units are in doubt": exit_code == expected_exit,
     "no crash, hang or refused request": not problems and not refused and "panicked" not in log,
     f"every resend within {window} s of the first send": max_resend_age < window,
 }
@@ -314,8 +365,12 @@ result = {
     "outage_rounds": outages,
     "requests_acknowledged": sum(len(client.acknowledged) for client in clients),
     "reports_acknowledged": sum(client.reports for client in clients),
-    "units_acknowledged": acknowledged,
+    "units_acknowledged": {name: str(units) for name, units in acknowledged.items()},
+    "units_acknowledged_by_the_sidecar": {name: str(units) for name, units in sidecar_acknowledged.items()},
     "units_in_ledger": in_ledger,
+    "final_sidecar_ledger": {name: {part: str(value) for part, value in counted.items()}
+                             for name, counted in final_ledger.items()},
+    "rounds_with_an_unbalanced_ledger": unbalanced[:5],
     "difference_per_dimension": difference,
     "ledger_records": len(ledger["records"]),
     "ledger_duplicate_keys": duplicate_keys,

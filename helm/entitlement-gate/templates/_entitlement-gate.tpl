@@ -293,12 +293,16 @@ Manager watch) is one more entry here with its name, args, env, mounts and volum
   (dict "name" "ENTITLEMENT_GATE_STATE_DIR" "value" (include "entitlement-gate.meterStatePath" .))
   (dict "name" "ENTITLEMENT_GATE_SEND_ZERO" "value" (toString $m.sendZero))
   (dict "name" "ENTITLEMENT_GATE_SHUTDOWN_GRACE" "value" (printf "%ds" $grace))
-  (dict "name" "ENTITLEMENT_GATE_METER_DRAIN" "value" (printf "%ds" $drain)) -}}
+  (dict "name" "ENTITLEMENT_GATE_METER_DRAIN" "value" (printf "%ds" $drain))
+  (dict "name" "ENTITLEMENT_GATE_FINAL_FRACTION" "value" $m.finalFraction)
+  (dict "name" "ENTITLEMENT_GATE_METER_ID_WINDOW" "value" $m.idWindow)
+  (dict "name" "ENTITLEMENT_GATE_METER_STATE_BUDGET" "value" (printf "%dMi" (int $m.state.budgetMi))) -}}
 {{- $volume := dict "name" "entitlement-gate-meter-state" -}}
 {{- if $m.state.existingClaim -}}
 {{- $_ := set $volume "persistentVolumeClaim" (dict "claimName" $m.state.existingClaim) -}}
 {{- else -}}
-{{- $_ := set $volume "emptyDir" (dict "sizeLimit" $m.state.sizeLimit) -}}
+{{- /* Twice the budget: the sidecar refuses new reports at the budget, so the kubelet never evicts the pod for its state. */ -}}
+{{- $_ := set $volume "emptyDir" (dict "sizeLimit" (printf "%dMi" (mul 2 (int $m.state.budgetMi)))) -}}
 {{- end -}}
 {{- $specs = append $specs (dict
   "name" "entitlement-gate-meter"
