@@ -66,6 +66,14 @@ parser.add_argument("--out", default=str(OUT / "meter-chaos.json"))
 args = parser.parse_args()
 
 
+def report_json(report):
+    """A report as JSON with its quantity written as the number text chosen, never a float."""
+    fields = dict(report)
+    quantity = fields.pop("quantity")
+    text = json.dumps(fields)
+    return text[:-1] + f', "quantity": {quantity}}}'
+
+
 class Client(threading.Thread):
     """Posts reports in a closed loop; a request without a 200 is resent, unchanged, until it
     gets one."""
@@ -102,13 +110,6 @@ class Client(threading.Thread):
             report["tags"] = {"team": self.rng.choice("abc"), "env": "prod"}
         return report
 
-
-def report_json(report):
-    """A report as JSON with its quantity written as the number text chosen, never a float."""
-    fields = dict(report)
-    quantity = fields.pop("quantity")
-    text = json.dumps(fields)
-    return text[:-1] + f', "quantity": {quantity}}}'
 
     def run(self):
         connection = None
@@ -344,6 +345,7 @@ window = ID_WINDOW_S
 expected_exit = 9 if in_doubt_units > 0 else 0
 
 invariants = {
+    "reports were acknowledged in every dimension": all(units > 0 for units in acknowledged.values()),
     "ledger units equal the floor of the acknowledged units, per dimension": all(d == 0 for d in difference.values()),
     "the sidecar acknowledged exactly the clients' units, per dimension":
         all(sidecar_acknowledged[name] == acknowledged[name] for name in DIMENSIONS),
