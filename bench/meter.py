@@ -6,13 +6,17 @@ Runs the release `entitlement-gate meter` (the default one-hour period: nothing 
 measuring) against the release emulator, loaded by the release `meter-load` over loopback TCP,
 each measurement on a fresh sidecar and state directory, repeated N times (median reported):
 - throughput: 64 keep-alive connections, single-record reports (each with a unique id, as
-  exactly-once clients send them; and once more without ids), closed loop for S seconds;
+  exactly-once clients send them; and once more without ids), closed loop for S seconds; and
+  batched requests (--batch records each, with ids);
 - latency: 1,000 reports/s, open loop, for S seconds; percentiles from the scheduled send time;
 - memory: the sidecar's peak RSS (VmHWM) after N reports (default 1,000,000);
 - group commit: changes per committed transaction, from /metrics;
 - the disk's limit: fsyncs/s of a small file (write + fsync) in the state directory's
   filesystem, against which group commit is measured;
-- the sidecar's binary size.
+- the sidecar's binary size;
+- with --state-windows W: the state under ids, 1,000 reports/s with unique ids for W id windows of
+  --id-window seconds (open loop), the state file sampled every second: bytes per id while the
+  first window fills, and the plateau once ids are forgotten a window at a time.
 With --store-choice, also builds bench/store-choice (a standalone crate) and reports, for redb
 and SQLite (bundled), the binary size over an empty program and transactions/s and records/s at
 batch sizes 1 and 64 on the same disk.
@@ -41,6 +45,10 @@ parser.add_argument("--connections", type=int, default=64)
 parser.add_argument("--count", type=int, default=1_000_000, help="reports before reading peak RSS")
 parser.add_argument("--fsync-seconds", type=float, default=3)
 parser.add_argument("--store-choice", action="store_true", help="also measure redb against SQLite")
+parser.add_argument("--batch", type=int, default=100, help="records per request for the batched throughput")
+parser.add_argument("--state-windows", type=int, default=0,
+                    help="id windows of the state measurement (0: none; 2 shows the plateau)")
+parser.add_argument("--id-window", type=int, default=60, help="seconds, for the state measurement")
 parser.add_argument("--state-parent", default=tempfile.gettempdir(),
                     help="where state directories go (the disk measured)")
 args = parser.parse_args()
@@ -52,14 +60,14 @@ def load_average():
     return float(pathlib.Path("/proc/loadavg").read_text().split()[0])
 
 
-def with_sidecar(measure):
+def with_sidecar(measure, **settings):
     """Runs `measure(sidecar, port)` against a fresh sidecar and emulator; returns its result
     with the group-commit counters, the peak RSS and the load average before it."""
     emulator = MeteringEmulator(period="1h")
     with tempfile.TemporaryDirectory(dir=args.state_parent, prefix="meter-bench-") as work:
         port = free_port()
         environment = meter_environment(emulator, f"{work}/state", port, period="1h",
-                                        ENTITLEMENT_GATE_LOG="warn")
+                                        ENTITLEMENT_GATE_LOG="warn", **settings)
         sidecar = Sidecar(environment, port, f"{work}/sidecar.log")
         try:
             sidecar.wait_ready()
@@ -132,6 +140,12 @@ without_ids = [with_sidecar(lambda _, port: load("throughput", port, "--duration
 results["throughput_without_ids"] = {"runs": without_ids,
                                      "median_per_second": median_of(without_ids, "acknowledged_per_second")}
 
+batched = [with_sidecar(lambda _, port: load("throughput", port, "--duration", str(args.duration),
+                                             "--batch", str(args.batch)))
+           for _ in range(args.repeats)]
+results["throughput_batched"] = {"runs": batched, "records_per_request": args.batch,
+                                 "median_per_second": median_of(batched, "acknowledged_per_second")}
+
 latency = [with_sidecar(lambda _, port: load("latency", port, "--rate", str(args.rate),
                                              "--duration", str(args.latency_duration)))
            for _ in range(args.repeats)]
@@ -144,6 +158,39 @@ count = [with_sidecar(lambda _, port: load("count", port, "--reports", str(args.
 results["memory"] = {"runs": count, "reports": args.count,
                      "median_peak_rss_kib": median_of(count, "peak_rss_kib"),
                      "max_peak_rss_kib": max(run["peak_rss_kib"] for run in count)}
+
+def state_growth(sidecar, port):
+    """1,000 reports/s with unique ids for the windows asked, sampling the state file."""
+    seconds = args.state_windows * args.id_window
+    samples = []
+    loader = subprocess.Popen([LOAD, "latency", "--addr", f"127.0.0.1:{port}", "--connections", "8",
+                               "--rate", "1000", "--duration", str(seconds)],
+                              stdout=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    while loader.poll() is None:
+        metrics = sidecar.metrics()
+        samples.append({"s": round(time.monotonic() - started, 1),
+                        "reports": sum(v for k, v in metrics.items()
+                                       if k.startswith("entitlement_gate_meter_reports_total")),
+                        "state_bytes": int(metrics["entitlement_gate_meter_state_bytes"])})
+        time.sleep(1)
+    out = json.loads(loader.stdout.read())
+    first = [s for s in samples if s["s"] <= args.id_window]
+    # Growth per id while the first window fills (nothing forgotten yet): a least-squares slope.
+    n = len(first)
+    mean_r = sum(s["reports"] for s in first) / n
+    mean_b = sum(s["state_bytes"] for s in first) / n
+    slope = (sum((s["reports"] - mean_r) * (s["state_bytes"] - mean_b) for s in first)
+             / max(sum((s["reports"] - mean_r) ** 2 for s in first), 1))
+    return {"load": out, "samples": samples, "bytes_per_id": slope,
+            "max_state_bytes": max(s["state_bytes"] for s in samples),
+            "final_state_bytes": samples[-1]["state_bytes"],
+            "ids": samples[-1]["reports"]}
+
+
+if args.state_windows:
+    growth = with_sidecar(state_growth, ENTITLEMENT_GATE_METER_ID_WINDOW=f"{args.id_window}s")
+    results["state"] = {**growth, "id_window_s": args.id_window, "windows": args.state_windows}
 
 if args.store_choice:
     probe = ROOT / "bench" / "store-choice"
@@ -174,7 +221,8 @@ OUT.mkdir(exist_ok=True)
 (OUT / "meter.json").write_text(json.dumps(results, indent=2) + "\n")
 
 t, l, m, f = results["throughput"], results["latency"], results["memory"], results["fsync"]
-loads = [run["load_average_before"] for key in ("throughput", "throughput_without_ids", "latency", "memory")
+loads = [run["load_average_before"]
+         for key in ("throughput", "throughput_without_ids", "throughput_batched", "latency", "memory")
          for run in results[key]["runs"]]
 commits_per_second = statistics.median(run["commits"] / run["seconds"] for run in t["runs"])
 lines = [
@@ -187,6 +235,8 @@ lines = [
     f"| throughput, {args.connections} clients, single-record reports with ids | "
     f"{t['median_per_second']:,.0f} reports/s | >= 50,000/s |",
     f"| the same without ids | {results['throughput_without_ids']['median_per_second']:,.0f} reports/s | |",
+    f"| throughput, {args.connections} clients, {args.batch} records per request with ids | "
+    f"{results['throughput_batched']['median_per_second']:,.0f} reports/s | |",
     f"| latency at {args.rate:,}/s, open loop: p50 / p90 / p99 / max | "
     f"{l['median_ms']['p50']:.2f} / {l['median_ms']['p90']:.2f} / {l['median_ms']['p99']:.2f} / "
     f"{l['median_ms']['max']:.1f} ms | p99 <= 5 ms |",
@@ -198,6 +248,13 @@ lines = [
     f"| acknowledged reports per fsync the disk allows | {t['median_per_second'] / f['median_per_second']:.1f} | |",
     f"| sidecar binary (release) | {results['binary_bytes']:,} bytes | |",
 ]
+if "state" in results:
+    state = results["state"]
+    lines.append(
+        f"| the state under ids: 1,000 reports/s with unique ids for {state['windows']} windows of "
+        f"{state['id_window_s']} s | {state['bytes_per_id']:.1f} bytes per id while the first window fills; "
+        f"at most {state['max_state_bytes'] / 2**20:.1f} MiB, {state['final_state_bytes'] / 2**20:.1f} MiB at the "
+        f"end, after {int(state["ids"]):,} ids | <= 32 bytes per id |")
 if "store_choice" in results:
     choice = results["store_choice"]
     lines += [

@@ -6,10 +6,12 @@
 //! meter-load count      --addr 127.0.0.1:8478 [--reports 1000000] [--connections 64]
 //!   --threads N   the runtime's worker threads (default: one per core)
 //!   --no-ids      reports without an `id` (by default each has a unique one)
+//!   --batch N     records per request (default 1: one report per request)
 //! ```
 //!
-//! Every request is one single-record report over a keep-alive HTTP/1.1 connection, and counts
-//! as acknowledged only when answered 200. `throughput` runs a closed loop on each connection for
+//! Every request carries `--batch` records (one by default) over a keep-alive HTTP/1.1
+//! connection, and its records count as acknowledged only when answered 200; rates and counts
+//! are in records. `throughput` runs a closed loop on each connection for
 //! the duration. `latency` is an open loop: requests are scheduled at the rate whatever the
 //! answers do, and each latency is measured from its scheduled send time, so a stall delays
 //! every request scheduled behind it (no coordinated omission). `count` sends exactly N reports
@@ -46,12 +48,14 @@ struct Options {
     reports: u64,
     threads: Option<usize>,
     ids: bool,
+    batch: u64,
 }
 
 fn usage(problem: &str) -> String {
     format!(
         "{problem}\nusage: meter-load throughput|latency|count --addr HOST:PORT [--connections C] \
-         [--duration SECONDS] [--rate PER_SECOND] [--reports N] [--threads N] [--no-ids]"
+         [--duration SECONDS] [--rate PER_SECOND] [--reports N] [--threads N] [--no-ids] \
+         [--batch N]"
     )
 }
 
@@ -71,6 +75,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         reports: 1_000_000,
         threads: None,
         ids: true,
+        batch: 1,
     };
     while let Some(flag) = args.next() {
         if flag == "--no-ids" {
@@ -90,24 +95,27 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--rate" => options.rate = value.parse().map_err(|_| bad(()))?,
             "--reports" => options.reports = value.parse().map_err(|_| bad(()))?,
             "--threads" => options.threads = Some(value.parse().map_err(|_| bad(()))?),
+            "--batch" => options.batch = value.parse().map_err(|_| bad(()))?,
             _ => return Err(usage(&format!("unknown flag {flag}"))),
         }
     }
-    if options.connections == 0 || options.rate == 0 {
-        return Err(usage("--connections and --rate must be at least 1"));
+    if options.connections == 0 || options.rate == 0 || options.batch == 0 {
+        return Err(usage("--connections, --rate and --batch must be at least 1"));
     }
     Ok(options)
 }
 
-/// Makes report bodies: one record, alternating two dimensions, each with a unique id.
+/// Makes request bodies: `batch` records (an array when more than one), alternating two
+/// dimensions, each with a unique id.
 struct Reports {
     prefix: String,
     next: AtomicU64,
     ids: bool,
+    batch: u64,
 }
 
 impl Reports {
-    fn new(ids: bool) -> Reports {
+    fn new(options: &Options) -> Reports {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -115,22 +123,30 @@ impl Reports {
         Reports {
             prefix: format!("load-{}-{nanos}", std::process::id()),
             next: AtomicU64::new(0),
-            ids,
+            ids: options.ids,
+            batch: options.batch,
         }
     }
 
-    fn body(&self) -> Bytes {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
+    fn record(&self, n: u64) -> String {
         let dimension = if n % 2 == 0 { "requests" } else { "users" };
-        let body = if self.ids {
+        if self.ids {
             format!(
                 r#"{{"dimension":"{dimension}","quantity":1,"id":"{}-{n}"}}"#,
                 self.prefix
             )
         } else {
             format!(r#"{{"dimension":"{dimension}","quantity":1}}"#)
-        };
-        Bytes::from(body)
+        }
+    }
+
+    fn body(&self) -> Bytes {
+        let first = self.next.fetch_add(self.batch, Ordering::Relaxed);
+        if self.batch == 1 {
+            return Bytes::from(self.record(first));
+        }
+        let records: Vec<String> = (first..first + self.batch).map(|n| self.record(n)).collect();
+        Bytes::from(format!("[{}]", records.join(",")))
     }
 }
 
@@ -186,23 +202,34 @@ impl Connection {
     }
 }
 
-/// Acknowledged and failed requests.
-#[derive(Default)]
+/// Acknowledged records and failed requests.
 struct Counts {
+    batch: u64,
     acknowledged: AtomicU64,
     errors: AtomicU64,
 }
 
 impl Counts {
+    fn new(options: &Options) -> Counts {
+        Counts {
+            batch: options.batch,
+            acknowledged: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+
     fn count(&self, ok: bool) {
-        let counter = if ok { &self.acknowledged } else { &self.errors };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if ok {
+            self.acknowledged.fetch_add(self.batch, Ordering::Relaxed);
+        } else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
 async fn throughput(options: &Options) -> serde_json::Value {
-    let reports = Arc::new(Reports::new(options.ids));
-    let counts = Arc::new(Counts::default());
+    let reports = Arc::new(Reports::new(options));
+    let counts = Arc::new(Counts::new(options));
     let started = Instant::now();
     let until = started + options.duration;
     let tasks: Vec<_> = (0..options.connections)
@@ -224,6 +251,7 @@ async fn throughput(options: &Options) -> serde_json::Value {
     json!({
         "mode": "throughput",
         "connections": options.connections,
+        "records_per_request": options.batch,
         "seconds": elapsed,
         "acknowledged": acknowledged,
         "errors": counts.errors.load(Ordering::Relaxed),
@@ -232,8 +260,8 @@ async fn throughput(options: &Options) -> serde_json::Value {
 }
 
 async fn latency(options: &Options) -> serde_json::Value {
-    let reports = Arc::new(Reports::new(options.ids));
-    let counts = Arc::new(Counts::default());
+    let reports = Arc::new(Reports::new(options));
+    let counts = Arc::new(Counts::new(options));
     let (schedule, scheduled) = mpsc::unbounded_channel::<Instant>();
     let scheduled = Arc::new(Mutex::new(scheduled));
     let workers: Vec<_> = (0..options.connections)
@@ -261,10 +289,11 @@ async fn latency(options: &Options) -> serde_json::Value {
         })
         .collect();
     let started = Instant::now();
-    let total = (options.duration.as_secs_f64() * options.rate as f64) as u64;
+    let requests_per_second = options.rate as f64 / options.batch as f64;
+    let total = (options.duration.as_secs_f64() * requests_per_second) as u64;
     for n in 0..total {
         // Behind schedule, this sends at once, still stamped with the time it was due.
-        let due = started + Duration::from_secs_f64(n as f64 / options.rate as f64);
+        let due = started + Duration::from_secs_f64(n as f64 / requests_per_second);
         tokio::time::sleep_until(due.into()).await;
         let _ = schedule.send(due);
     }
@@ -285,7 +314,8 @@ async fn latency(options: &Options) -> serde_json::Value {
         "mode": "latency",
         "connections": options.connections,
         "rate": options.rate,
-        "scheduled": total,
+        "records_per_request": options.batch,
+        "scheduled": total * options.batch,
         "seconds": elapsed,
         "acknowledged": counts.acknowledged.load(Ordering::Relaxed),
         "errors": counts.errors.load(Ordering::Relaxed),
@@ -300,8 +330,8 @@ async fn latency(options: &Options) -> serde_json::Value {
 }
 
 async fn count(options: &Options) -> serde_json::Value {
-    let reports = Arc::new(Reports::new(options.ids));
-    let counts = Arc::new(Counts::default());
+    let reports = Arc::new(Reports::new(options));
+    let counts = Arc::new(Counts::new(options));
     let claimed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = (0..options.connections)
@@ -315,7 +345,7 @@ async fn count(options: &Options) -> serde_json::Value {
             );
             tokio::spawn(async move {
                 let mut connection = Connection::new(addr);
-                while claimed.fetch_add(1, Ordering::Relaxed) < total {
+                while claimed.fetch_add(reports.batch, Ordering::Relaxed) < total {
                     let body = reports.body();
                     // Resent until acknowledged: exactly N reports count.
                     while !connection.post(body.clone()).await {
