@@ -254,7 +254,7 @@ if "state" in results:
         f"| the state under ids: 1,000 reports/s with unique ids for {state['windows']} windows of "
         f"{state['id_window_s']} s | {state['bytes_per_id']:.1f} bytes per id while the first window fills; "
         f"at most {state['max_state_bytes'] / 2**20:.1f} MiB, {state['final_state_bytes'] / 2**20:.1f} MiB at the "
-        f"end, after {int(state["ids"]):,} ids | <= 32 bytes per id |")
+        f"end, after {int(state['ids']):,} ids | <= 32 bytes per id |")
 if "store_choice" in results:
     choice = results["store_choice"]
     lines += [
