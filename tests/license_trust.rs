@@ -2,13 +2,13 @@
 //! answer matches what was asked (entitlements, units, counts), is current by AWS's own clock,
 //! and names this product's license; a license.json left in the handoff directory is adopted
 //! only once AWS confirms it; a clock that disagrees with AWS's does not turn the watch into an
-//! ExtendLicenseConsumption storm.
+//! ExtendLicenseConsumption storm; and SIGTERM is acted on even while AWS is slow to answer.
 
 mod support;
 
 use std::time::Duration;
 
-use metering_emulator::{Faults, LicenseFault, LicenseSpec, Operation};
+use metering_emulator::{CheckoutState, Faults, LicenseFault, LicenseSpec, Operation};
 use serde_json::json;
 use support::license::*;
 use support::*;
@@ -234,4 +234,48 @@ fn an_extend_answer_without_expiration_keeps_the_lifetime_and_does_not_storm() {
     );
     assert!(extends <= 1, "{extends} extensions in {span:?}");
     watch.stop();
+}
+
+#[test]
+fn sigterm_during_a_slow_extend_checks_the_seat_in_at_once() {
+    // Re-validated (extended) every 20 s; a call may take that long.
+    let emulator = license_emulator(Duration::from_secs(3600), |_| {});
+    let watch = Sidecar::ready(
+        license(&emulator, "watch", SEATS, "Seats=1:Count")
+            .env("ENTITLEMENT_GATE_LICENSE_INTERVAL", "20s")
+            .env("ENTITLEMENT_GATE_SHUTDOWN_GRACE", "3s")
+            .env("ENTITLEMENT_GATE_ATTEMPT_TIMEOUT", "60s"),
+    );
+    // ExtendLicenseConsumption answers only after a minute, as when throttled at the front end.
+    emulator.set_faults(Faults {
+        operations: Some([Operation::ExtendLicenseConsumption].into()),
+        delay: Duration::from_secs(60),
+        ..Faults::default()
+    });
+    assert!(
+        wait_until(Duration::from_secs(60), || emulator
+            .calls_to(Operation::ExtendLicenseConsumption)
+            > 0),
+        "no extension started:\n{}",
+        watch.log()
+    );
+    watch.terminate();
+    let ended = exits_within(watch, Duration::from_secs(30));
+    ended.expect_code(0);
+    let states: Vec<CheckoutState> = emulator
+        .licenses()
+        .iter()
+        .find(|license| license.product_sku == SEATS)
+        .unwrap()
+        .checkouts
+        .iter()
+        .map(|checkout| checkout.state)
+        .collect();
+    assert_eq!(
+        states,
+        [CheckoutState::CheckedIn],
+        "checked in, not left to lapse"
+    );
+    let text = std::fs::read_to_string(ended.dir.path().join("handoff/license.json")).unwrap();
+    assert!(text.contains("\"state\": \"released\""), "{text}");
 }

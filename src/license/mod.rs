@@ -126,6 +126,9 @@ pub enum LicenseError {
     /// SIGTERM came and the seat could not be checked in within the grace.
     #[error("the seat could not be checked in: {0}")]
     NotCheckedIn(LicenseManagerError),
+    /// SIGTERM came and stopping (the check-in) overran the shutdown grace.
+    #[error("stopped by {signal}, and checking the seat in overran the shutdown grace")]
+    StopOverran { signal: &'static str },
 }
 
 /// License Manager as the resolved identity: the default chain, else the Anywhere token.

@@ -18,8 +18,8 @@
 //!   and an answer that fails verification are losses at once, not outages;
 //! - leaves at least the floor (a minute, or the interval if shorter) between any two calls it
 //!   schedules, whatever AWS answers;
-//! - checks a provisional checkout in on SIGTERM, so the seat is back at once instead of in an
-//!   hour.
+//! - on SIGTERM abandons any call in flight and checks a provisional checkout in within the
+//!   shutdown grace, so the seat is back at once instead of in an hour.
 //!
 //! `license.json` is rewritten atomically on every change of state.
 
@@ -281,7 +281,13 @@ impl Watch {
                 signal = &mut stop => break Ok(signal),
                 _ = tokio::time::sleep_until(next) => {}
             }
-            if let Err(error) = self.step().await {
+            // The stop signal abandons a call in flight: a slow (throttled) extension must not
+            // hold up the check-in past the shutdown grace.
+            let step = tokio::select! {
+                signal = &mut stop => break Ok(signal),
+                step = self.step() => step,
+            };
+            if let Err(error) = step {
                 break Err(error);
             }
             self.keep_the_floor();
@@ -582,7 +588,7 @@ impl Watch {
         Ok(())
     }
 
-    /// Checks a held provisional checkout in, within the shutdown grace.
+    /// Checks a held provisional checkout in, within its own shutdown grace from now.
     async fn check_in(&mut self, signal: &'static str) -> Result<bool, LicenseError> {
         let Some(mut license) = self.shared.license() else {
             return Ok(false);

@@ -147,6 +147,15 @@ pub(super) fn report(error: &GateError, e: &LicenseError) -> (u8, &'static str, 
                  to unix:/path in a writable directory",
             ),
         ),
+        L::StopOverran { signal } => (
+            UNREACHABLE,
+            "shutdown_overran",
+            format!(
+                "Stopped by {signal}, but checking the floating seat in overran the shutdown \
+                 grace; AWS returns it by itself when the checkout expires (within an hour), so a \
+                 replacement pod may wait for a seat until then."
+            ),
+        ),
         L::NotCheckedIn(e) => (
             UNREACHABLE,
             "not_checked_in",
@@ -327,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_that_fails_verification_exits_4_and_says_what_did_not_match() {
+    fn license_sentences_say_what_did_not_match_and_what_happens_to_the_seat() {
         let lapsed = sentence(LicenseError::Unverified {
             product_id: "prod-1".into(),
             problem: Unverified::Lapsed(Lapsed::BeforeIssued {
@@ -351,6 +360,13 @@ mod tests {
         assert_eq!(
             (unavailable.exit_code, unavailable.reason),
             (3, "license_unavailable")
+        );
+        let overran = sentence(LicenseError::StopOverran { signal: "SIGTERM" });
+        assert_eq!((overran.exit_code, overran.reason), (7, "shutdown_overran"));
+        assert!(
+            overran.message.contains("checking the floating seat in"),
+            "not the meter's sentence: {}",
+            overran.message
         );
         assert!(unavailable
             .message
