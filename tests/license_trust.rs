@@ -222,6 +222,27 @@ fn a_node_clock_40_minutes_ahead_of_aws_does_not_storm_extend_and_is_reported() 
 }
 
 #[test]
+fn a_node_clock_ahead_of_aws_does_not_end_the_contract_early() {
+    // The contract ends in ten minutes by AWS's clock, which the node's, 40 minutes ahead, has
+    // passed already.
+    let emulator = license_emulator(Duration::from_secs(3600), |config| {
+        config.clock_offset_seconds = -40 * 60;
+        let ends = std::time::SystemTime::now() - Duration::from_secs(30 * 60);
+        config.licenses[0] =
+            LicenseSpec::floating(SEATS, "Seats", 2).valid(std::time::UNIX_EPOCH, Some(ends));
+    });
+    let (_, watch, _check) = extends_in_span(&emulator, Duration::ZERO);
+    assert_eq!(
+        emulator.calls_to(Operation::CheckoutLicense),
+        1,
+        "the start-up gate's checkout was adopted:\n{}",
+        watch.log()
+    );
+    assert_eq!(seats_in_use(&emulator), 1);
+    watch.stop().expect_code(0);
+}
+
+#[test]
 fn an_extend_answer_without_expiration_keeps_the_lifetime_and_does_not_storm() {
     // A 4 s seat: its half-life passes within the span.
     let emulator = license_emulator(Duration::from_secs(4), |config| {

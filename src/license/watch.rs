@@ -214,9 +214,6 @@ async fn adopt(
         &license.entitlements_allowed,
     )
     .map_err(|problem| not_confirmed(problem.to_string()))?;
-    if let Some(reason) = unavailable(&status, epoch_seconds(clock.now())) {
-        return Err(not_confirmed(format!("the license is {reason}")));
-    }
     let lease = match license.checkout_type {
         CheckoutType::Provisional => {
             let (token, expiration) =
@@ -241,6 +238,13 @@ async fn adopt(
         }
         CheckoutType::Perpetual => None,
     };
+    // Judged by AWS's clock when the extension tells it.
+    let now = lease
+        .and_then(|(lease, _)| lease.aws_time)
+        .unwrap_or_else(|| epoch_seconds(clock.now()));
+    if let Some(reason) = unavailable(&status, now) {
+        return Err(not_confirmed(format!("the license is {reason}")));
+    }
     license.confirmed_at = epoch_seconds(clock.now());
     license.state = LicenseState::Held;
     Ok(Confirmed { license, lease })
