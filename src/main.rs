@@ -204,7 +204,7 @@ fn license_watch(supervisor: &Supervisor, args: &LicenseWatchArgs, progress: &Pr
     // short.
     supervisor.set_signal_policy(SignalPolicy {
         grace: args.shutdown_grace + Duration::from_secs(5),
-        overrun: |signal| GateError::StopOverran { signal },
+        overrun: |signal| license::LicenseError::StopOverran { signal }.into(),
     });
     let running = async {
         let config = args.to_config(&ANCHORS, workload_id().await, endpoint_overridden)?;

@@ -4,77 +4,13 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use metering_emulator::{
-    CheckoutState, Config, Faults, InjectedError, LicenseSpec, Operation, RefreshToken,
-};
+use metering_emulator::{CheckoutState, Faults, LicenseSpec, Operation};
 use serde_json::Value;
+use support::license::*;
 use support::*;
-
-const SEATS: &str = "prod-seats";
-const TIERS: &str = "prod-tiers";
-const ROLE: &str = "arn:aws:iam::111122223333:role/buyer-license";
-const REFRESH_TOKEN: &str = "buyer-license-token";
-
-/// Two floating seats (short-lived unless extended), and a tiered product.
-fn license_emulator(ttl: Duration, edit: impl FnOnce(&mut Config)) -> RunningEmulator {
-    emulator_with(|config| {
-        config.licenses = vec![
-            LicenseSpec::floating(SEATS, "Seats", 2).floating_ttl(ttl),
-            LicenseSpec::tiered(TIERS, "Tier2"),
-        ];
-        config.refresh_tokens = vec![RefreshToken::new(REFRESH_TOKEN)];
-        config.buyer_roles = BTreeSet::from([ROLE.to_owned()]);
-        edit(config);
-    })
-}
-
-/// `entitlement-gate license <command>` for `product` against `emulator`, with a handoff
-/// directory and (for the watch) a Unix socket.
-fn license(emulator: &RunningEmulator, command: &str, product: &str, entitlements: &str) -> Gate {
-    let gate = Gate::against(
-        &emulator.endpoint_url(),
-        emulator.public_key_pem(),
-        &["license", command],
-    );
-    let handoff = gate.path("handoff");
-    std::fs::create_dir(&handoff).expect("handoff dir");
-    let socket = Sidecar::socket_of(&gate);
-    gate.env("AWS_ENDPOINT_URL_LICENSE_MANAGER", emulator.endpoint_url())
-        .env("AWS_ENDPOINT_URL_STS", emulator.endpoint_url())
-        .env("ENTITLEMENT_GATE_PRODUCT_ID", product)
-        .env("ENTITLEMENT_GATE_ENTITLEMENTS", entitlements)
-        .env("ENTITLEMENT_GATE_HANDOFF_DIR", &handoff)
-        .env(
-            "ENTITLEMENT_GATE_LICENSE_LISTEN",
-            format!("unix:{}", socket.display()),
-        )
-        .env("ENTITLEMENT_GATE_DEADLINE", "20s")
-}
-
-fn license_json(dir: &std::path::Path) -> Value {
-    let text = std::fs::read_to_string(dir.join("handoff/license.json")).expect("license.json");
-    serde_json::from_str(&text).expect("JSON")
-}
-
-/// Seats of `SEATS` in use, per the emulator.
-fn seats_in_use(emulator: &RunningEmulator) -> u64 {
-    emulator
-        .licenses()
-        .iter()
-        .find(|license| license.product_sku == SEATS)
-        .map_or(0, |license| license.entitlements[0].in_use)
-}
-
-fn fail_on(operations: &[Operation], error: &str) -> Faults {
-    Faults {
-        operations: Some(operations.iter().copied().collect()),
-        error: Some(error.parse::<InjectedError>().unwrap()),
-        ..Faults::default()
-    }
-}
 
 #[test]
 fn a_checkout_writes_license_json_and_holds_its_seat() {

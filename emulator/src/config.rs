@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::{keys, Faults, LicenseSpec, RefreshToken};
 
@@ -57,6 +57,10 @@ pub struct Config {
     /// Operations the caller's role may not call: AccessDeniedException (or, for a DryRun,
     /// UnauthorizedException).
     pub denied: BTreeSet<Operation>,
+    /// Seconds the service's clock runs ahead of the host's (negative: behind), as when the
+    /// caller's clock is off: every time it answers (`IssuedAt`, `Expiration`, token claims)
+    /// and every expiry it keeps follows its own clock.
+    pub clock_offset_seconds: i64,
     pub faults: Faults,
 }
 
@@ -87,6 +91,7 @@ impl Config {
             buyer_roles: BTreeSet::new(),
             session_ttl: Duration::from_secs(3600),
             denied: BTreeSet::new(),
+            clock_offset_seconds: 0,
             faults: Faults::default(),
         }
     }
@@ -143,6 +148,18 @@ impl Config {
     pub fn deny(mut self, operation: Operation) -> Self {
         self.denied.insert(operation);
         self
+    }
+
+    /// The service's clock when the host's reads `host_now`.
+    pub fn service_time(&self, host_now: SystemTime) -> SystemTime {
+        let offset = Duration::from_secs(self.clock_offset_seconds.unsigned_abs());
+        if self.clock_offset_seconds >= 0 {
+            host_now + offset
+        } else {
+            host_now
+                .checked_sub(offset)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        }
     }
 
     /// The quota of `operation` in calls per second, if it has one.
@@ -375,5 +392,20 @@ mod tests {
         assert_eq!(config.quota(Operation::RegisterUsage), Some(2));
         config.quota_per_second = Some(5);
         assert_eq!(config.quota(Operation::RegisterUsage), Some(5));
+    }
+
+    #[test]
+    fn the_service_clock_runs_offset_from_the_hosts() {
+        let mut config = Config::new(crate::keys::shared_2048());
+        let host = SystemTime::UNIX_EPOCH + Duration::from_secs(10_000);
+        assert_eq!(config.service_time(host), host);
+        config.clock_offset_seconds = -2400;
+        assert_eq!(
+            config.service_time(host),
+            host - Duration::from_secs(2400),
+            "40 minutes behind: a caller 40 minutes ahead"
+        );
+        config.clock_offset_seconds = 60;
+        assert_eq!(config.service_time(host), host + Duration::from_secs(60));
     }
 }

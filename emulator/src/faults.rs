@@ -5,7 +5,8 @@
 //!
 //! ```json
 //! {"operations": ["meter-usage"], "throttleFirst": 2, "error": "DisabledApiException:400",
-//!  "random": {"seed": 7, "throttle": 0.1, "loseResponse": 0.05, "slow": 0.1, "slowMs": 3000}}
+//!  "random": {"seed": 7, "throttle": 0.1, "loseResponse": 0.05, "slow": 0.1, "slowMs": 3000},
+//!  "licenseFault": "fewer-units"}
 //! ```
 
 use std::collections::BTreeSet;
@@ -44,6 +45,8 @@ pub struct Faults {
     /// BatchMeterUsage: return the first N records received (counted across calls) in
     /// `UnprocessedRecords`, unrecorded, for the client to resend.
     pub unprocessed_first: u32,
+    /// Spoil License Manager's answers in a way its model allows but AWS never answers.
+    pub license_fault: Option<LicenseFault>,
 }
 
 impl Faults {
@@ -241,6 +244,25 @@ pub enum TokenFault {
     Oversized,
 }
 
+/// License Manager answers that are well-formed but not what was asked for, or not current:
+/// what a client must refuse rather than trust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LicenseFault {
+    /// CheckoutLicense answers an `Expiration` a minute before its `IssuedAt`: the checkout has
+    /// lapsed before it is answered (and holds no seat).
+    ExpirationPassed,
+    /// CheckoutLicense grants one unit fewer than asked of each counted entitlement
+    /// (`EntitlementsAllowed[].Value`), and holds that many.
+    FewerUnits,
+    /// CheckoutLicense grants the negative of the units asked (`Value` "-1" for 1), holding none.
+    NegativeUnits,
+    /// GetLicense describes the license as another product's (`ProductSKU`, `ProductName`).
+    OtherProductSku,
+    /// ExtendLicenseConsumption extends, but answers without `Expiration`.
+    ExtendWithoutExpiration,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,7 +289,8 @@ mod tests {
             r#"{"operations": ["meter-usage"], "throttleFirst": 2, "delayMs": 1500,
                 "error": "DisabledApiException", "status": "503:html",
                 "token": "bad-signature", "response": "truncated-body",
-                "random": {"seed": 7, "loseResponse": 0.5, "slowMs": 10}}"#,
+                "random": {"seed": 7, "loseResponse": 0.5, "slowMs": 10},
+                "licenseFault": "other-product-sku"}"#,
         )
         .unwrap();
         assert_eq!(faults.throttle_first, 2);
@@ -276,6 +299,7 @@ mod tests {
         assert_eq!(faults.status.unwrap().body, StatusBody::Html);
         assert_eq!(faults.token, Some(TokenFault::BadSignature));
         assert_eq!(faults.response, Some(ResponseFault::TruncatedBody));
+        assert_eq!(faults.license_fault, Some(LicenseFault::OtherProductSku));
         let random = faults.random.as_ref().unwrap();
         assert_eq!((random.seed, random.lose_response), (7, 0.5));
         assert_eq!(random.slow_delay, Duration::from_millis(10));

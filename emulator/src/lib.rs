@@ -26,7 +26,8 @@ mod service;
 
 pub use config::{Config, Customer, Operation, RegistrationToken};
 pub use faults::{
-    Faults, InjectedError, RandomFaults, ResponseFault, StatusBody, StatusFault, TokenFault,
+    Faults, InjectedError, LicenseFault, RandomFaults, ResponseFault, StatusBody, StatusFault,
+    TokenFault,
 };
 pub use license::{
     parse_licenses, CheckoutRecord, CheckoutState, CheckoutType, EntitlementSpec, EntitlementUnit,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use clap::Parser;
 use metering_emulator::keys::RsaKey;
 use metering_emulator::{
-    parse_licenses, Config, Customer, Faults, InjectedError, Operation, RandomFaults, RefreshToken,
-    RegistrationToken, ResponseFault, StatusFault, TokenFault,
+    parse_licenses, Config, Customer, Faults, InjectedError, LicenseFault, Operation, RandomFaults,
+    RefreshToken, RegistrationToken, ResponseFault, StatusFault, TokenFault,
 };
 
 /// A local stand-in for AWS Marketplace Metering, License Manager and STS web identity, for
@@ -158,6 +158,12 @@ struct Cli {
     #[arg(long)]
     imds: bool,
 
+    /// Run the service's clock this far from the host's, as -40m (behind: the caller's clock
+    /// looks 40 minutes ahead) or 2h (ahead): IssuedAt, Expiration, token claims and every
+    /// expiry follow it.
+    #[arg(long, value_name = "[-]DURATION", value_parser = parse_offset, allow_hyphen_values = true)]
+    clock_offset: Option<i64>,
+
     #[command(flatten)]
     faults: FaultArgs,
 }
@@ -215,6 +221,13 @@ struct FaultArgs {
     /// UnprocessedRecords, for the client to resend.
     #[arg(long, value_name = "N", default_value_t = 0)]
     unprocessed_first: u32,
+
+    /// Spoil License Manager answers in ways AWS never answers: expiration-passed (a checkout
+    /// whose Expiration precedes its IssuedAt), fewer-units or negative-units (EntitlementsAllowed
+    /// with fewer units than asked), other-product-sku (GetLicense describes another product),
+    /// extend-without-expiration (ExtendLicenseConsumption answers no Expiration).
+    #[arg(long, value_enum, value_name = "FAULT")]
+    license_fault: Option<LicenseFault>,
 
     /// Seed for the random faults, so a chaos run can be replayed.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -284,6 +297,7 @@ impl FaultArgs {
             response: self.response_fault,
             random: any_random.then_some(random),
             unprocessed_first: self.unprocessed_first,
+            license_fault: self.license_fault,
         }
     }
 }
@@ -368,6 +382,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     config.buyer_roles = cli.buyer_roles.into_iter().collect();
     config.session_ttl = cli.session_ttl;
     config.denied = cli.deny.into_iter().collect();
+    config.clock_offset_seconds = cli.clock_offset.unwrap_or(0);
     config.faults = cli.faults.into_faults();
     let listener = tokio::net::TcpListener::bind(&cli.listen)
         .await
@@ -419,9 +434,29 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// A clock offset in whole seconds: a duration, negative with a leading `-`.
+fn parse_offset(text: &str) -> Result<i64, String> {
+    let (sign, duration) = match text.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let seconds = i64::try_from(parse_duration(duration)?.as_secs())
+        .map_err(|_| format!("{text:?} is too far off"))?;
+    Ok(sign * seconds)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_offsets_are_signed_durations() {
+        assert_eq!(parse_offset("-40m"), Ok(-2400));
+        assert_eq!(parse_offset("2h"), Ok(7200));
+        assert_eq!(parse_offset("+90s"), Ok(90));
+        assert!(parse_offset("-").is_err());
+        assert!(parse_offset("-0s").is_err());
+    }
 
     #[test]
     fn durations_take_a_unit_or_mean_seconds() {

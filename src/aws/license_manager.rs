@@ -8,7 +8,7 @@
 //! certificate must chain to Amazon Trust Services' roots, whatever CA bundle the container
 //! configures ([`Pinning::AwsOnly`]).
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use aws_config::Region;
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use super::identity::CredentialSource;
 use super::retry::{self, Attempt, RetryError, RetryPolicy, TransientKind};
 use super::sdk_call::{self, Undocumented};
-use crate::domain::license::{CheckoutType, EntitlementAllowed, EntitlementRequest};
+use crate::domain::license::{CheckoutType, EntitlementAllowed, EntitlementRequest, LicenseStatus};
 use crate::domain::text;
 
 /// The roots Amazon Trust Services publishes (www.amazontrust.com/repository), which every AWS
@@ -307,15 +307,6 @@ pub struct Checkout {
     pub request_id: Option<String>,
 }
 
-/// A license's status as GetLicense reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LicenseStatus {
-    /// AVAILABLE, EXPIRED, DEACTIVATED, SUSPENDED, ...
-    pub status: String,
-    /// Epoch seconds when the contract ends, if it does.
-    pub ends: Option<u64>,
-}
-
 /// Checks out the requested entitlements, retrying transient failures until `deadline`.
 pub async fn checkout(
     lm: &LicenseManager,
@@ -567,7 +558,7 @@ pub async fn check_in(
     .map_err(|error| gave_up(error, operation, lm))
 }
 
-/// The license's status and validity, to tell an ended contract from a taken seat.
+/// The license as GetLicense describes it: its product, status, validity and entitlements.
 pub async fn get_license(
     lm: &LicenseManager,
     license_arn: &str,
@@ -592,6 +583,11 @@ pub async fn get_license(
                     match error {
                         G::ValidationException(_) | G::InvalidParameterValueException(_) => {
                             Some(invalid(operation, code, message, id))
+                        }
+                        // Not in GetLicense's model, but License Manager's code for a license
+                        // that does not exist: an answer about the license, not an outage.
+                        _ if code == "ResourceNotFoundException" => {
+                            Some(not_found(operation, message, id))
                         }
                         G::RateLimitExceededException(_) => Some(sdk_call::retry_later(
                             TransientKind::Throttled,
@@ -621,6 +617,7 @@ pub async fn get_license(
         field: "License",
     })?;
     Ok(LicenseStatus {
+        product_sku: license.product_sku().map(text::quoted),
         status: license.status().map_or_else(
             || "UNKNOWN".to_owned(),
             |status| text::quoted(status.as_str()),
@@ -629,6 +626,18 @@ pub async fn get_license(
             .validity()
             .and_then(|validity| validity.end())
             .and_then(parse_time),
+        entitlements: license
+            .entitlements()
+            .iter()
+            .map(|entitlement| EntitlementAllowed {
+                name: text::quoted(entitlement.name()),
+                unit: text::quoted(entitlement.unit().as_str()),
+                value: entitlement
+                    .value()
+                    .map(text::quoted)
+                    .or_else(|| entitlement.max_count().map(|max| max.to_string())),
+            })
+            .collect(),
     })
 }
 
@@ -845,12 +854,6 @@ pub fn redirect_region(location: &str) -> Option<String> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     valid.then(|| region.to_owned())
-}
-
-/// How long a provisional checkout has left at `now`, if AWS said when it expires.
-pub fn remaining(expiration: Option<u64>, now: SystemTime) -> Option<Duration> {
-    let now = now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
-    expiration.map(|expires| Duration::from_secs(expires.saturating_sub(now)))
 }
 
 #[cfg(test)]

@@ -58,6 +58,7 @@ fn epilogue(path: &[&str]) -> Option<String> {
                 INTERNAL,
                 CONFIG,
                 NOT_ENTITLED,
+                TOKEN_REJECTED,
                 SETUP_REFUSED,
                 CREDENTIALS,
                 UNREACHABLE,
@@ -153,6 +154,10 @@ mod tests {
             .1;
         assert!(
             watch.contains("AWS_WEB_IDENTITY_REFRESH_TOKEN_FILE"),
+            "{watch}"
+        );
+        assert!(
+            watch.contains("  4  License Manager's answer failed verification"),
             "{watch}"
         );
     }

@@ -71,7 +71,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum LicenseCommand {
-    /// Check the entitlements out, write license.json, exit 0 only if AWS granted them.
+    /// Check the entitlements out, write license.json, exit 0 only if AWS granted what was asked,
+    /// current by AWS's clock, for this product's license.
     Check(LicenseArgs),
     /// The sidecar: keep the checkout (extend, re-validate, check in on SIGTERM).
     Watch(LicenseWatchArgs),

@@ -12,6 +12,7 @@ use crate::aws::license_manager;
 use crate::domain::files;
 use crate::domain::license::{CheckoutType, EntitlementRequest};
 use crate::domain::text;
+use crate::domain::time::Clock;
 use crate::domain::trust::TrustAnchors;
 use crate::license::check;
 use crate::license::{self as use_case, LicenseConfig, LicenseError};
@@ -163,7 +164,7 @@ fn looks_like_a_role_arn(arn: &str) -> bool {
 
 /// With `--call`: the identity License Manager would see (the Anywhere exchange included),
 /// then a provisional checkout of the configured entitlements, checked in at once.
-pub(super) async fn checkout(config: &LicenseConfig) -> Vec<Finding> {
+pub(super) async fn checkout(config: &LicenseConfig, clock: &dyn Clock) -> Vec<Finding> {
     let deadline = Instant::now() + config.deadline;
     let mut lm = match use_case::connect(config, deadline).await {
         Ok(lm) => lm,
@@ -191,8 +192,8 @@ pub(super) async fn checkout(config: &LicenseConfig) -> Vec<Finding> {
             ),
         ];
     }
-    let checkout = match check::checkout(config, &mut lm, deadline).await {
-        Ok(checkout) => checkout,
+    let checkout = match check::checkout(config, &mut lm, deadline, clock).await {
+        Ok(granted) => granted.checkout,
         Err(e) => {
             return vec![
                 identity,

@@ -27,7 +27,7 @@ use crate::domain::key::{KeyError, KeyRequest, VerifyingKey};
 use crate::domain::mesh::Mesh;
 use crate::domain::product_code::{ProductCode, ProductCodeError};
 use crate::domain::text;
-use crate::domain::time::{epoch_seconds, rfc3339};
+use crate::domain::time::{epoch_seconds, rfc3339, SystemClock};
 use crate::domain::trust::TrustAnchors;
 use crate::domain::workload::{WorkloadId, WorkloadIdSource};
 use crate::gate::check::{self, CheckConfig, CheckError, Progress};
@@ -346,7 +346,7 @@ pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
         checks.push(license::anywhere(settings, env));
         if request.call {
             match config {
-                Some(config) => checks.extend(license::checkout(&config).await),
+                Some(config) => checks.extend(license::checkout(&config, &SystemClock).await),
                 None => checks.push(Finding::fail(
                     "license-checkout",
                     "not called: the product ID or the entitlements are not usable",

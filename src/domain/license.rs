@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::files::{self, FileError};
 use super::handoff;
+use super::lease::{self, Lapsed};
 
 /// The issuer every AWS Marketplace license carries: `KeyFingerprint` of CheckoutLicense. Not a
 /// placeholder (AWS's seller guide): it selects licenses issued by AWS Marketplace.
@@ -100,8 +101,11 @@ impl std::str::FromStr for EntitlementRequest {
                      here {value:?}"
                 ))
             }
-            Some(value) if value.parse::<f64>().is_err() => {
-                return Err(format!("{text:?}: the value {value:?} is not a number"))
+            Some(value) if decimal(value).is_none() => {
+                return Err(format!(
+                    "{text:?}: the value {value:?} is not a number of units (digits, with a \
+                     decimal point if need be)"
+                ))
             }
             value => value.map(str::to_owned),
         };
@@ -193,20 +197,191 @@ pub struct License {
     pub state: LicenseState,
 }
 
-impl License {
-    /// Whether every requested entitlement named in `requested` came back.
-    pub fn missing<'a>(&self, requested: &'a [EntitlementRequest]) -> Vec<&'a str> {
-        requested
-            .iter()
-            .filter(|wanted| {
-                !self
-                    .entitlements_allowed
-                    .iter()
-                    .any(|allowed| allowed.name == wanted.name)
-            })
-            .map(|wanted| wanted.name.as_str())
-            .collect()
+/// A license as GetLicense describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenseStatus {
+    /// `ProductSKU`: for AWS Marketplace, the product ID.
+    pub product_sku: Option<String>,
+    /// AVAILABLE, EXPIRED, DEACTIVATED, SUSPENDED, ...
+    pub status: String,
+    /// Epoch seconds when the contract ends, if it does.
+    pub ends: Option<u64>,
+    /// The license's entitlements: name, unit, and `Value` or `MaxCount` if any.
+    pub entitlements: Vec<EntitlementAllowed>,
+}
+
+/// Why an answer of License Manager is not taken for a grant: it does not match what was asked,
+/// has lapsed by AWS's own clock, or names another product's license. AWS never answers so; a
+/// proxy, an endpoint that is not AWS's, or a fault does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unverified {
+    #[error("it granted no entitlement at all")]
+    NothingGranted,
+    #[error("it granted {name}, which was not asked for")]
+    NotAsked { name: String },
+    #[error("it granted {name} in {granted}, not in {asked} as asked")]
+    OtherUnit {
+        name: String,
+        asked: String,
+        granted: String,
+    },
+    #[error("it granted {granted} {unit} of {name}, {}", match asked {
+        Some(asked) => format!("fewer than the {asked} asked for"),
+        None => "not a positive amount".to_owned(),
+    })]
+    TooFew {
+        name: String,
+        unit: String,
+        asked: Option<String>,
+        granted: String,
+    },
+    #[error("the checkout had lapsed when it arrived: {0}")]
+    Lapsed(#[from] Lapsed),
+    #[error("GetLicense describes {license_arn} as a license of product {product_sku}, not {product_id}")]
+    OtherProduct {
+        license_arn: String,
+        product_sku: String,
+        product_id: String,
+    },
+    #[error("GetLicense lists no entitlement {name} in {unit} for {license_arn}")]
+    NotInLicense {
+        license_arn: String,
+        name: String,
+        unit: String,
+    },
+    #[error("GetLicense does not know {license_arn}, the license its checkout named ({error})")]
+    UnknownLicense { license_arn: String, error: String },
+}
+
+/// Checks a grant against the request: each entitlement granted was asked for, in the unit
+/// asked, and a counted one with at least the units asked (a positive amount when none were
+/// named). Which asked-for entitlements are missing is [`License::missing`]'s question.
+pub fn verify_grant(
+    requested: &[EntitlementRequest],
+    granted: &[EntitlementAllowed],
+) -> Result<(), Unverified> {
+    if granted.is_empty() {
+        return Err(Unverified::NothingGranted);
     }
+    for allowed in granted {
+        let wanted = requested
+            .iter()
+            .find(|wanted| wanted.name == allowed.name)
+            .ok_or_else(|| Unverified::NotAsked {
+                name: allowed.name.clone(),
+            })?;
+        if wanted.unit != allowed.unit {
+            return Err(Unverified::OtherUnit {
+                name: allowed.name.clone(),
+                asked: wanted.unit.clone(),
+                granted: allowed.unit.clone(),
+            });
+        }
+        if wanted.unit == "None" {
+            continue;
+        }
+        let granted_value = allowed.value.as_deref().unwrap_or("");
+        let enough = match &wanted.value {
+            Some(asked) => at_least(granted_value, asked),
+            None => decimal(granted_value)
+                .is_some_and(|(whole, fraction)| !whole.is_empty() || !fraction.is_empty()),
+        };
+        if !enough {
+            return Err(Unverified::TooFew {
+                name: allowed.name.clone(),
+                unit: allowed.unit.clone(),
+                asked: wanted.value.clone(),
+                granted: allowed
+                    .value
+                    .clone()
+                    .unwrap_or_else(|| "no value".to_owned()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks GetLicense's description of the license a checkout named: this product's, and listing
+/// every entitlement granted, in its unit.
+pub fn verify_license(
+    product_id: &str,
+    license_arn: &str,
+    status: &LicenseStatus,
+    granted: &[EntitlementAllowed],
+) -> Result<(), Unverified> {
+    if status.product_sku.as_deref() != Some(product_id) {
+        return Err(Unverified::OtherProduct {
+            license_arn: license_arn.to_owned(),
+            product_sku: status
+                .product_sku
+                .clone()
+                .unwrap_or_else(|| "(none named)".to_owned()),
+            product_id: product_id.to_owned(),
+        });
+    }
+    for allowed in granted {
+        let listed = status.entitlements.iter().any(|entitlement| {
+            entitlement.name == allowed.name && entitlement.unit == allowed.unit
+        });
+        if !listed {
+            return Err(Unverified::NotInLicense {
+                license_arn: license_arn.to_owned(),
+                name: allowed.name.clone(),
+                unit: allowed.unit.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Why GetLicense's license cannot be used at `now` (AWS's clock when known), if it cannot: not
+/// AVAILABLE, or past the end of its contract.
+pub fn unavailable(status: &LicenseStatus, now: u64) -> Option<String> {
+    if status.status != "AVAILABLE" {
+        return Some(format!("{} (GetLicense)", status.status));
+    }
+    status
+        .ends
+        .filter(|ends| *ends <= now)
+        .map(|ends| format!("past the end of its contract ({})", lease::at(ends)))
+}
+
+/// A non-negative decimal as its significant digits: `007.50` is `("7", "5")`.
+fn decimal(text: &str) -> Option<(&str, &str)> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    ((!whole.is_empty() || !fraction.is_empty()) && digits(whole) && digits(fraction)).then(|| {
+        (
+            whole.trim_start_matches('0'),
+            fraction.trim_end_matches('0'),
+        )
+    })
+}
+
+/// Whether the decimal `granted` is at least the decimal `asked`, exactly (no floating point).
+fn at_least(granted: &str, asked: &str) -> bool {
+    match (decimal(granted), decimal(asked)) {
+        // Whole parts by length, then digit by digit; fractions digit by digit.
+        (Some((granted_whole, granted_fraction)), Some((asked_whole, asked_fraction))) => {
+            (granted_whole.len(), granted_whole, granted_fraction)
+                >= (asked_whole.len(), asked_whole, asked_fraction)
+        }
+        _ => false,
+    }
+}
+
+/// The counted entitlements asked for that were not granted. Tiers and features (unit None) are
+/// all listed in one checkout, of which the license grants the one it has.
+pub fn missing_counted<'a>(
+    requested: &'a [EntitlementRequest],
+    granted: &[EntitlementAllowed],
+) -> Vec<&'a str> {
+    requested
+        .iter()
+        .filter(|wanted| wanted.unit != "None")
+        .filter(|wanted| !granted.iter().any(|allowed| allowed.name == wanted.name))
+        .map(|wanted| wanted.name.as_str())
+        .collect()
 }
 
 /// `license.json` in `dir`.
@@ -259,6 +434,10 @@ mod tests {
         );
         assert_eq!(parsed("Rate=5:Bytes/Second").unit, "Bytes/Second");
         assert_eq!(parsed("Seats=1:Count").to_string(), "Seats=1:Count");
+        assert_eq!(
+            parsed("Storage=0.5:Gigabytes").value.as_deref(),
+            Some("0.5")
+        );
         for bad in [
             "",
             "=3",
@@ -266,13 +445,18 @@ mod tests {
             "Seats=many",
             "Seats=1:Potatoes",
             "Tier=1:None",
+            "Seats=-1",
+            "Seats=NaN",
+            "Seats=inf",
+            "Seats=1e3",
+            "Seats=.",
         ] {
             assert!(bad.parse::<EntitlementRequest>().is_err(), "{bad:?}");
         }
     }
 
     #[test]
-    fn the_license_file_round_trips_and_names_what_is_missing() {
+    fn the_license_file_round_trips_and_counted_entitlements_not_granted_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let license = License {
             product_id: "prod-1".into(),
@@ -296,7 +480,137 @@ mod tests {
         let text = std::fs::read_to_string(path_in(dir.path())).unwrap();
         assert!(text.contains("\"state\": \"held\""), "{text}");
         assert_eq!(read(dir.path()).unwrap(), license);
-        let requested = [parsed("Seats=1:Count"), parsed("Admins=1:Count")];
-        assert_eq!(license.missing(&requested), vec!["Admins"]);
+        let requested = [
+            parsed("Seats=1:Count"),
+            parsed("Admins=1:Count"),
+            parsed("Tier2"),
+        ];
+        assert_eq!(
+            missing_counted(&requested, &license.entitlements_allowed),
+            vec!["Admins"]
+        );
+    }
+
+    fn allowed(name: &str, unit: &str, value: Option<&str>) -> EntitlementAllowed {
+        EntitlementAllowed {
+            name: name.into(),
+            unit: unit.into(),
+            value: value.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn decimals_compare_exactly() {
+        for (granted, asked, enough) in [
+            ("1", "1", true),
+            ("2", "1", true),
+            ("0", "1", false),
+            ("-1", "1", false),
+            ("10", "9", true),
+            ("9", "10", false),
+            ("0.5", "0.45", true),
+            ("0.45", "0.5", false),
+            ("1.50", "1.5", true),
+            ("007", "7", true),
+            ("100000000000000000000001", "100000000000000000000000", true),
+            ("1e3", "1", false),
+            ("", "1", false),
+            ("NaN", "1", false),
+        ] {
+            assert_eq!(at_least(granted, asked), enough, "{granted} >= {asked}");
+        }
+    }
+
+    #[test]
+    fn a_grant_must_match_the_request_in_names_units_and_counts() {
+        let requested = [
+            parsed("Seats=2:Count"),
+            parsed("Tier2"),
+            parsed("Rate:Count"),
+        ];
+        let seats = |value: &str| allowed("Seats", "Count", Some(value));
+        let tier = allowed("Tier2", "None", Some("Enabled"));
+        assert_eq!(
+            verify_grant(&requested, &[seats("2"), tier.clone()]),
+            Ok(())
+        );
+        assert_eq!(
+            verify_grant(&requested, &[seats("3")]),
+            Ok(()),
+            "missing is not this check's"
+        );
+        assert_eq!(
+            verify_grant(&requested, &[]),
+            Err(Unverified::NothingGranted)
+        );
+        let refused = |granted: &[EntitlementAllowed]| {
+            verify_grant(&requested, granted).unwrap_err().to_string()
+        };
+        assert_eq!(
+            refused(&[seats("1")]),
+            "it granted 1 Count of Seats, fewer than the 2 asked for"
+        );
+        assert_eq!(
+            refused(&[seats("-2")]),
+            "it granted -2 Count of Seats, fewer than the 2 asked for"
+        );
+        assert_eq!(
+            refused(&[allowed("Seats", "Count", None)]),
+            "it granted no value Count of Seats, fewer than the 2 asked for"
+        );
+        assert_eq!(
+            refused(&[allowed("Rate", "Count", Some("0"))]),
+            "it granted 0 Count of Rate, not a positive amount"
+        );
+        assert_eq!(
+            refused(&[allowed("Seats", "Bits", Some("2"))]),
+            "it granted Seats in Bits, not in Count as asked"
+        );
+        assert_eq!(
+            refused(&[allowed("Admins", "Count", Some("1"))]),
+            "it granted Admins, which was not asked for"
+        );
+    }
+
+    #[test]
+    fn the_license_must_be_this_products_and_list_what_was_granted() {
+        let status = LicenseStatus {
+            product_sku: Some("prod-1".into()),
+            status: "AVAILABLE".into(),
+            ends: Some(2000),
+            entitlements: vec![allowed("Seats", "Count", Some("5"))],
+        };
+        let granted = [allowed("Seats", "Count", Some("1"))];
+        assert_eq!(verify_license("prod-1", "arn", &status, &granted), Ok(()));
+        assert_eq!(
+            verify_license("prod-2", "arn", &status, &granted)
+                .unwrap_err()
+                .to_string(),
+            "GetLicense describes arn as a license of product prod-1, not prod-2"
+        );
+        let nameless = LicenseStatus {
+            product_sku: None,
+            ..status.clone()
+        };
+        assert!(verify_license("prod-1", "arn", &nameless, &granted).is_err());
+        assert_eq!(
+            verify_license("prod-1", "arn", &status, &[allowed("Seats", "Bits", None)])
+                .unwrap_err()
+                .to_string(),
+            "GetLicense lists no entitlement Seats in Bits for arn"
+        );
+        assert_eq!(unavailable(&status, 1999), None);
+        assert_eq!(
+            unavailable(&status, 2000).as_deref(),
+            Some("past the end of its contract (1970-01-01T00:33:20Z)")
+        );
+        let expired = LicenseStatus {
+            status: "EXPIRED".into(),
+            ..status
+        };
+        assert_eq!(
+            unavailable(&expired, 0).as_deref(),
+            Some("EXPIRED (GetLicense)")
+        );
     }
 }

@@ -7,7 +7,9 @@
 //! - [`workload`], [`nonce`]: the workload a run belongs to, and the nonce bound to it
 //! - [`token`]: PS256 token verification
 //! - [`handoff`]: `entitlement.json` for the main container
-//! - [`license`]: License Manager checkouts, and `license.json` for the main container
+//! - [`license`]: License Manager checkouts, what a grant must match, and `license.json` for the
+//!   main container
+//! - [`lease`]: how long a checkout is good for by AWS's clock, and when to extend it
 //! - [`quantity`]: exact usage quantities (six decimal places, integer micro-units)
 //! - [`mesh`]: the service mesh a pod may be in, which init containers must get past
 //! - [`files`], [`text`], [`time`]: bounded file access, escaping of network text, time formats
@@ -16,6 +18,7 @@ pub mod anchor_rules;
 pub mod files;
 pub mod handoff;
 pub mod key;
+pub mod lease;
 pub mod license;
 pub mod mesh;
 pub mod nonce;

@@ -3,10 +3,12 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
+use tokio::time::Instant;
 
 use super::OnLoss;
 use crate::domain::license::{License, LicenseState};
@@ -17,9 +19,19 @@ use crate::local_http::server::{error, respond, text, Body};
 pub struct Shared {
     pub(super) license: Mutex<Option<License>>,
     pub(super) last_error: Mutex<Option<String>>,
+    pub(super) timing: Mutex<Timing>,
     ready: AtomicBool,
     stopping: AtomicBool,
     on_loss: OnLoss,
+}
+
+/// The held checkout's time, by AWS's clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timing {
+    /// When the checkout lapses unless extended, on the monotonic clock.
+    pub expires: Option<Instant>,
+    /// The local clock minus AWS License Manager's, in seconds.
+    pub clock_skew: Option<i64>,
 }
 
 impl Shared {
@@ -27,6 +39,7 @@ impl Shared {
         Shared {
             license: Mutex::new(None),
             last_error: Mutex::new(None),
+            timing: Mutex::new(Timing::default()),
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             on_loss,
@@ -65,6 +78,7 @@ pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
                     OnLoss::Exit => "exit",
                     OnLoss::Report => "report",
                 });
+                body["clockSkewSeconds"] = json!(lock(&shared.timing).clock_skew);
                 respond(StatusCode::OK, &body)
             }
             None => error(
@@ -88,6 +102,7 @@ pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
                 lock(&shared.license).as_ref(),
                 shared.is_ready(),
                 epoch_seconds(api.clock.now()),
+                &Seen::at(*lock(&shared.timing), Instant::now()),
             ),
         ),
         (_, "/v1/license" | "/healthz" | "/readyz" | "/metrics") => error(
@@ -101,8 +116,26 @@ pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// The timing as a scrape sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Seen {
+    expires_in: Option<Duration>,
+    clock_skew: Option<i64>,
+}
+
+impl Seen {
+    fn at(timing: Timing, now: Instant) -> Seen {
+        Seen {
+            expires_in: timing
+                .expires
+                .map(|expires| expires.saturating_duration_since(now)),
+            clock_skew: timing.clock_skew,
+        }
+    }
+}
+
 /// Prometheus text, written by hand as the meter's is (a handful of gauges needs no library).
-fn metrics(license: Option<&License>, ready: bool, now: u64) -> String {
+fn metrics(license: Option<&License>, ready: bool, now: u64, seen: &Seen) -> String {
     let mut out = String::new();
     let state = license.map(|license| match license.state {
         LicenseState::Held => "held",
@@ -122,9 +155,7 @@ fn metrics(license: Option<&License>, ready: bool, now: u64) -> String {
             u8::from(state == Some(name))
         );
     }
-    let expires_in = license
-        .and_then(|license| license.expiration)
-        .map_or(0, |expires| expires.saturating_sub(now));
+    let expires_in = seen.expires_in.map_or(0, |left| left.as_secs());
     let confirmed_age = license.map_or(0, |license| now.saturating_sub(license.confirmed_at));
     let _ = writeln!(
         out,
@@ -136,8 +167,12 @@ fn metrics(license: Option<&License>, ready: bool, now: u64) -> String {
          entitlement_gate_license_confirmed_age_seconds {confirmed_age}\n\
          # HELP entitlement_gate_license_ready 1 when the license is held (or stale within the grace).\n\
          # TYPE entitlement_gate_license_ready gauge\n\
-         entitlement_gate_license_ready {}",
-        u8::from(ready)
+         entitlement_gate_license_ready {}\n\
+         # HELP entitlement_gate_license_clock_skew_seconds The local clock minus AWS License Manager's (0 when unknown); the license's timing follows AWS's.\n\
+         # TYPE entitlement_gate_license_clock_skew_seconds gauge\n\
+         entitlement_gate_license_clock_skew_seconds {}",
+        u8::from(ready),
+        seen.clock_skew.unwrap_or(0)
     );
     out
 }
@@ -177,12 +212,23 @@ mod tests {
                 reason: "x".into(),
             },
         };
-        let text = metrics(Some(&license), true, 700);
+        let now = Instant::now();
+        let timing = Timing {
+            expires: Some(now + Duration::from_secs(3000)),
+            clock_skew: Some(-2400),
+        };
+        let text = metrics(Some(&license), true, 700, &Seen::at(timing, now));
         assert!(text.contains("entitlement_gate_license_state{state=\"stale\"} 1"));
         assert!(text.contains("entitlement_gate_license_state{state=\"held\"} 0"));
         assert!(text.contains("entitlement_gate_license_expires_in_seconds 3000"));
         assert!(text.contains("entitlement_gate_license_confirmed_age_seconds 600"));
         assert!(text.contains("entitlement_gate_license_ready 1"));
-        assert!(metrics(None, false, 0).contains("entitlement_gate_license_ready 0"));
+        assert!(text.contains("entitlement_gate_license_clock_skew_seconds -2400"));
+        let lapsed = Seen::at(timing, now + Duration::from_secs(4000));
+        assert!(metrics(Some(&license), true, 700, &lapsed)
+            .contains("entitlement_gate_license_expires_in_seconds 0"));
+        let none = metrics(None, false, 0, &Seen::default());
+        assert!(none.contains("entitlement_gate_license_ready 0"));
+        assert!(none.contains("entitlement_gate_license_clock_skew_seconds 0"));
     }
 }

@@ -1,18 +1,31 @@
 //! `license check`: check the entitlements out at start-up, and hand the license to the app as
 //! `license.json`. A provisional checkout (floating seats, tiers) stays held: the `watch`
 //! sidecar adopts it from `license.json`, extends it and checks it in at the end.
+//!
+//! Nothing is handed over before the answer is checked ([`checkout`]): each entitlement granted
+//! was asked for, in the unit asked, with at least the units asked; each counted one asked for
+//! was granted; the checkout is current by AWS's own clock (its `Expiration` after its
+//! `IssuedAt`); and GetLicense describes the license it named as this product's, available, and
+//! listing what was granted. A checkout refused after AWS granted it is checked in at once.
 
-use std::time::SystemTime;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{client_token, connect, LicenseConfig, LicenseError};
+use super::{client_token, connect, report_skew, LicenseConfig, LicenseError};
 use crate::aws::license_manager::{
     self, Checkout, CheckoutRequest, LicenseManager, LicenseManagerError,
 };
 use crate::domain::handoff::{self, HandoffError};
-use crate::domain::license::{self, License, LicenseState, MARKETPLACE_KEY_FINGERPRINT};
+use crate::domain::lease::Lease;
+use crate::domain::license::{
+    self, missing_counted, unavailable, verify_grant, verify_license, CheckoutType, License,
+    LicenseState, Unverified, MARKETPLACE_KEY_FINGERPRINT,
+};
 use crate::domain::time::{epoch_seconds, Clock};
+
+/// How long checking in a refused checkout may take: it is returned within the hour anyway.
+const RELEASE_WITHIN: Duration = Duration::from_secs(5);
 
 /// Checks the configured entitlements out and writes `license.json` (if a handoff directory is
 /// configured); everything within `config.deadline`.
@@ -29,8 +42,9 @@ pub async fn run(config: &LicenseConfig, clock: &dyn Clock) -> Result<License, L
         })?;
     }
     let mut lm = connect(config, deadline).await?;
-    let checkout = checkout(config, &mut lm, deadline).await?;
-    let license = held(config, &lm, checkout, clock);
+    let granted = checkout(config, &mut lm, deadline, clock).await?;
+    report_skew(&granted.lease);
+    let license = held(config, &lm, granted.checkout, clock);
     if let Some(dir) = &config.handoff_dir {
         license::write(dir, &license).map_err(|source| HandoffError::Write {
             dir: dir.clone(),
@@ -38,18 +52,29 @@ pub async fn run(config: &LicenseConfig, clock: &dyn Clock) -> Result<License, L
         })?;
     }
     tracing::info!(product_id = %config.product_id, license_arn = %license.license_arn,
-        granted = %granted(&license), expiration = license.expiration,
+        granted = %granted_text(&license), expiration = license.expiration,
         "licensed: AWS License Manager granted the checkout");
     Ok(license)
 }
 
+/// A checkout that passed every check, with its lease by AWS's clock.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub checkout: Checkout,
+    pub lease: Lease,
+    /// When its answer arrived, on the monotonic clock the lease is measured on.
+    pub arrived: Instant,
+}
+
 /// One checkout under a fresh `ClientToken`, following a RedirectException once to the Region
-/// it names; refused unless every counted entitlement asked for was granted.
+/// it names, then checked (see the module comment); one refused after AWS granted it is checked
+/// in again.
 pub async fn checkout(
     config: &LicenseConfig,
     lm: &mut LicenseManager,
     deadline: Instant,
-) -> Result<Checkout, LicenseError> {
+    clock: &dyn Clock,
+) -> Result<Granted, LicenseError> {
     let token = client_token();
     let request = CheckoutRequest {
         product_id: config.product_id.as_str(),
@@ -79,18 +104,35 @@ pub async fn checkout(
         },
         error => LicenseError::LicenseManager(error),
     })?;
-    let missing: Vec<&str> = config
-        .entitlements
-        .iter()
-        .filter(|wanted| wanted.unit != "None")
-        .filter(|wanted| {
-            !checkout
-                .entitlements_allowed
-                .iter()
-                .any(|allowed| allowed.name == wanted.name)
-        })
-        .map(|wanted| wanted.name.as_str())
-        .collect();
+    let arrived = Instant::now();
+    match verify(config, lm, &checkout, epoch_seconds(clock.now()), deadline).await {
+        Ok(lease) => Ok(Granted {
+            checkout,
+            lease,
+            arrived,
+        }),
+        Err(error) => {
+            release(lm, &checkout, deadline).await;
+            Err(error)
+        }
+    }
+}
+
+/// The checks of the module comment, `local_now` being the local clock when the answer
+/// arrived; the checkout's lease if it passed them.
+async fn verify(
+    config: &LicenseConfig,
+    lm: &LicenseManager,
+    checkout: &Checkout,
+    local_now: u64,
+    deadline: Instant,
+) -> Result<Lease, LicenseError> {
+    let unverified = |problem| LicenseError::Unverified {
+        product_id: config.product_id.to_string(),
+        problem,
+    };
+    verify_grant(&config.entitlements, &checkout.entitlements_allowed).map_err(unverified)?;
+    let missing = missing_counted(&config.entitlements, &checkout.entitlements_allowed);
     if !missing.is_empty() {
         return Err(LicenseError::Partial {
             product_id: config.product_id.to_string(),
@@ -103,7 +145,49 @@ pub async fn checkout(
             missing: missing.join(", "),
         });
     }
-    Ok(checkout)
+    let lease = Lease::of_checkout(checkout.issued_at, checkout.expiration, local_now)
+        .map_err(|lapsed| unverified(lapsed.into()))?;
+    let status =
+        license_manager::get_license(lm, &checkout.license_arn, deadline)
+            .await
+            .map_err(|error| match error {
+                error @ (LicenseManagerError::NotFound { .. }
+                | LicenseManagerError::Invalid { .. }) => unverified(Unverified::UnknownLicense {
+                    license_arn: checkout.license_arn.clone(),
+                    error: error.to_string(),
+                }),
+                error => LicenseError::LicenseManager(error),
+            })?;
+    verify_license(
+        config.product_id.as_str(),
+        &checkout.license_arn,
+        &status,
+        &checkout.entitlements_allowed,
+    )
+    .map_err(unverified)?;
+    if let Some(reason) = unavailable(&status, lease.aws_time.unwrap_or(local_now)) {
+        return Err(LicenseError::Unavailable {
+            license_arn: checkout.license_arn.clone(),
+            reason,
+        });
+    }
+    Ok(lease)
+}
+
+/// Checks a refused provisional checkout in, so its seat is not held for an hour; a drawdown
+/// cannot be returned.
+async fn release(lm: &LicenseManager, checkout: &Checkout, deadline: Instant) {
+    if checkout.checkout_type != CheckoutType::Provisional {
+        return;
+    }
+    let within = deadline.min(Instant::now() + RELEASE_WITHIN);
+    match license_manager::check_in(lm, &checkout.consumption_token, within).await {
+        Ok(()) => {
+            tracing::info!(license_arn = %checkout.license_arn, "the refused checkout was checked in")
+        }
+        Err(error) => tracing::warn!(license_arn = %checkout.license_arn, error = %error,
+            "the refused checkout was not checked in; it lapses by itself"),
+    }
 }
 
 /// The license as held now.
@@ -140,7 +224,7 @@ pub(super) fn requested(config: &LicenseConfig) -> String {
 }
 
 /// `Seats (Count 1)`, for logs.
-pub(super) fn granted(license: &License) -> String {
+pub(super) fn granted_text(license: &License) -> String {
     license
         .entitlements_allowed
         .iter()
@@ -150,12 +234,4 @@ pub(super) fn granted(license: &License) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Whether a held checkout is still current at `now` (for a sidecar adopting it).
-pub(super) fn current(license: &License, now: SystemTime) -> bool {
-    matches!(
-        license.state,
-        LicenseState::Held | LicenseState::Stale { .. }
-    ) && license_manager::remaining(license.expiration, now).is_none_or(|left| !left.is_zero())
 }

@@ -24,7 +24,8 @@ use crate::aws::identity::{self, CredentialSource, IdentityError, RegionSource};
 use crate::aws::license_manager::{LicenseManager, LicenseManagerError, Pinning};
 use crate::aws::retry::RetryPolicy;
 use crate::domain::handoff::HandoffError;
-use crate::domain::license::{CheckoutType, EntitlementRequest};
+use crate::domain::lease::{describe_skew, Lease};
+use crate::domain::license::{CheckoutType, EntitlementRequest, Unverified};
 use crate::domain::product_code::ProductCode;
 
 /// What to check out, and how patiently.
@@ -94,6 +95,18 @@ pub enum LicenseError {
     /// The license is not available (GetLicense), or no longer confirmed past the grace.
     #[error("the license {license_arn} is {reason}")]
     Lost { license_arn: String, reason: String },
+    /// An answer that does not match the request, had lapsed by AWS's clock, or names another
+    /// product's license: not trusted.
+    #[error(
+        "AWS License Manager's answer for product {product_id} failed verification: {problem}"
+    )]
+    Unverified {
+        product_id: String,
+        problem: Unverified,
+    },
+    /// AWS granted a checkout of a license GetLicense shows as unusable (not AVAILABLE, ended).
+    #[error("the license {license_arn} is {reason}")]
+    Unavailable { license_arn: String, reason: String },
     /// A RedirectException named nothing that is an AWS Region.
     #[error(
         "License Manager redirected to {location}, which is not an AWS Region's License Manager"
@@ -113,6 +126,9 @@ pub enum LicenseError {
     /// SIGTERM came and the seat could not be checked in within the grace.
     #[error("the seat could not be checked in: {0}")]
     NotCheckedIn(LicenseManagerError),
+    /// SIGTERM came and stopping (the check-in) overran the shutdown grace.
+    #[error("stopped by {signal}, and checking the seat in overran the shutdown grace")]
+    StopOverran { signal: &'static str },
 }
 
 /// License Manager as the resolved identity: the default chain, else the Anywhere token.
@@ -187,6 +203,15 @@ fn refuse_another_endpoint(
     match endpoint::configured_override(endpoint::LICENSE_MANAGER_OVERRIDE, env) {
         Some(variable) if locked => Err(LicenseError::EndpointOverridden { variable }),
         _ => Ok(()),
+    }
+}
+
+/// Says when the local clock disagrees with AWS License Manager's by more than a minute.
+fn report_skew(lease: &Lease) {
+    if let Some(skew) = lease.notable_skew() {
+        tracing::warn!(clock_skew_s = skew,
+            "the local clock is {} AWS License Manager's; the license's timing follows AWS's clock, \
+             but fix the node's time synchronisation (NTP, chrony)", describe_skew(skew));
     }
 }
 

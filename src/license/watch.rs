@@ -1,30 +1,44 @@
 //! `license watch`: the sidecar that keeps the license while the workload runs.
 //!
-//! It adopts the checkout `license check` left in `license.json` (or checks out itself), and:
-//! - extends a provisional checkout at half its lifetime, so a floating seat never lapses;
+//! It adopts the checkout `license check` left in `license.json` only once AWS confirms it
+//! (GetLicense describes the license as this product's, available, listing what the file says
+//! was granted, and a provisional checkout is extended); otherwise it checks out itself, with
+//! every check of [`check::checkout`]. Then it:
+//! - extends a provisional checkout at half its lifetime, by AWS's own clock ([`Lease`]), so a
+//!   floating seat never lapses whatever the node's clock says (the skew is logged when over a
+//!   minute, and shown in status and metrics);
 //! - re-validates every interval: tiers and features (unit None, nothing counted) are checked
 //!   out anew, which also picks up an upgrade; a counted seat is extended instead (checking out
 //!   a second seat could fail only because this pod holds the first) and a drawdown is never
-//!   drawn again; both then ask GetLicense whether the contract is still available;
+//!   drawn again; both then ask GetLicense whether the license is still this product's and
+//!   available;
 //! - keeps the last good license through AWS outages for the loss grace, then applies the loss
-//!   policy: exit (the pod restarts into the start-up gate) or report (status and metrics);
-//! - checks a provisional checkout in on SIGTERM, so the seat is back at once instead of in an
-//!   hour.
+//!   policy: exit (the pod restarts into the start-up gate) or report (status and metrics). AWS
+//!   saying no (no entitlement; GetLicense's ValidationException or ResourceNotFoundException)
+//!   and an answer that fails verification are losses at once, not outages;
+//! - leaves at least the floor (a minute, or the interval if shorter) between any two calls it
+//!   schedules, whatever AWS answers;
+//! - on SIGTERM abandons any call in flight and checks a provisional checkout in within the
+//!   shutdown grace, so the seat is back at once instead of in an hour.
 //!
 //! `license.json` is rewritten atomically on every change of state.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::api::{lock, Api, Shared};
+use super::api::{lock, Api, Shared, Timing};
 use super::check::{self, held};
-use super::{connect, LicenseConfig, LicenseError, OnLoss};
+use super::{connect, report_skew, LicenseConfig, LicenseError, OnLoss};
 use crate::aws::license_manager::{self, LicenseManager, LicenseManagerError, Operation};
 use crate::domain::handoff::HandoffError;
-use crate::domain::license::{self, CheckoutType, License, LicenseState};
+use crate::domain::lease::{Lease, SKEW_TOLERANCE};
+use crate::domain::license::{
+    self, missing_counted, unavailable, verify_grant, verify_license, CheckoutType, License,
+    LicenseState, Unverified,
+};
 use crate::domain::time::{epoch_seconds, Clock};
 use crate::local_http::server::{Listen, Listener};
 
@@ -42,8 +56,21 @@ pub struct WatchConfig {
     pub shutdown_grace: Duration,
 }
 
-/// The shortest wait before trying again after a failure.
-const RETRY_SOON: Duration = Duration::from_secs(60);
+impl WatchConfig {
+    /// The shortest time between two calls the watch schedules (a retry, an extension, a
+    /// re-validation): a minute, or the interval when that is shorter (an endpoint override
+    /// allows it, for tests).
+    pub fn floor(&self) -> Duration {
+        floor(self.interval)
+    }
+}
+
+fn floor(interval: Duration) -> Duration {
+    FLOOR.min(interval)
+}
+
+/// The floor under every wait the watch schedules, against AWS.
+const FLOOR: Duration = Duration::from_secs(60);
 
 /// How the sidecar ended after a stop request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,10 +89,21 @@ pub struct Watch {
     serving: tokio::task::JoinHandle<()>,
     next_revalidation: Instant,
     next_extension: Option<Instant>,
+    /// The held provisional checkout's lease, and when its answer arrived.
+    lease: Option<(Lease, Instant)>,
+    /// The clock skew last logged, so that it is logged when it appears or changes.
+    skew_reported: Option<i64>,
+}
+
+/// A license AWS confirmed, with the lease of a provisional checkout and when its answer came.
+struct Confirmed {
+    license: License,
+    lease: Option<(Lease, Instant)>,
 }
 
 /// Starts the watch: listens at once (503 until ready), connects, adopts the checkout in
-/// `license.json` or checks out anew, and becomes ready; within the start-up deadline.
+/// `license.json` once AWS confirms it or checks out anew, and becomes ready; within the
+/// start-up deadline.
 pub async fn start(config: &WatchConfig, clock: Arc<dyn Clock>) -> Result<Watch, LicenseError> {
     let deadline = Instant::now() + config.license.deadline;
     let shared = Arc::new(Shared::new(config.on_loss));
@@ -84,16 +122,18 @@ pub async fn start(config: &WatchConfig, clock: Arc<dyn Clock>) -> Result<Watch,
         async move { super::api::handle(&api, request).await }
     })));
     let mut lm = connect(&config.license, deadline).await?;
-    let license = match adoptable(config, clock.now()) {
+    let confirmed = match adoptable(config) {
         Some(license) => {
-            tracing::info!(license_arn = %license.license_arn, "adopting the checkout the start-up gate made");
-            match confirm(&lm, license.clone(), deadline, clock.as_ref()).await {
-                Ok(license) => license,
-                // Expired, checked in, or unknown: check out anew.
-                Err(LicenseManagerError::NotFound { .. }) => {
+            tracing::info!(license_arn = %license.license_arn,
+                "confirming the checkout in license.json with AWS License Manager before adopting it");
+            match adopt(&config.license, &lm, license, deadline, clock.as_ref()).await {
+                Ok(confirmed) => confirmed,
+                Err(Adoption::NotConfirmed(reason)) => {
+                    tracing::warn!(reason = %reason,
+                        "the checkout in license.json is not adopted: AWS License Manager does not confirm it; checking out anew");
                     fresh(&config.license, &mut lm, deadline, clock.as_ref()).await?
                 }
-                Err(error) => return Err(error.into()),
+                Err(Adoption::Failed(error)) => return Err(error),
             }
         }
         None => fresh(&config.license, &mut lm, deadline, clock.as_ref()).await?,
@@ -106,61 +146,130 @@ pub async fn start(config: &WatchConfig, clock: Arc<dyn Clock>) -> Result<Watch,
         serving,
         next_revalidation: Instant::now() + config.interval,
         next_extension: None,
+        lease: None,
+        skew_reported: None,
     };
-    watch.hold(license)?;
+    watch.hold(confirmed)?;
     watch.shared.set_ready(true);
     tracing::info!(listen = %config.listen, interval = ?config.interval, on_loss = ?config.on_loss,
-        "ready: watching the license");
+        floor = ?config.floor(), "ready: watching the license");
     Ok(watch)
 }
 
-/// The checkout in `license.json`, if it is this product's and still current.
-fn adoptable(config: &WatchConfig, now: SystemTime) -> Option<License> {
+/// The checkout in `license.json`, if it claims to be this product's, of this type, and held:
+/// a candidate only, until AWS confirms it.
+fn adoptable(config: &WatchConfig) -> Option<License> {
     let dir = config.license.handoff_dir.as_ref()?;
     let license = license::read(dir).ok()?;
     (license.product_id == config.license.product_id.as_str()
         && license.checkout_type == config.license.checkout_type
-        && check::current(&license, now))
+        && matches!(
+            license.state,
+            LicenseState::Held | LicenseState::Stale { .. }
+        ))
     .then_some(license)
 }
 
-/// A new checkout, as the start-up gate makes it.
+/// Why a checkout in `license.json` was not adopted.
+enum Adoption {
+    /// AWS does not confirm it (or it does not match what is asked for now): check out anew.
+    NotConfirmed(String),
+    /// AWS could not be asked: start-up fails as a checkout would.
+    Failed(LicenseError),
+}
+
+/// Adopts `license` (from `license.json`) once AWS confirms it: what it says was granted is what
+/// is asked for now; GetLicense describes its license as this product's, available, listing
+/// those entitlements; and a provisional checkout extends. A drawdown's consumption itself
+/// cannot be confirmed after the fact (no API does), only its license.
+async fn adopt(
+    config: &LicenseConfig,
+    lm: &LicenseManager,
+    mut license: License,
+    deadline: Instant,
+    clock: &dyn Clock,
+) -> Result<Confirmed, Adoption> {
+    let not_confirmed = |reason: String| Adoption::NotConfirmed(reason);
+    verify_grant(&config.entitlements, &license.entitlements_allowed)
+        .map_err(|problem| not_confirmed(problem.to_string()))?;
+    let missing = missing_counted(&config.entitlements, &license.entitlements_allowed);
+    if !missing.is_empty() {
+        return Err(not_confirmed(format!(
+            "it lacks {} asked for now",
+            missing.join(", ")
+        )));
+    }
+    let status =
+        license_manager::get_license(lm, &license.license_arn, deadline)
+            .await
+            .map_err(|error| match error {
+                error @ (LicenseManagerError::NotFound { .. }
+                | LicenseManagerError::Invalid { .. }) => not_confirmed(error.to_string()),
+                error => Adoption::Failed(error.into()),
+            })?;
+    verify_license(
+        config.product_id.as_str(),
+        &license.license_arn,
+        &status,
+        &license.entitlements_allowed,
+    )
+    .map_err(|problem| not_confirmed(problem.to_string()))?;
+    let lease = match license.checkout_type {
+        CheckoutType::Provisional => {
+            let (token, expiration) =
+                license_manager::extend(lm, &license.consumption_token, deadline)
+                    .await
+                    .map_err(|error| match error {
+                        error @ LicenseManagerError::NotFound { .. } => {
+                            not_confirmed(error.to_string())
+                        }
+                        error => Adoption::Failed(error.into()),
+                    })?;
+            let arrived = Instant::now();
+            let lease = Lease::adopted(
+                license.issued_at,
+                license.expiration,
+                expiration,
+                epoch_seconds(clock.now()),
+            );
+            license.consumption_token = token;
+            license.expiration = expiration.or(license.expiration);
+            Some((lease, arrived))
+        }
+        CheckoutType::Perpetual => None,
+    };
+    // Judged by AWS's clock when the extension tells it.
+    let now = lease
+        .and_then(|(lease, _)| lease.aws_time)
+        .unwrap_or_else(|| epoch_seconds(clock.now()));
+    if let Some(reason) = unavailable(&status, now) {
+        return Err(not_confirmed(format!("the license is {reason}")));
+    }
+    license.confirmed_at = epoch_seconds(clock.now());
+    license.state = LicenseState::Held;
+    Ok(Confirmed { license, lease })
+}
+
+/// A new checkout, as the start-up gate makes it (and checks it).
 async fn fresh(
     config: &LicenseConfig,
     lm: &mut LicenseManager,
     deadline: Instant,
     clock: &dyn Clock,
-) -> Result<License, LicenseError> {
-    let checkout = check::checkout(config, lm, deadline).await?;
-    Ok(held(config, lm, checkout, clock))
-}
-
-/// Confirms a held checkout with AWS without taking more: a provisional one is extended (which
-/// fails once it has lapsed), a drawdown's license is read.
-async fn confirm(
-    lm: &LicenseManager,
-    mut license: License,
-    deadline: Instant,
-    clock: &dyn Clock,
-) -> Result<License, LicenseManagerError> {
-    match license.checkout_type {
-        CheckoutType::Provisional => {
-            let (token, expiration) =
-                license_manager::extend(lm, &license.consumption_token, deadline).await?;
-            license.consumption_token = token;
-            license.expiration = expiration.or(license.expiration);
-        }
-        CheckoutType::Perpetual => {}
-    }
-    license.confirmed_at = epoch_seconds(clock.now());
-    license.state = LicenseState::Held;
-    Ok(license)
+) -> Result<Confirmed, LicenseError> {
+    let granted = check::checkout(config, lm, deadline, clock).await?;
+    let lease = (granted.checkout.checkout_type == CheckoutType::Provisional)
+        .then_some((granted.lease, granted.arrived));
+    Ok(Confirmed {
+        license: held(config, lm, granted.checkout, clock),
+        lease,
+    })
 }
 
 impl Watch {
     /// Keeps the license until `stop` resolves, then checks a provisional seat in within the
-    /// shutdown grace. Returns early with [`LicenseError::Lost`] when the license is lost and
-    /// the policy is to exit.
+    /// shutdown grace. Returns early with [`LicenseError::Lost`] (or
+    /// [`LicenseError::Unverified`]) when the license is lost and the policy is to exit.
     pub async fn run_until(
         mut self,
         stop: impl Future<Output = &'static str>,
@@ -176,17 +285,16 @@ impl Watch {
                 signal = &mut stop => break Ok(signal),
                 _ = tokio::time::sleep_until(next) => {}
             }
-            let due_extension = self.next_extension.is_some_and(|at| at <= Instant::now());
-            let step = if Instant::now() >= self.next_revalidation {
-                self.revalidate().await
-            } else if due_extension {
-                self.extend().await
-            } else {
-                Ok(())
+            // The stop signal abandons a call in flight: a slow (throttled) extension must not
+            // hold up the check-in past the shutdown grace.
+            let step = tokio::select! {
+                signal = &mut stop => break Ok(signal),
+                step = self.step() => step,
             };
             if let Err(error) = step {
                 break Err(error);
             }
+            self.keep_the_floor();
         };
         self.shared.set_ready(false);
         let signal = match outcome {
@@ -200,6 +308,26 @@ impl Watch {
         let checked_in = self.check_in(signal).await;
         self.serving.abort();
         checked_in.map(|checked_in| Stopped { signal, checked_in })
+    }
+
+    /// Whatever is due: a re-validation, else an extension.
+    async fn step(&mut self) -> Result<(), LicenseError> {
+        if Instant::now() >= self.next_revalidation {
+            self.revalidate().await
+        } else if self.next_extension.is_some_and(|at| at <= Instant::now()) {
+            self.extend().await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// No call is scheduled sooner than the floor from now, whatever the answers were.
+    fn keep_the_floor(&mut self) {
+        let earliest = Instant::now() + self.config.floor();
+        self.next_revalidation = self.next_revalidation.max(earliest);
+        if let Some(extension) = self.next_extension.as_mut() {
+            *extension = (*extension).max(earliest);
+        }
     }
 
     /// Re-validates the license (see the module comment), or tries to win it back once lost.
@@ -230,10 +358,10 @@ impl Watch {
     }
 
     /// A new checkout of tiers or features, then the old one checked in.
-    async fn renew(&mut self, old: License, deadline: Instant) -> Result<License, Failure> {
+    async fn renew(&mut self, old: License, deadline: Instant) -> Result<Confirmed, Failure> {
         let config = self.config.license.clone();
         let renewed = fresh(&config, &mut self.lm, deadline, self.clock.as_ref()).await?;
-        if renewed.consumption_token != old.consumption_token {
+        if renewed.license.consumption_token != old.consumption_token {
             if let Err(error) =
                 license_manager::check_in(&self.lm, &old.consumption_token, deadline).await
             {
@@ -243,25 +371,48 @@ impl Watch {
         Ok(renewed)
     }
 
-    /// Extends (provisional) and reads the license's status.
+    /// Extends (provisional) and reads the license: still this product's, and available.
     async fn confirm_and_read(
         &mut self,
         license: License,
         deadline: Instant,
-    ) -> Result<License, Failure> {
-        let license = self.extend_or_check_out(license, deadline).await?;
+    ) -> Result<Confirmed, Failure> {
+        let confirmed = match license.checkout_type {
+            CheckoutType::Provisional => self.extend_or_check_out(license, deadline).await?,
+            CheckoutType::Perpetual => Confirmed {
+                license: License {
+                    confirmed_at: epoch_seconds(self.clock.now()),
+                    state: LicenseState::Held,
+                    ..license
+                },
+                lease: None,
+            },
+        };
+        let license = &confirmed.license;
         let status = license_manager::get_license(&self.lm, &license.license_arn, deadline).await?;
-        let now = epoch_seconds(self.clock.now());
-        if status.status != "AVAILABLE" {
-            return Err(Failure::Lost(format!("{} (GetLicense)", status.status)));
+        verify_license(
+            self.config.license.product_id.as_str(),
+            &license.license_arn,
+            &status,
+            &license.entitlements_allowed,
+        )
+        .map_err(Failure::Unverified)?;
+        if let Some(reason) = unavailable(&status, self.aws_now(confirmed.lease)) {
+            return Err(Failure::Lost(reason));
         }
-        if let Some(ends) = status.ends.filter(|ends| *ends <= now) {
-            return Err(Failure::Lost(format!(
-                "past the end of its contract ({})",
-                crate::domain::time::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(ends))
-            )));
-        }
-        Ok(license)
+        Ok(confirmed)
+    }
+
+    /// AWS's clock now, as the lease measures it; the local clock without one.
+    fn aws_now(&self, lease: Option<(Lease, Instant)>) -> u64 {
+        lease
+            .and_then(|(lease, arrived)| {
+                let since = Instant::now().saturating_duration_since(arrived);
+                lease
+                    .aws_time
+                    .map(|aws_time| aws_time.saturating_add(since.as_secs()))
+            })
+            .unwrap_or_else(|| epoch_seconds(self.clock.now()))
     }
 
     /// Extends a provisional checkout before it lapses.
@@ -279,11 +430,30 @@ impl Watch {
     /// the license gone) is replaced by a new checkout, if the contract and a seat allow.
     async fn extend_or_check_out(
         &mut self,
-        license: License,
+        mut license: License,
         deadline: Instant,
-    ) -> Result<License, Failure> {
-        match confirm(&self.lm, license, deadline, self.clock.as_ref()).await {
-            Ok(license) => Ok(license),
+    ) -> Result<Confirmed, Failure> {
+        match license_manager::extend(&self.lm, &license.consumption_token, deadline).await {
+            Ok((token, expiration)) => {
+                let arrived = Instant::now();
+                let local_now = epoch_seconds(self.clock.now());
+                let lease = match self.lease {
+                    Some((lease, at)) => lease
+                        .extended(arrived.saturating_duration_since(at), expiration, local_now)
+                        .map_err(|lapsed| Failure::Unverified(lapsed.into()))?,
+                    None => {
+                        Lease::adopted(license.issued_at, license.expiration, expiration, local_now)
+                    }
+                };
+                license.consumption_token = token;
+                license.expiration = expiration.or(license.expiration);
+                license.confirmed_at = local_now;
+                license.state = LicenseState::Held;
+                Ok(Confirmed {
+                    license,
+                    lease: Some((lease, arrived)),
+                })
+            }
             Err(LicenseManagerError::NotFound { .. }) => {
                 let config = self.config.license.clone();
                 Ok(fresh(&config, &mut self.lm, deadline, self.clock.as_ref()).await?)
@@ -293,34 +463,40 @@ impl Watch {
     }
 
     /// Applies the outcome of a call: a held license, a stale one, or a lost one.
-    fn settle(&mut self, result: Result<License, Failure>) -> Result<(), LicenseError> {
+    fn settle(&mut self, result: Result<Confirmed, Failure>) -> Result<(), LicenseError> {
         match result {
-            Ok(license) => self.hold(license),
+            Ok(confirmed) => self.hold(confirmed),
             Err(Failure::Transient(error)) => self.stale(error.to_string()),
-            Err(Failure::Lost(reason)) => self.lose(reason),
-            Err(Failure::NotEntitled(error)) => self.lose(error.to_string()),
+            Err(Failure::Lost(reason)) => self.lose(reason, None),
+            Err(Failure::NotEntitled(error)) => self.lose(error.to_string(), None),
+            Err(Failure::Unverified(problem)) => self.lose(
+                format!("AWS License Manager's answer failed verification: {problem}"),
+                Some(problem),
+            ),
         }
     }
 
-    /// Records a confirmed license and schedules its extension.
-    fn hold(&mut self, license: License) -> Result<(), LicenseError> {
-        self.next_extension = match license.checkout_type {
-            CheckoutType::Provisional => {
-                license_manager::remaining(license.expiration, self.clock.now()).map(|left| {
-                    let lifetime = license
-                        .expiration
-                        .zip(license.issued_at)
-                        .map(|(expires, issued)| {
-                            Duration::from_secs(expires.saturating_sub(issued))
-                        })
-                        .filter(|lifetime| !lifetime.is_zero())
-                        .unwrap_or(left);
-                    // Half its lifetime before it lapses, so one failed extension still has time.
-                    Instant::now() + left.saturating_sub(lifetime / 2)
-                })
-            }
-            CheckoutType::Perpetual => None,
+    /// Records a confirmed license and schedules its extension by its lease.
+    fn hold(&mut self, confirmed: Confirmed) -> Result<(), LicenseError> {
+        let Confirmed { license, lease } = confirmed;
+        self.lease = lease;
+        self.next_extension =
+            lease.map(|(lease, arrived)| arrived + lease.next_extension(self.config.floor()));
+        let timing = Timing {
+            expires: lease.and_then(|(lease, arrived)| arrived.checked_add(lease.remaining)),
+            clock_skew: lease.and_then(|(lease, _)| lease.clock_skew),
         };
+        *lock(&self.shared.timing) = timing;
+        if let Some((lease, _)) = lease {
+            let changed = match (lease.notable_skew(), self.skew_reported) {
+                (Some(skew), Some(reported)) => skew.abs_diff(reported) > SKEW_TOLERANCE.as_secs(),
+                (skew, reported) => skew.is_some() != reported.is_some(),
+            };
+            if changed {
+                report_skew(&lease);
+                self.skew_reported = lease.notable_skew();
+            }
+        }
         let was_lost = matches!(
             self.shared.license().map(|license| license.state),
             Some(LicenseState::Lost { .. } | LicenseState::Stale { .. })
@@ -329,28 +505,34 @@ impl Watch {
             tracing::info!(license_arn = %license.license_arn, "the license is confirmed again");
         }
         self.shared.set_error(None);
+        // Published first: ready means /v1/license and license.json show the license.
+        self.publish(license)?;
         self.shared.set_ready(true);
-        self.publish(license)
+        Ok(())
     }
 
     /// AWS could not confirm the license: keep it through the grace, then lose it.
     fn stale(&mut self, reason: String) -> Result<(), LicenseError> {
         let Some(mut license) = self.shared.license() else {
-            return self.lose(reason);
+            return self.lose(reason, None);
         };
         let now = epoch_seconds(self.clock.now());
         let unconfirmed = Duration::from_secs(now.saturating_sub(license.confirmed_at));
         self.shared.set_error(Some(reason.clone()));
-        self.next_revalidation = self.next_revalidation.min(Instant::now() + RETRY_SOON);
+        let retry = Instant::now() + self.config.floor();
+        self.next_revalidation = self.next_revalidation.min(Instant::now() + FLOOR);
         if let Some(extension) = self.next_extension.as_mut() {
-            *extension = Instant::now() + RETRY_SOON.min(self.config.interval);
+            *extension = retry;
         }
         if unconfirmed >= self.config.loss_grace {
-            return self.lose(format!(
-                "not confirmed for {} s, past the {} s loss grace; last: {reason}",
-                unconfirmed.as_secs(),
-                self.config.loss_grace.as_secs()
-            ));
+            return self.lose(
+                format!(
+                    "not confirmed for {} s, past the {} s loss grace; last: {reason}",
+                    unconfirmed.as_secs(),
+                    self.config.loss_grace.as_secs()
+                ),
+                None,
+            );
         }
         tracing::warn!(error = %reason, unconfirmed_s = unconfirmed.as_secs(), grace_s = self.config.loss_grace.as_secs(),
             "AWS License Manager could not confirm the license; the last good one is kept through the loss grace");
@@ -361,8 +543,9 @@ impl Watch {
         self.publish(license)
     }
 
-    /// The license is gone: record it, then apply the loss policy.
-    fn lose(&mut self, reason: String) -> Result<(), LicenseError> {
+    /// The license is gone (or its answer failed verification): record it, then apply the loss
+    /// policy.
+    fn lose(&mut self, reason: String, unverified: Option<Unverified>) -> Result<(), LicenseError> {
         let at = epoch_seconds(self.clock.now());
         let license_arn = self
             .shared
@@ -378,12 +561,18 @@ impl Watch {
         self.shared.set_error(Some(reason.clone()));
         self.shared.set_ready(false);
         self.next_extension = None;
-        match self.config.on_loss {
-            OnLoss::Exit => Err(LicenseError::Lost {
+        self.lease = None;
+        *lock(&self.shared.timing) = Timing::default();
+        match (self.config.on_loss, unverified) {
+            (OnLoss::Exit, Some(problem)) => Err(LicenseError::Unverified {
+                product_id: self.config.license.product_id.to_string(),
+                problem,
+            }),
+            (OnLoss::Exit, None) => Err(LicenseError::Lost {
                 license_arn,
                 reason,
             }),
-            OnLoss::Report => {
+            (OnLoss::Report, _) => {
                 tracing::error!(license_arn = %license_arn, reason = %reason,
                     "the license is lost; reporting it (ENTITLEMENT_GATE_ON_LOSS=report) and trying to check out again every interval");
                 Ok(())
@@ -403,7 +592,7 @@ impl Watch {
         Ok(())
     }
 
-    /// Checks a held provisional checkout in, within the shutdown grace.
+    /// Checks a held provisional checkout in, within its own shutdown grace from now.
     async fn check_in(&mut self, signal: &'static str) -> Result<bool, LicenseError> {
         let Some(mut license) = self.shared.license() else {
             return Ok(false);
@@ -446,6 +635,8 @@ enum Failure {
     NotEntitled(LicenseError),
     /// The license is not available any more.
     Lost(String),
+    /// An answer that failed verification: not trusted, and no outage either.
+    Unverified(Unverified),
 }
 
 impl From<LicenseManagerError> for Failure {
@@ -457,6 +648,15 @@ impl From<LicenseManagerError> for Failure {
                 operation: Operation::CheckoutLicense,
                 ..
             }) => Failure::NotEntitled(LicenseError::LicenseManager(error)),
+            // AWS does not know the license (any more): an answer, not an outage.
+            error @ (LicenseManagerError::NotFound {
+                operation: Operation::GetLicense,
+                ..
+            }
+            | LicenseManagerError::Invalid {
+                operation: Operation::GetLicense,
+                ..
+            }) => Failure::Lost(format!("unknown to AWS License Manager ({error})")),
             error => Failure::Transient(error),
         }
     }
@@ -469,6 +669,7 @@ impl From<LicenseError> for Failure {
             error @ (LicenseError::NotEntitled { .. } | LicenseError::Partial { .. }) => {
                 Failure::NotEntitled(error)
             }
+            LicenseError::Unverified { problem, .. } => Failure::Unverified(problem),
             error => Failure::Lost(error.to_string()),
         }
     }
@@ -486,5 +687,17 @@ impl Shared {
 
     fn set_error(&self, error: Option<String>) {
         *lock(&self.last_error) = error;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_is_a_minute_or_a_shorter_interval() {
+        assert_eq!(floor(Duration::from_secs(15 * 60)), Duration::from_secs(60));
+        assert_eq!(floor(Duration::from_secs(60)), Duration::from_secs(60));
+        assert_eq!(floor(Duration::from_secs(2)), Duration::from_secs(2));
     }
 }

@@ -90,6 +90,27 @@ pub(super) fn report(error: &GateError, e: &LicenseError) -> (u8, &'static str, 
                  restarts, so renew the contract in AWS Marketplace or free a seat."
             ),
         ),
+        L::Unverified { .. } => (
+            TOKEN_REJECTED,
+            "license_unverified",
+            format!(
+                "{e}, so it is not trusted; check that AWS_ENDPOINT_URL_LICENSE_MANAGER is unset \
+                 and that no proxy in between rewrites answers, and report this to the seller if \
+                 neither is the cause."
+            ),
+        ),
+        L::Unavailable {
+            license_arn,
+            reason,
+        } => (
+            NOT_ENTITLED,
+            "license_unavailable",
+            format!(
+                "Not entitled: AWS License Manager granted the checkout, but the license \
+                 {license_arn} is {reason}; the buyer must renew the contract in AWS Marketplace \
+                 (the buyer's License Manager console shows it under Granted licenses)."
+            ),
+        ),
         L::Redirect { location } => (
             SETUP_REFUSED,
             "redirect",
@@ -124,6 +145,15 @@ pub(super) fn report(error: &GateError, e: &LicenseError) -> (u8, &'static str, 
                 error,
                 "set ENTITLEMENT_GATE_LICENSE_LISTEN to a free loopback port (127.0.0.1:8479) or \
                  to unix:/path in a writable directory",
+            ),
+        ),
+        L::StopOverran { signal } => (
+            UNREACHABLE,
+            "shutdown_overran",
+            format!(
+                "Stopped by {signal}, but checking the floating seat in overran the shutdown \
+                 grace; AWS returns it by itself when the checkout expires (within an hour), so a \
+                 replacement pod may wait for a seat until then."
             ),
         ),
         L::NotCheckedIn(e) => (
@@ -286,5 +316,60 @@ pub(super) fn request_id(e: &LicenseError) -> Option<&str> {
         | LicenseError::NotCheckedIn(e)
         | LicenseError::Anywhere(AnywhereError::AccessToken(e)) => e.request_id(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{report, GateError};
+    use crate::domain::lease::Lapsed;
+    use crate::domain::license::Unverified;
+    use crate::license::LicenseError;
+
+    /// The report of `error`: one sentence, with a remedy after the semicolon.
+    fn sentence(error: LicenseError) -> super::super::Report {
+        let report = report(&GateError::from(error));
+        assert!(report.message.ends_with('.'), "{}", report.message);
+        assert!(!report.message.contains('\n'));
+        assert!(report.message.contains("; "), "{}", report.message);
+        report
+    }
+
+    #[test]
+    fn license_sentences_say_what_did_not_match_and_what_happens_to_the_seat() {
+        let lapsed = sentence(LicenseError::Unverified {
+            product_id: "prod-1".into(),
+            problem: Unverified::Lapsed(Lapsed::BeforeIssued {
+                issued_at: 60,
+                expiration: 0,
+            }),
+        });
+        assert_eq!((lapsed.exit_code, lapsed.reason), (4, "license_unverified"));
+        assert_eq!(
+            lapsed.message,
+            "AWS License Manager's answer for product prod-1 failed verification: the checkout \
+             had lapsed when it arrived: its Expiration (1970-01-01T00:00:00Z) is not after its \
+             IssuedAt (1970-01-01T00:01:00Z), so it is not trusted; check that \
+             AWS_ENDPOINT_URL_LICENSE_MANAGER is unset and that no proxy in between rewrites \
+             answers, and report this to the seller if neither is the cause."
+        );
+        let unavailable = sentence(LicenseError::Unavailable {
+            license_arn: "arn:l".into(),
+            reason: "EXPIRED (GetLicense)".into(),
+        });
+        assert_eq!(
+            (unavailable.exit_code, unavailable.reason),
+            (3, "license_unavailable")
+        );
+        let overran = sentence(LicenseError::StopOverran { signal: "SIGTERM" });
+        assert_eq!((overran.exit_code, overran.reason), (7, "shutdown_overran"));
+        assert!(
+            overran.message.contains("checking the floating seat in"),
+            "not the meter's sentence: {}",
+            overran.message
+        );
+        assert!(unavailable
+            .message
+            .starts_with("Not entitled: AWS License Manager granted the checkout, but the license arn:l is EXPIRED (GetLicense); "));
     }
 }

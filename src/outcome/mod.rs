@@ -69,10 +69,16 @@ pub mod exit_code {
                 "no license at start-up, or the license was lost (--on-loss exit)"
             }
             (NOT_ENTITLED, ["license", "check"]) => {
-                "nothing granted: no license, an ended contract, or every seat in use"
+                "nothing granted (no license, an ended contract, every seat in use), a counted \
+                 entitlement not granted, or the license not AVAILABLE"
             }
             (NOT_ENTITLED, _) => "the buyer is not entitled (no subscription)",
             (TOKEN_REJECTED, ["verify"]) => "not genuine, too old, or not bound to this workload",
+            (TOKEN_REJECTED, ["license", _]) => {
+                "License Manager's answer failed verification: an entitlement not asked for, \
+                 another unit, fewer units than asked, lapsed by AWS's clock, or another \
+                 product's license"
+            }
             (TOKEN_REJECTED, _) => "the token failed verification",
             (SETUP_REFUSED, _) => "AWS refused the setup (product, key version, Region, platform)",
             (CREDENTIALS, _) => "no credentials, or no permission for the call",

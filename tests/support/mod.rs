@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unused_imports)] // Each test crate uses its own subset.
 
+pub mod license;
+
 use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

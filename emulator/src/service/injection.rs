@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::mix64;
-use crate::{Faults, InjectedError, Operation, ResponseFault, StatusFault, TokenFault};
+use crate::{
+    Faults, InjectedError, LicenseFault, Operation, ResponseFault, StatusFault, TokenFault,
+};
 
 /// The live faults, how many calls each operation has had since they were set, and the
 /// generator the random faults draw from.
@@ -29,6 +31,7 @@ pub(crate) struct FaultPlan {
     /// Process the call, then close the connection instead of answering.
     pub lose_response: bool,
     pub delay: Duration,
+    pub license: Option<LicenseFault>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +82,7 @@ impl Injection {
             response: faults.response,
             lose_response: false,
             delay: faults.delay,
+            license: faults.license_fault,
         };
         if call >= failed {
             self.draw_random(&mut plan);

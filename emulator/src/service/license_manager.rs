@@ -19,7 +19,7 @@
 //! - ExtendLicenseConsumption with DryRun answers DryRunOperation (412) when it would succeed.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
@@ -28,8 +28,8 @@ use super::{
     Service, ServiceError,
 };
 use crate::{
-    CheckoutRecord, CheckoutState, CheckoutType, EntitlementUnit, EntitlementUsage, LicenseSpec,
-    LicenseUsage,
+    CheckoutRecord, CheckoutState, CheckoutType, EntitlementUnit, EntitlementUsage, LicenseFault,
+    LicenseSpec, LicenseUsage,
 };
 
 /// Where consumption tokens and access-token IDs are drawn from, apart from other opaque IDs.
@@ -317,12 +317,34 @@ pub(super) fn checkout(service: &Service, call: &Call) -> Result<Answer, Service
              has ended or not begun)",
         ));
     }
-    let granted = grant(&state, index, license, &requested, now);
+    let mut granted = grant(&state, index, license, &requested, now);
     if granted.is_empty() {
         return Err(no_entitlements());
     }
+    let fault = call.faults.license;
+    for counted in granted
+        .iter_mut()
+        .filter(|granted| granted.unit != EntitlementUnit::None)
+    {
+        match fault {
+            Some(LicenseFault::FewerUnits) => {
+                counted.units = counted.units.saturating_sub(1);
+                counted.value = counted.units.to_string();
+            }
+            Some(LicenseFault::NegativeUnits) => {
+                counted.value = format!("-{}", counted.units);
+                counted.units = 0;
+            }
+            _ => {}
+        }
+    }
     let token = opaque_id(CONSUMPTION_TOKENS + state.next_id()).replace('-', "");
-    let expires_at = now + license.floating_ttl;
+    let expires_at = match fault {
+        Some(LicenseFault::ExpirationPassed) => now
+            .checked_sub(Duration::from_secs(60))
+            .unwrap_or(SystemTime::UNIX_EPOCH),
+        _ => now + license.floating_ttl,
+    };
     let allowed: Vec<Value> = granted
         .iter()
         .map(
@@ -468,10 +490,11 @@ pub(super) fn extend(service: &Service, call: &Call) -> Result<Answer, ServiceEr
     }
     let ttl = service.config.licenses[checkout.license].floating_ttl;
     checkout.expires_at = call.now + ttl;
-    Ok(Answer::ok(json!({
-        "LicenseConsumptionToken": token,
-        "Expiration": iso8601(checkout.expires_at),
-    })))
+    let mut body = json!({ "LicenseConsumptionToken": token });
+    if call.faults.license != Some(LicenseFault::ExtendWithoutExpiration) {
+        body["Expiration"] = json!(iso8601(checkout.expires_at));
+    }
+    Ok(Answer::ok(body))
 }
 
 pub(super) fn check_in(service: &Service, call: &Call) -> Result<Answer, ServiceError> {
@@ -524,9 +547,13 @@ pub(super) fn get_license(service: &Service, call: &Call) -> Result<Answer, Serv
                 format!("License {arn} is not available to this account"),
             )
         })?;
-    Ok(Answer::ok(json!({
-        "License": license_json(license, &config.region, call.now),
-    })))
+    let mut described = license_json(license, &config.region, call.now);
+    if call.faults.license == Some(LicenseFault::OtherProductSku) {
+        let other = format!("{}-other", license.product_sku);
+        described["ProductSKU"] = json!(other);
+        described["ProductName"] = json!(other);
+    }
+    Ok(Answer::ok(json!({ "License": described })))
 }
 
 pub(super) fn get_access_token(service: &Service, call: &Call) -> Result<Answer, ServiceError> {
@@ -582,8 +609,6 @@ pub(super) fn get_access_token(service: &Service, call: &Call) -> Result<Answer,
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
 
@@ -1121,6 +1146,103 @@ mod tests {
         assert!(
             body["Message"].is_string(),
             "License Manager's shapes say Message: {body}"
+        );
+    }
+
+    #[test]
+    fn license_faults_answer_what_a_client_must_refuse() {
+        let faulty = |fault: LicenseFault| {
+            let mut config = config();
+            config.faults.license_fault = Some(fault);
+            licensed(config)
+        };
+        let service = faulty(LicenseFault::ExpirationPassed);
+        let body = floating(&service, 1, "x", noon()).unwrap();
+        assert_eq!(body["IssuedAt"], iso8601(noon()));
+        assert_eq!(
+            body["Expiration"],
+            iso8601(noon() - Duration::from_secs(60))
+        );
+        assert_eq!(
+            service.licenses().usage(&service.config.licenses, noon())[0].entitlements[0].in_use,
+            0,
+            "a lapsed checkout holds no seat"
+        );
+
+        let service = faulty(LicenseFault::FewerUnits);
+        let body = floating(&service, 2, "f", noon()).unwrap();
+        assert_eq!(body["EntitlementsAllowed"][0]["Value"], "1");
+        let usage = service.licenses().usage(&service.config.licenses, noon());
+        assert_eq!(usage[0].entitlements[0].in_use, 1);
+
+        let service = faulty(LicenseFault::NegativeUnits);
+        let body = floating(&service, 1, "n", noon()).unwrap();
+        assert_eq!(body["EntitlementsAllowed"][0]["Value"], "-1");
+        let tiers = checkout_at(
+            &service,
+            checkout_request(
+                "tiered-sku",
+                "PROVISIONAL",
+                json!([{ "Name": "Pro", "Unit": "None" }]),
+                "t",
+            ),
+            noon(),
+        )
+        .unwrap();
+        assert_eq!(
+            tiers["EntitlementsAllowed"][0]["Value"], "Enabled",
+            "only counted entitlements are spoiled"
+        );
+
+        let service = faulty(LicenseFault::OtherProductSku);
+        let arn = LicenseSpec::new("floating-sku").license_arn;
+        let Answer::Json { status: 200, body } = call(
+            &service,
+            Operation::GetLicense,
+            json!({ "LicenseArn": arn }),
+            noon(),
+        ) else {
+            panic!("expected a license");
+        };
+        assert_eq!(body["License"]["ProductSKU"], "floating-sku-other");
+        assert_eq!(body["License"]["LicenseArn"], arn.as_str());
+
+        let service = faulty(LicenseFault::ExtendWithoutExpiration);
+        let held = floating(&service, 1, "e", noon()).unwrap();
+        let later = noon() + Duration::from_secs(20);
+        let Answer::Json { status: 200, body } = call(
+            &service,
+            Operation::ExtendLicenseConsumption,
+            consumption(&held["LicenseConsumptionToken"]),
+            later,
+        ) else {
+            panic!("expected an extension");
+        };
+        assert!(body.get("Expiration").is_none(), "{body}");
+        assert_eq!(
+            service.licenses().usage(
+                &service.config.licenses,
+                later + TTL - Duration::from_secs(1)
+            )[0]
+            .entitlements[0]
+                .in_use,
+            1,
+            "extended all the same"
+        );
+    }
+
+    #[test]
+    fn the_service_answers_by_its_own_clock() {
+        let mut config = config();
+        config.clock_offset_seconds = -2400;
+        let service = licensed(config);
+        let body = floating(&service, 1, "s", noon()).unwrap();
+        let behind = noon() - Duration::from_secs(2400);
+        assert_eq!(body["IssuedAt"], iso8601(behind));
+        assert_eq!(body["Expiration"], iso8601(behind + TTL));
+        assert_eq!(
+            service.license_usage(noon())[0].checkouts[0].state,
+            CheckoutState::Held
         );
     }
 }

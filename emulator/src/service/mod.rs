@@ -471,7 +471,9 @@ impl Service {
         *self.injection.lock().expect("injection lock") = Injection::new(faults);
     }
 
-    pub fn handle(&self, request: &Request, now: SystemTime) -> Reply {
+    /// Answers `request` arriving when the host's clock reads `host_now`.
+    pub fn handle(&self, request: &Request, host_now: SystemTime) -> Reply {
+        let now = self.config.service_time(host_now);
         let request_id = format!(
             "emulated-{}",
             self.requests.fetch_add(1, Ordering::SeqCst) + 1
@@ -608,8 +610,9 @@ impl Service {
         self.licenses.lock().expect("licenses lock")
     }
 
-    /// Every license's seats in use and its checkouts, at `now`.
-    pub fn license_usage(&self, now: SystemTime) -> Vec<crate::LicenseUsage> {
+    /// Every license's seats in use and its checkouts, when the host's clock reads `host_now`.
+    pub fn license_usage(&self, host_now: SystemTime) -> Vec<crate::LicenseUsage> {
+        let now = self.config.service_time(host_now);
         self.licenses().usage(&self.config.licenses, now)
     }
 
