@@ -17,7 +17,7 @@
 //! Report IDs are kept as keyed 128-bit hashes (16 bytes each) in one table per ID window, and
 //! forgotten a whole table at a time.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -449,7 +449,6 @@ impl Store {
         Ok(Batch {
             txn: Some(txn),
             store: self,
-            pending_ids: HashSet::new(),
             acknowledged: BTreeMap::new(),
         })
     }
@@ -623,8 +622,6 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 pub struct Batch<'a> {
     txn: Option<redb::WriteTransaction>,
     store: &'a mut Store,
-    /// ID hashes counted earlier in this batch (not yet committed).
-    pending_ids: HashSet<u128>,
     /// Micro-units acknowledged in this batch, by dimension, for the ledger at commit.
     acknowledged: BTreeMap<String, u128>,
 }
@@ -649,134 +646,49 @@ impl Batch<'_> {
         move |e| failed(&path, e)
     }
 
-    /// Adds `reports` to `hour`, all or none: refused (with the reason) if a record would push
-    /// its dimension's hour past MeterUsage's quantity or allocation limits. Reports whose ID
-    /// was counted within the ID window are skipped.
+    /// Adds each submission to `hour`, each all or none: a submission is refused (with the
+    /// reason) if a record would push its dimension's hour past MeterUsage's quantity or
+    /// allocation limits. Reports whose ID was counted within the ID window (earlier in this
+    /// batch included) are skipped. The tables are opened once for the whole group commit.
     pub fn accept(
         &mut self,
-        reports: &[Report],
+        submissions: &[&[Report]],
         hour: u64,
         now: SystemTime,
-    ) -> Result<Result<Accepted, report::Invalid>, StoreError> {
-        let window = self.store.ids.window_at(now);
-        let mut fresh = Vec::with_capacity(reports.len());
-        let mut fresh_ids = Vec::new();
-        let mut duplicates = 0;
-        {
-            let txn = self.txn();
-            let current = txn
-                .open_table(TableDefinition::<u128, ()>::new(&ids_table(window)))
-                .map_err(|e| failed(&self.store.path, e))?;
-            let previous = window
+    ) -> Result<Vec<Result<Accepted, report::Invalid>>, StoreError> {
+        let Batch {
+            txn,
+            store,
+            acknowledged,
+        } = self;
+        let path = store.path.clone();
+        let fail = |e: redb::Error| failed(&path, e);
+        let txn = txn.as_ref().expect("open until committed");
+        let window = store.ids.window_at(now);
+        let mut tables = Accepting {
+            ids: txn
+                .open_table(TableDefinition::new(&ids_table(window)))
+                .map_err(|e| fail(e.into()))?,
+            previous_ids: window
                 .checked_sub(1)
-                .map(|w| txn.open_table(TableDefinition::<u128, ()>::new(&ids_table(w))))
+                .map(|w| txn.open_table(TableDefinition::new(&ids_table(w))))
                 .transpose()
-                .map_err(|e| failed(&self.store.path, e))?;
-            let mut here = HashSet::new();
-            for (index, report) in reports.iter().enumerate() {
-                if let Some(id) = &report.id {
-                    let hash = self.store.ids.hash(id);
-                    let counted = self.pending_ids.contains(&hash)
-                        || !here.insert(hash)
-                        || current
-                            .get(hash)
-                            .map_err(|e| failed(&self.store.path, e))?
-                            .is_some()
-                        || match &previous {
-                            Some(previous) => previous
-                                .get(hash)
-                                .map_err(|e| failed(&self.store.path, e))?
-                                .is_some(),
-                            None => false,
-                        };
-                    if counted {
-                        duplicates += 1;
-                        continue;
+                .map_err(|e| fail(e.into()))?,
+            usage: txn.open_table(USAGE).map_err(|e| fail(e.into()))?,
+        };
+        submissions
+            .iter()
+            .map(|reports| {
+                let result = accept_one(store, &mut tables, reports, hour).map_err(&fail)?;
+                if let Ok(accepted) = &result {
+                    for (dimension, (_, quantity)) in &accepted.counted {
+                        *acknowledged.entry(dimension.clone()).or_default() +=
+                            u128::from(quantity.micros());
                     }
-                    fresh_ids.push(hash);
                 }
-                fresh.push((index, report));
-            }
-        }
-        // The limits, on what the hour would hold with every fresh record.
-        let mut tentative: BTreeMap<&str, Totals> = BTreeMap::new();
-        for &(index, report) in &fresh {
-            let totals = tentative.entry(&report.dimension).or_insert_with(|| {
-                self.store
-                    .open
-                    .get(&hour)
-                    .and_then(|dimensions| dimensions.get(&report.dimension))
-                    .cloned()
-                    .unwrap_or_default()
-            });
-            totals.quantity += report.quantity.micros();
-            if report.quantity > Quantity::ZERO {
-                totals.tag_sets.insert(report::tags_key(&report.tags));
-            }
-            let record = if reports.len() > 1 {
-                format!("record {index}: ")
-            } else {
-                String::new()
-            };
-            if totals.quantity > MAX_REPORT_QUANTITY.micros() {
-                return Ok(Err(report::Invalid(format!(
-                    "{record}the hour's total for {:?} would be {}, over MeterUsage's maximum of {MAX_QUANTITY}",
-                    report.dimension,
-                    Quantity::from_micros(totals.quantity)
-                ))));
-            }
-            if totals.allocations() > MAX_ALLOCATIONS {
-                return Ok(Err(report::Invalid(format!(
-                    "{record}the hour would hold {} tag sets for {:?}, over MeterUsage's maximum of {MAX_ALLOCATIONS} allocations",
-                    totals.allocations(),
-                    report.dimension
-                ))));
-            }
-        }
-        // Aggregate first: many reports of one tag set cost one update.
-        let mut sums: BTreeMap<(&str, String), u64> = BTreeMap::new();
-        for (_, report) in fresh.iter().filter(|(_, r)| r.quantity > Quantity::ZERO) {
-            *sums
-                .entry((&report.dimension, report::tags_key(&report.tags)))
-                .or_default() += report.quantity.micros();
-        }
-        {
-            let fail = self.fail();
-            let txn = self.txn();
-            let mut usage = txn.open_table(USAGE).map_err(|e| fail(e.into()))?;
-            for ((dimension, tags), micros) in &sums {
-                add(&mut usage, (hour, dimension, tags), *micros).map_err(&fail)?;
-            }
-            let mut ids = txn
-                .open_table(TableDefinition::<u128, ()>::new(&ids_table(window)))
-                .map_err(|e| fail(e.into()))?;
-            for hash in &fresh_ids {
-                ids.insert(hash, ()).map_err(|e| fail(e.into()))?;
-            }
-        }
-        self.pending_ids.extend(fresh_ids);
-        let open = self.store.open.entry(hour).or_default();
-        for (dimension, totals) in tentative {
-            open.insert(dimension.to_owned(), totals);
-        }
-        let mut counted: BTreeMap<String, (u64, Quantity)> = BTreeMap::new();
-        for (_, report) in &fresh {
-            let (reports, quantity) = counted
-                .entry(report.dimension.clone())
-                .or_insert((0, Quantity::ZERO));
-            *reports += 1;
-            *quantity = Quantity::from_micros(quantity.micros() + report.quantity.micros());
-        }
-        for (dimension, (_, quantity)) in &counted {
-            *self.acknowledged.entry(dimension.clone()).or_default() +=
-                u128::from(quantity.micros());
-        }
-        Ok(Ok(Accepted {
-            records: reports.len(),
-            duplicates,
-            hour,
-            counted,
-        }))
+                Ok(result)
+            })
+            .collect()
     }
 
     /// Forgets report IDs from windows before the one before `now`'s: a whole table at a
@@ -1072,6 +984,110 @@ impl Batch<'_> {
     }
 }
 
+/// The tables a group of submissions writes to, opened once.
+struct Accepting<'txn> {
+    ids: redb::Table<'txn, u128, ()>,
+    previous_ids: Option<redb::Table<'txn, u128, ()>>,
+    usage: redb::Table<'txn, (u64, &'static str, &'static str), u64>,
+}
+
+/// One submission, all or none (see [`Batch::accept`]).
+fn accept_one(
+    store: &mut Store,
+    tables: &mut Accepting<'_>,
+    reports: &[Report],
+    hour: u64,
+) -> Result<Result<Accepted, report::Invalid>, redb::Error> {
+    let mut fresh = Vec::with_capacity(reports.len());
+    let mut fresh_ids = Vec::new();
+    let mut duplicates = 0;
+    for (index, report) in reports.iter().enumerate() {
+        if let Some(id) = &report.id {
+            let hash = store.ids.hash(id);
+            let counted = fresh_ids.contains(&hash)
+                || tables.ids.get(hash)?.is_some()
+                || match &tables.previous_ids {
+                    Some(previous) => previous.get(hash)?.is_some(),
+                    None => false,
+                };
+            if counted {
+                duplicates += 1;
+                continue;
+            }
+            fresh_ids.push(hash);
+        }
+        fresh.push((index, report));
+    }
+    // The limits, on what the hour would hold with every fresh record.
+    let mut tentative: BTreeMap<&str, Totals> = BTreeMap::new();
+    for &(index, report) in &fresh {
+        let totals = tentative.entry(&report.dimension).or_insert_with(|| {
+            store
+                .open
+                .get(&hour)
+                .and_then(|dimensions| dimensions.get(&report.dimension))
+                .cloned()
+                .unwrap_or_default()
+        });
+        totals.quantity += report.quantity.micros();
+        if report.quantity > Quantity::ZERO {
+            totals.tag_sets.insert(report::tags_key(&report.tags));
+        }
+        let record = if reports.len() > 1 {
+            format!("record {index}: ")
+        } else {
+            String::new()
+        };
+        if totals.quantity > MAX_REPORT_QUANTITY.micros() {
+            return Ok(Err(report::Invalid(format!(
+                "{record}the hour's total for {:?} would be {}, over MeterUsage's maximum of {MAX_QUANTITY}",
+                report.dimension,
+                Quantity::from_micros(totals.quantity)
+            ))));
+        }
+        if totals.allocations() > MAX_ALLOCATIONS {
+            return Ok(Err(report::Invalid(format!(
+                "{record}the hour would hold {} tag sets for {:?}, over MeterUsage's maximum of {MAX_ALLOCATIONS} allocations",
+                totals.allocations(),
+                report.dimension
+            ))));
+        }
+    }
+    // Aggregate first: many reports of one tag set cost one update.
+    let mut sums: BTreeMap<(&str, String), u64> = BTreeMap::new();
+    for (_, report) in fresh.iter().filter(|(_, r)| r.quantity > Quantity::ZERO) {
+        *sums
+            .entry((&report.dimension, report::tags_key(&report.tags)))
+            .or_default() += report.quantity.micros();
+    }
+    for ((dimension, tags), micros) in &sums {
+        let key = (hour, *dimension, tags.as_str());
+        let before = tables.usage.get(key)?.map_or(0, |v| v.value());
+        tables.usage.insert(key, before + micros)?;
+    }
+    for hash in &fresh_ids {
+        tables.ids.insert(hash, ())?;
+    }
+    let open = store.open.entry(hour).or_default();
+    for (dimension, totals) in tentative {
+        open.insert(dimension.to_owned(), totals);
+    }
+    let mut counted: BTreeMap<String, (u64, Quantity)> = BTreeMap::new();
+    for (_, report) in &fresh {
+        let (reports, quantity) = counted
+            .entry(report.dimension.clone())
+            .or_insert((0, Quantity::ZERO));
+        *reports += 1;
+        *quantity = Quantity::from_micros(quantity.micros() + report.quantity.micros());
+    }
+    Ok(Ok(Accepted {
+        records: reports.len(),
+        duplicates,
+        hour,
+        counted,
+    }))
+}
+
 /// Adds `micros` to the ledger's `part` of `dimension`.
 fn count(
     txn: &redb::WriteTransaction,
@@ -1148,9 +1164,18 @@ mod tests {
         Store::open(dir, "prod", Period::HOUR, WINDOW).unwrap()
     }
 
+    /// One submission in `batch`.
+    fn one(
+        batch: &mut Batch<'_>,
+        reports: &[Report],
+        hour: u64,
+    ) -> Result<Accepted, report::Invalid> {
+        batch.accept(&[reports], hour, at(hour)).unwrap().remove(0)
+    }
+
     fn accept(store: &mut Store, reports: &[Report], hour: u64) -> Accepted {
         let mut batch = store.batch().unwrap();
-        let accepted = batch.accept(reports, hour, at(hour)).unwrap().unwrap();
+        let accepted = one(&mut batch, reports, hour).unwrap();
         batch.commit().unwrap();
         accepted
     }
@@ -1188,22 +1213,22 @@ mod tests {
         let instance = {
             let mut store = open(dir.path());
             let mut batch = store.batch().unwrap();
-            let first = batch
-                .accept(
-                    &[
-                        report("requests", 3 * UNIT, &[], Some("a")),
-                        report("requests", 250_000, &[("team", "x")], None),
-                    ],
-                    10,
-                    at(10),
-                )
-                .unwrap()
-                .unwrap();
+            let first = one(
+                &mut batch,
+                &[
+                    report("requests", 3 * UNIT, &[], Some("a")),
+                    report("requests", 250_000, &[("team", "x")], None),
+                ],
+                10,
+            )
+            .unwrap();
             assert_eq!((first.records, first.duplicates), (2, 0));
-            let again = batch
-                .accept(&[report("requests", 3 * UNIT, &[], Some("a"))], 10, at(10))
-                .unwrap()
-                .unwrap();
+            let again = one(
+                &mut batch,
+                &[report("requests", 3 * UNIT, &[], Some("a"))],
+                10,
+            )
+            .unwrap();
             assert_eq!((again.records, again.duplicates), (1, 1));
             batch.commit().unwrap();
             store.instance_id.clone()
@@ -1222,6 +1247,32 @@ mod tests {
         let counted = ledger(&store, "requests");
         assert_eq!(counted.acknowledged, 3_250_000);
         assert_eq!(counted.unsent, 3_250_000);
+    }
+
+    #[test]
+    fn submissions_of_one_group_commit_are_each_all_or_none_and_see_each_others_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let first = [report("users", UNIT, &[], Some("a"))];
+        let too_much = [
+            report("users", 2 * UNIT, &[], Some("b")),
+            report("users", MAX_QUANTITY * UNIT, &[], None),
+        ];
+        let again = [
+            report("users", UNIT, &[], Some("a")),
+            report("users", 3 * UNIT, &[], Some("b")),
+        ];
+        let mut batch = store.batch().unwrap();
+        let results = batch
+            .accept(&[&first, &too_much, &again], 10, at(10))
+            .unwrap();
+        batch.commit().unwrap();
+        assert_eq!(results[0].as_ref().unwrap().duplicates, 0);
+        assert!(results[1].is_err(), "over the maximum: refused whole");
+        let again = results[2].as_ref().unwrap();
+        // "a" was counted by the first submission; "b" only by the refused one, so not at all.
+        assert_eq!((again.records, again.duplicates), (2, 1));
+        assert_eq!(ledger(&store, "users").acknowledged, 4 * UNIT as u128);
     }
 
     #[test]
@@ -1259,25 +1310,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(dir.path());
         let mut batch = store.batch().unwrap();
-        batch
-            .accept(
-                &[report("users", (MAX_QUANTITY - 1) * UNIT, &[], None)],
-                10,
-                at(10),
-            )
-            .unwrap()
-            .unwrap();
-        let over = batch
-            .accept(
-                &[
-                    report("requests", UNIT, &[], None),
-                    report("users", UNIT + 1, &[], None),
-                ],
-                10,
-                at(10),
-            )
-            .unwrap()
-            .unwrap_err();
+        one(
+            &mut batch,
+            &[report("users", (MAX_QUANTITY - 1) * UNIT, &[], None)],
+            10,
+        )
+        .unwrap();
+        let over = one(
+            &mut batch,
+            &[
+                report("requests", UNIT, &[], None),
+                report("users", UNIT + 1, &[], None),
+            ],
+            10,
+        )
+        .unwrap_err();
         assert!(
             over.0.contains("record 1") && over.0.contains("2147483647.000001"),
             "{over}"
@@ -1295,15 +1342,13 @@ mod tests {
         let many: Vec<Report> = (0..MAX_ALLOCATIONS)
             .map(|i| report("requests", UNIT, &[("n", &i.to_string())], None))
             .collect();
-        batch.accept(&many, 12, at(12)).unwrap().unwrap();
-        let one_more = batch
-            .accept(
-                &[report("requests", UNIT, &[("n", "new")], None)],
-                12,
-                at(12),
-            )
-            .unwrap()
-            .unwrap_err();
+        one(&mut batch, &many, 12).unwrap();
+        let one_more = one(
+            &mut batch,
+            &[report("requests", UNIT, &[("n", "new")], None)],
+            12,
+        )
+        .unwrap_err();
         assert!(one_more.0.contains("2500 allocations"), "{one_more}");
     }
 
@@ -1521,7 +1566,7 @@ mod tests {
                         let tags = [("team", ["a", "b", "c"][tag as usize])];
                         let id = id.map(|n| format!("id-{n}"));
                         let r = report(names[dimension], micros, if tag == 0 { &[] } else { &tags }, id.as_deref());
-                        let accepted = batch.accept(&[r], hour, at(hour)).unwrap().unwrap();
+                        let accepted = one(&mut batch, &[r], hour).unwrap();
                         if accepted.duplicates == 0 {
                             acknowledged[dimension] += u128::from(micros);
                         }

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::billing::Rounding;
 use super::report::{Invalid, Report};
-use super::store::{Accepted, HourRecord, Store, StoreError};
+use super::store::{Accepted, Batch, HourRecord, Store, StoreError};
 use crate::domain::time::Clock;
 
 /// The most changes one transaction takes: enough to share a sync widely, few enough that a
@@ -363,7 +363,13 @@ impl Thread {
         if !self.shutting_down {
             store_batch.mark_open(accepting)?;
         }
+        // Consecutive submissions are accepted together (the tables opened once), before the
+        // next change of another kind, so that the order of changes is kept.
+        let mut submissions: Vec<(Vec<Report>, oneshot::Sender<SubmitAnswer>)> = Vec::new();
         for change in batch.drain(..) {
+            if !matches!(change, Change::Submit { .. }) {
+                accept_all(&mut store_batch, &mut submissions, accepting, now, applied)?;
+            }
             match change {
                 Change::Submit { reports, answer } => {
                     if self.shutting_down {
@@ -384,8 +390,7 @@ impl Thread {
                         applied.push(Applied::Answered);
                         continue;
                     }
-                    let result = store_batch.accept(&reports, accepting, now)?;
-                    applied.push(Applied::Submit(answer, result));
+                    submissions.push((reports, answer));
                 }
                 Change::Tick { answer } => applied.push(Applied::Done(answer)),
                 Change::CloseForShutdown { answer } => {
@@ -425,9 +430,32 @@ impl Thread {
                 }
             }
         }
+        accept_all(&mut store_batch, &mut submissions, accepting, now, applied)?;
         store_batch.commit()?;
         Ok(closed)
     }
+}
+
+/// Accepts the submissions gathered so far into `hour`, in one pass over the store.
+fn accept_all(
+    store_batch: &mut Batch<'_>,
+    submissions: &mut Vec<(Vec<Report>, oneshot::Sender<SubmitAnswer>)>,
+    hour: u64,
+    now: SystemTime,
+    applied: &mut Vec<Applied>,
+) -> Result<(), StoreError> {
+    if submissions.is_empty() {
+        return Ok(());
+    }
+    let reports: Vec<&[Report]> = submissions
+        .iter()
+        .map(|(reports, _)| &reports[..])
+        .collect();
+    let results = store_batch.accept(&reports, hour, now)?;
+    for ((_, answer), result) in submissions.drain(..).zip(results) {
+        applied.push(Applied::Submit(answer, result));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

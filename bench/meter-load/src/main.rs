@@ -100,7 +100,9 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         }
     }
     if options.connections == 0 || options.rate == 0 || options.batch == 0 {
-        return Err(usage("--connections, --rate and --batch must be at least 1"));
+        return Err(usage(
+            "--connections, --rate and --batch must be at least 1",
+        ));
     }
     Ok(options)
 }
@@ -145,7 +147,9 @@ impl Reports {
         if self.batch == 1 {
             return Bytes::from(self.record(first));
         }
-        let records: Vec<String> = (first..first + self.batch).map(|n| self.record(n)).collect();
+        let records: Vec<String> = (first..first + self.batch)
+            .map(|n| self.record(n))
+            .collect();
         Bytes::from(format!("[{}]", records.join(",")))
     }
 }
