@@ -14,6 +14,8 @@ pub use metering_emulator::keys::shared_2048;
 pub use metering_emulator::{Config, RunningEmulator, TokenFault};
 use serde_json::Value;
 
+pub mod meter;
+
 pub const PAID: &str = "prod-paid";
 pub const UNPAID: &str = "prod-unpaid";
 /// The workload identity every gate and `verify` run gets unless a test says otherwise, as the
