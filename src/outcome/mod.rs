@@ -645,7 +645,7 @@ fn metering(error: &GateError, e: &MeteringError) -> (u8, &'static str, String) 
             &format!("the token is malformed: {e}"),
             KEY_HINT,
         ),
-        M::ResponseTooLarge { .. } | M::Unreadable { .. } => (
+        M::ResponseTooLarge { .. } | M::Unreadable { .. } | M::NoMeteringRecordId { .. } => (
             INTERNAL,
             "unexpected_response",
             format!(
