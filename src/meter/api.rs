@@ -4,9 +4,10 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt as _, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -20,6 +21,8 @@ use crate::local_http::server::{error, respond, text, Body};
 
 /// The largest request body accepted (a batch of about 10,000 records).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How long a request body may take to arrive once its headers have.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether the sidecar takes usage.
 #[derive(Debug, Default)]
@@ -106,15 +109,21 @@ async fn usage(api: &Api, request: Request<Incoming>) -> Response<Body> {
         };
         return error(StatusCode::SERVICE_UNAVAILABLE, why.to_owned());
     }
-    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(_) => {
+    let body = match read_body(request.into_body(), MAX_BODY_BYTES, BODY_READ_TIMEOUT).await {
+        Ok(body) => body,
+        Err(BodyRefused::TooLarge) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the body is over {MAX_BODY_BYTES} bytes; send fewer records per request"),
+            )
+        }
+        Err(BodyRefused::TooSlow) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} s; nothing was recorded",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
             )
         }
     };
@@ -146,6 +155,27 @@ async fn usage(api: &Api, request: Request<Incoming>) -> Response<Body> {
         Err(refused @ Refused::Storage(_)) => {
             error(StatusCode::INTERNAL_SERVER_ERROR, refused.to_string())
         }
+    }
+}
+
+/// Why a request body was not read.
+#[derive(Debug, PartialEq, Eq)]
+enum BodyRefused {
+    TooLarge,
+    TooSlow,
+}
+
+/// The whole of `body`, if it is at most `limit` bytes and arrives `within` (a client that
+/// stalls mid-body must not hold its connection's slot for good).
+async fn read_body<B>(body: B, limit: usize, within: Duration) -> Result<Bytes, BodyRefused>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tokio::time::timeout(within, Limited::new(body, limit).collect()).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(_)) => Err(BodyRefused::TooLarge),
+        Err(_) => Err(BodyRefused::TooSlow),
     }
 }
 
@@ -224,4 +254,50 @@ fn status(api: &Api) -> Value {
         "acceptingHour": label(settled.accepting_hour),
         "dimensions": dimensions,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A body whose client stopped sending.
+    struct Stalled;
+
+    impl hyper::body::Body for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_is_read_whole_within_its_size_and_time_or_refused() {
+        let within = Duration::from_secs(30);
+        let small = Full::new(Bytes::from_static(b"[]"));
+        assert_eq!(
+            read_body(small, 16, within).await,
+            Ok(Bytes::from_static(b"[]"))
+        );
+        let large = Full::new(Bytes::from(vec![b' '; 17]));
+        assert_eq!(
+            read_body(large, 16, within).await,
+            Err(BodyRefused::TooLarge)
+        );
+        let started = tokio::time::Instant::now();
+        let stalled = tokio::time::timeout(within * 100, read_body(Stalled, 16, within)).await;
+        assert_eq!(
+            stalled,
+            Ok(Err(BodyRefused::TooSlow)),
+            "a stalled body is cut off"
+        );
+        assert_eq!(started.elapsed(), within);
+    }
 }
