@@ -4,18 +4,18 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Readings};
 use super::period::Period;
 use super::report;
 use super::store::{HourRecord, Reader};
-use super::writer::{Refused, Writer};
+use super::writer::{retry_seconds, Refused, Writer};
 use crate::domain::time::Clock;
 use crate::local_http::server::{error, respond, text, Body};
 
@@ -68,20 +68,18 @@ pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
         (&Method::POST, "/v1/usage") => usage(api, request).await,
         (&Method::GET, "/v1/status") => respond(StatusCode::OK, &status(api)),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        (&Method::GET, "/readyz") if api.readiness.is_ready() => {
-            text(StatusCode::OK, "text/plain", "ready\n".to_owned())
-        }
-        (&Method::GET, "/readyz") => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready\n".to_owned(),
-        ),
+        (&Method::GET, "/readyz") => readyz(api),
         (&Method::GET, "/metrics") => {
             let unsent = api.reader.unsent().unwrap_or_default();
+            let health = api.writer.health();
+            let writable = health.unwritable(Instant::now()).is_none();
             let body = api.metrics.render(
-                api.readiness.is_ready(),
-                &unsent,
-                &api.writer.settled(),
+                &Readings {
+                    ready: api.readiness.is_ready() && writable,
+                    writable,
+                    unsent: &unsent,
+                    settled: &api.writer.settled(),
+                },
                 api.period,
                 api.clock.now(),
             );
@@ -99,6 +97,31 @@ pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// `GET /readyz`: 200 once started, while the state can be written and until stopping.
+fn readyz(api: &Api) -> Response<Body> {
+    let health = api.writer.health();
+    let body = match health.unwritable(Instant::now()) {
+        _ if !api.readiness.is_ready() => "not ready\n".to_owned(),
+        Some((reason, _)) => {
+            format!("not ready: {reason}; reports get 503 until it is writable again\n")
+        }
+        None => return text(StatusCode::OK, "text/plain", "ready\n".to_owned()),
+    };
+    text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
+}
+
+/// 503 for a report the state cannot take now, with when to send it again.
+fn unwritable(reason: &str, retry_after: u64) -> Response<Body> {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{reason}; nothing of this request was recorded: send it again in {retry_after} s"),
+    );
+    response
+        .headers_mut()
+        .insert(hyper::header::RETRY_AFTER, retry_after.into());
+    response
+}
+
 /// `POST /v1/usage`: 200 only once every record is durable; nothing of a refused body counts.
 async fn usage(api: &Api, request: Request<Incoming>) -> Response<Body> {
     if !api.readiness.is_ready() {
@@ -108,6 +131,9 @@ async fn usage(api: &Api, request: Request<Incoming>) -> Response<Body> {
             "the sidecar is not ready yet"
         };
         return error(StatusCode::SERVICE_UNAVAILABLE, why.to_owned());
+    }
+    if let Some((reason, retry_after)) = api.writer.health().unwritable(Instant::now()) {
+        return unwritable(reason, retry_after);
     }
     let body = match read_body(request.into_body(), MAX_BODY_BYTES, BODY_READ_TIMEOUT).await {
         Ok(body) => body,
@@ -152,6 +178,10 @@ async fn usage(api: &Api, request: Request<Incoming>) -> Response<Body> {
             StatusCode::SERVICE_UNAVAILABLE,
             "the sidecar is shutting down; report to the next one".to_owned(),
         ),
+        Err(Refused::Unwritable {
+            reason,
+            retry_after,
+        }) => unwritable(&reason, retry_seconds(retry_after)),
         Err(refused @ Refused::Storage(_)) => {
             error(StatusCode::INTERNAL_SERVER_ERROR, refused.to_string())
         }
@@ -246,11 +276,14 @@ fn status(api: &Api) -> Value {
             )
         })
         .collect();
+    let health = api.writer.health();
+    let unwritable = health.unwritable(Instant::now());
     json!({
         "instanceId": api.instance_id,
         "productCode": api.product_code,
         "period": api.period.to_string(),
-        "ready": api.readiness.is_ready(),
+        "ready": api.readiness.is_ready() && unwritable.is_none(),
+        "stateError": unwritable.map(|(reason, _)| reason),
         "acceptingHour": label(settled.accepting_hour),
         "dimensions": dimensions,
     })
