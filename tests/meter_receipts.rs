@@ -54,7 +54,10 @@ fn an_answer_without_a_metering_record_id_is_resent_then_left_in_doubt_never_tak
         Value::Null,
         "an answer without a record is never a receipt"
     );
-    assert!(sidecar.metric("entitlement_gate_meter_in_doubt_quantity_total") >= 5.0);
+    // The metric follows the settled record (the sender counts it once the record is durable).
+    assert!(wait_until(Duration::from_secs(60), || sidecar
+        .metric("entitlement_gate_meter_in_doubt_quantity_total")
+        >= 5.0));
     emulator.set_faults(Faults::default());
     sidecar.stop().expect_code(0);
     let ledger = emulator.ledger();
