@@ -56,6 +56,17 @@ impl CallOutcome {
     }
 }
 
+/// What the gauges show, read when the metrics are asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Readings<'a> {
+    /// The sidecar accepts usage.
+    pub ready: bool,
+    /// The state can be written.
+    pub writable: bool,
+    pub unsent: &'a [Unsent],
+    pub settled: &'a Settled,
+}
+
 /// Reports and quantity accepted for one dimension.
 #[derive(Debug, Default)]
 struct Accepted {
@@ -120,15 +131,15 @@ impl Metrics {
             .fetch_add(quantity, Ordering::Relaxed);
     }
 
-    /// The Prometheus text of every series, with the gauges computed from `unsent` as of `now`.
-    pub fn render(
-        &self,
-        ready: bool,
-        unsent: &[Unsent],
-        settled: &Settled,
-        period: Period,
-        now: SystemTime,
-    ) -> String {
+    /// The Prometheus text of every series, with the gauges computed from `readings` as of
+    /// `now`.
+    pub fn render(&self, readings: &Readings<'_>, period: Period, now: SystemTime) -> String {
+        let Readings {
+            ready,
+            writable,
+            unsent,
+            settled,
+        } = *readings;
         let mut text = String::new();
         let mut series = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
             let _ = writeln!(text, "# HELP {name} {help}");
@@ -232,6 +243,18 @@ impl Metrics {
             vec![(String::new(), settled.changes)],
         );
         series(
+            "entitlement_gate_meter_state_write_failures_total",
+            "counter",
+            "Writes of the state that failed (a full or failing disk); each is retried.",
+            vec![(String::new(), settled.write_failures)],
+        );
+        series(
+            "entitlement_gate_meter_state_writable",
+            "gauge",
+            "1 when the state can be written; 0 while writes fail and reports get 503.",
+            vec![(String::new(), u64::from(writable))],
+        );
+        series(
             "entitlement_gate_meter_ready",
             "gauge",
             "1 when the sidecar accepts usage.",
@@ -276,10 +299,17 @@ mod tests {
         let settled = Settled {
             commits: 3,
             changes: 9,
+            write_failures: 2,
             ..Settled::default()
         };
         let now = UNIX_EPOCH + Duration::from_secs(500_000 * 3600 + 4000);
-        let text = metrics.render(true, &unsent, &settled, Period::HOUR, now);
+        let readings = Readings {
+            ready: false,
+            writable: false,
+            unsent: &unsent,
+            settled: &settled,
+        };
+        let text = metrics.render(&readings, Period::HOUR, now);
         for line in [
             "entitlement_gate_meter_reports_total{dimension=\"requests\"} 2",
             "entitlement_gate_meter_quantity_total{dimension=\"requests\"} 7",
@@ -294,7 +324,9 @@ mod tests {
             "entitlement_gate_meter_oldest_unsent_hour_age_seconds 4000",
             "entitlement_gate_meter_commits_total 3",
             "entitlement_gate_meter_committed_changes_total 9",
-            "entitlement_gate_meter_ready 1",
+            "entitlement_gate_meter_state_write_failures_total 2",
+            "entitlement_gate_meter_state_writable 0",
+            "entitlement_gate_meter_ready 0",
             "# TYPE entitlement_gate_meter_unsent_hours gauge",
         ] {
             assert!(

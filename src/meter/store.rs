@@ -7,13 +7,16 @@
 //! refused as a duplicate, carried into a later hour, or left in doubt (AWS may hold it).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use rand::rngs::OsRng;
 use rand::TryRngCore as _;
-use redb::{Database, Durability, ReadableDatabase as _, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase as _, ReadableTable, StorageBackend, TableDefinition,
+};
 use serde::{Deserialize, Serialize};
 
 use super::period::Period;
@@ -59,6 +62,10 @@ pub enum StoreError {
     },
     #[error("the state in {} cannot be used: {detail}", path.display())]
     Storage { path: PathBuf, detail: String },
+    /// The disk refused a read or write (full, or failing): redb then refuses every write until
+    /// the database is opened again.
+    #[error("the state in {} cannot be written: {detail}", path.display())]
+    Unwritable { path: PathBuf, detail: String },
 }
 
 /// What became of a closed (hour, dimension).
@@ -143,22 +150,32 @@ pub struct Accepted {
     pub counted: BTreeMap<String, (u64, u64)>,
 }
 
-/// The state, open for this process alone.
-pub struct Store {
-    db: Arc<Database>,
-    path: PathBuf,
-    period: Period,
-    pub instance_id: String,
-    /// The last closed hour, if any.
-    last_closed: Option<u64>,
-    /// Open hours (the accepting one, and later ones usage was carried into) by dimension.
-    open: BTreeMap<u64, BTreeMap<String, Totals>>,
+/// Where the state's database lives; opened again after a write failed.
+pub trait Volume: Send + Sync + 'static {
+    /// The database file, for messages.
+    fn path(&self) -> &Path;
+
+    /// A database on the file, through a descriptor of its own.
+    fn open(&self, builder: &redb::Builder) -> Result<Database, redb::DatabaseError>;
+
+    /// Bytes this process may still write on the file's file system, when known.
+    fn free_bytes(&self) -> Option<u64>;
 }
 
-impl Store {
-    /// Opens (or creates) the state in `dir` for `product_code` and `period`; the first open
-    /// draws the instance ID every MeterUsage `ClientToken` of this state derives from.
-    pub fn open(dir: &Path, product_code: &str, period: Period) -> Result<Store, StoreError> {
+/// The state file, locked (`flock`) for this process for as long as it runs. Every database
+/// opened on it (the first, and each one after a write failed) works through a duplicate of the
+/// locked descriptor and takes no lock of its own, so reopening never releases the lock and no
+/// other process can open the state in between. (redb's own file backend would release its
+/// locks as the failed database closes.) A sidecar of an earlier version, which locks with
+/// redb's backend, is refused by this lock too: that backend also takes `flock` on the file.
+pub struct StateFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl StateFile {
+    /// Creates the state directory if needed and locks the state file in it (creating it).
+    pub fn lock(dir: &Path) -> Result<StateFile, StoreError> {
         let path = dir.join(FILE_NAME);
         let storage = |detail: String| StoreError::Storage {
             path: path.clone(),
@@ -169,31 +186,163 @@ impl Store {
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
             .create(dir)
             .map_err(|e| storage(e.to_string()))?;
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => {
-                    StoreError::InUse { path: path.clone() }
-                }
-                e => storage(e.to_string()),
-            })?;
-        let txn = db.begin_write().map_err(|e| storage(e.to_string()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| storage(e.to_string()))?;
+        // SAFETY: flock on a descriptor this function owns.
+        let locked = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if locked != 0 {
+            let error = std::io::Error::last_os_error();
+            return Err(match error.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => StoreError::InUse { path },
+                _ => storage(format!("cannot lock it: {error}")),
+            });
+        }
+        Ok(StateFile { path, file })
+    }
+
+    /// A duplicate of the locked descriptor, for one database.
+    pub fn descriptor(&self) -> std::io::Result<Descriptor> {
+        self.file.try_clone().map(Descriptor)
+    }
+}
+
+impl Volume for StateFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open(&self, builder: &redb::Builder) -> Result<Database, redb::DatabaseError> {
+        builder.create_with_backend(self.descriptor()?)
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        // SAFETY: fstatvfs fills the struct it is given, for a descriptor this value owns.
+        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+        let read =
+            unsafe { libc::fstatvfs(std::os::fd::AsRawFd::as_raw_fd(&self.file), &mut stats) };
+        (read == 0).then(|| stats.f_bavail.saturating_mul(stats.f_frsize))
+    }
+}
+
+/// Reads and writes a file at offsets, taking no lock: the [`StateFile`] holds it.
+#[derive(Debug)]
+pub struct Descriptor(std::fs::File);
+
+impl StorageBackend for Descriptor {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_exact_at(out, offset)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write_all_at(data, offset)
+    }
+}
+
+/// The database in use, shared by the writer and the readers; empty while the writer reopens
+/// it. Readers hold a clone only while they read, so the writer can wait them out.
+type Current = Arc<RwLock<Option<Arc<Database>>>>;
+
+/// The state, open for this process alone.
+pub struct Store {
+    volume: Arc<dyn Volume>,
+    current: Current,
+    path: PathBuf,
+    period: Period,
+    pub instance_id: String,
+    /// The last closed hour, if any.
+    last_closed: Option<u64>,
+    /// Transactions committed over the state's life; each commit also writes its number, so
+    /// that after a failed commit the reopened file shows whether it landed.
+    commits: u64,
+    /// Open hours (the accepting one, and later ones usage was carried into) by dimension.
+    open: BTreeMap<u64, BTreeMap<String, Totals>>,
+}
+
+/// Who a state belongs to and how far it got, as its `meta` table says.
+struct Meta {
+    instance_id: Option<String>,
+    product_code: Option<String>,
+    period: Option<String>,
+    last_closed: Option<u64>,
+    commits: u64,
+}
+
+impl Meta {
+    fn read(
+        table: &impl ReadableTable<&'static str, &'static str>,
+    ) -> Result<Meta, redb::StorageError> {
+        let read = |key: &str| {
+            table
+                .get(key)
+                .map(|value| value.map(|v| v.value().to_owned()))
+        };
+        Ok(Meta {
+            instance_id: read("instance_id")?,
+            product_code: read("product_code")?,
+            period: read("period")?,
+            last_closed: read("last_closed")?.and_then(|hour| hour.parse().ok()),
+            commits: read("commits")?.and_then(|n| n.parse().ok()).unwrap_or(0),
+        })
+    }
+}
+
+fn builder() -> redb::Builder {
+    let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES);
+    builder
+}
+
+impl Store {
+    /// Opens (or creates) the state in `dir` for `product_code` and `period`; the first open
+    /// draws the instance ID every MeterUsage `ClientToken` of this state derives from.
+    pub fn open(dir: &Path, product_code: &str, period: Period) -> Result<Store, StoreError> {
+        Store::open_on(Arc::new(StateFile::lock(dir)?), product_code, period)
+    }
+
+    /// Opens (or creates) the state on `volume`.
+    pub fn open_on(
+        volume: Arc<dyn Volume>,
+        product_code: &str,
+        period: Period,
+    ) -> Result<Store, StoreError> {
+        let path = volume.path().to_owned();
+        let storage = |detail: String| StoreError::Storage {
+            path: path.clone(),
+            detail,
+        };
+        let db = volume.open(&builder()).map_err(|e| failed(&path, e))?;
+        let txn = db.begin_write().map_err(|e| failed(&path, e))?;
         let meta = {
-            let mut meta = txn.open_table(META).map_err(|e| storage(e.to_string()))?;
-            let read = |key: &str| {
-                meta.get(key)
-                    .map(|value| value.map(|v| v.value().to_owned()))
-                    .map_err(|e| storage(e.to_string()))
-            };
-            let found = (read("instance_id")?, read("product_code")?, read("period")?);
-            let last_closed = read("last_closed")?.and_then(|hour| hour.parse().ok());
-            let instance_id = match found {
-                (Some(id), Some(product), Some(seconds)) => {
+            let mut table = txn.open_table(META).map_err(|e| failed(&path, e))?;
+            let meta = Meta::read(&table).map_err(|e| failed(&path, e))?;
+            match (&meta.instance_id, &meta.product_code, &meta.period) {
+                (Some(_), Some(product), Some(seconds)) => {
                     if product != product_code {
                         return Err(StoreError::OtherProduct {
                             path,
-                            found: product,
+                            found: product.clone(),
                             expected: product_code.to_owned(),
                         });
                     }
@@ -205,7 +354,7 @@ impl Store {
                             expected: period.seconds(),
                         });
                     }
-                    id
+                    meta
                 }
                 _ => {
                     let id = new_instance_id().map_err(storage)?;
@@ -214,31 +363,89 @@ impl Store {
                         ("product_code", product_code),
                         ("period", &period.seconds().to_string()),
                     ] {
-                        meta.insert(key, value)
-                            .map_err(|e| storage(e.to_string()))?;
+                        table.insert(key, value).map_err(|e| failed(&path, e))?;
                     }
-                    id
+                    Meta {
+                        instance_id: Some(id),
+                        ..meta
+                    }
                 }
-            };
-            (instance_id, last_closed)
+            }
         };
-        txn.commit().map_err(|e| storage(e.to_string()))?;
+        txn.commit().map_err(|e| failed(&path, e))?;
         let mut store = Store {
-            db: Arc::new(db),
+            volume,
+            current: Arc::new(RwLock::new(Some(Arc::new(db)))),
             path,
             period,
-            instance_id: meta.0,
-            last_closed: meta.1,
+            instance_id: meta.instance_id.unwrap_or_default(),
+            last_closed: meta.last_closed,
+            commits: meta.commits,
             open: BTreeMap::new(),
         };
         store.load_open()?;
         Ok(store)
     }
 
-    /// Rebuilds the view of open hours from the file (at open, and after a failed commit).
-    pub fn load_open(&mut self) -> Result<(), StoreError> {
+    /// Opens the state again after a write failed: redb refuses every write after an I/O error
+    /// until the database is opened anew (and repairs the file as it opens). Waits for readers
+    /// to finish with the old database first, then reloads everything from the file, which
+    /// holds every commit that landed and nothing else.
+    pub fn reopen(&mut self) -> Result<(), StoreError> {
+        let old = write(&self.current).take();
+        if let Some(mut old) = old {
+            // Readers hold it only for one read.
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => break drop(db),
+                    Err(still_read) => {
+                        old = still_read;
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+        let db = self
+            .volume
+            .open(&builder())
+            .map_err(|e| failed(&self.path, e))?;
+        let meta = {
+            let txn = db.begin_read().map_err(|e| failed(&self.path, e))?;
+            let table = txn.open_table(META).map_err(|e| failed(&self.path, e))?;
+            Meta::read(&table).map_err(|e| failed(&self.path, e))?
+        };
+        if meta.instance_id.as_deref() != Some(self.instance_id.as_str()) {
+            return Err(StoreError::Storage {
+                path: self.path.clone(),
+                detail: "the file was replaced while the sidecar ran".to_owned(),
+            });
+        }
+        *write(&self.current) = Some(Arc::new(db));
+        self.last_closed = meta.last_closed;
+        self.commits = meta.commits;
+        self.load_open()
+    }
+
+    /// Transactions committed over the state's life.
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+
+    /// Bytes the state may still grow by on its volume, when known.
+    pub fn free_bytes(&self) -> Option<u64> {
+        self.volume.free_bytes()
+    }
+
+    /// The database in use.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        current(&self.current, &self.path)
+    }
+
+    /// Rebuilds the view of open hours from the file (at open, and after a reopening).
+    fn load_open(&mut self) -> Result<(), StoreError> {
         let first_open = self.last_closed.map_or(0, |hour| hour + 1);
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| self.storage(e))?;
         let usage = txn.open_table(USAGE).map_err(|e| self.storage(e));
         let mut open: BTreeMap<u64, BTreeMap<String, Totals>> = BTreeMap::new();
         let up_in = txn
@@ -297,11 +504,18 @@ impl Store {
         &self.open
     }
 
-    /// Starts a group of changes that commit together, with one sync.
+    /// Starts a group of changes that commit together, with one sync, and with the number of
+    /// the commit.
     pub fn batch(&mut self) -> Result<Batch<'_>, StoreError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        let db = self.db()?;
+        let mut txn = db.begin_write().map_err(|e| self.storage(e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| self.storage(e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.storage(e))?;
+            meta.insert("commits", (self.commits + 1).to_string().as_str())
+                .map_err(|e| self.storage(e))?;
+        }
         Ok(Batch {
             txn: Some(txn),
             store: self,
@@ -312,30 +526,47 @@ impl Store {
     /// A handle for reading the state while the writer writes.
     pub fn reader(&self) -> Reader {
         Reader {
-            db: self.db.clone(),
+            current: self.current.clone(),
             path: self.path.clone(),
         }
     }
 
-    fn storage(&self, error: impl std::fmt::Display) -> StoreError {
-        StoreError::Storage {
-            path: self.path.clone(),
-            detail: error.to_string(),
-        }
+    fn storage(&self, error: impl Into<redb::Error>) -> StoreError {
+        failed(&self.path, error)
     }
 }
 
-/// Reads the state, concurrently with the writer (redb readers never block it).
+/// Reads the state, concurrently with the writer (redb readers never block it). Each read
+/// holds the database only while it runs, never across an await.
 #[derive(Clone)]
 pub struct Reader {
-    db: Arc<Database>,
+    current: Current,
     path: PathBuf,
+}
+
+fn write(current: &Current) -> std::sync::RwLockWriteGuard<'_, Option<Arc<Database>>> {
+    current
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The database in `current`, or why there is none.
+fn current(current: &Current, path: &Path) -> Result<Arc<Database>, StoreError> {
+    current
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+        .ok_or_else(|| StoreError::Unwritable {
+            path: path.to_owned(),
+            detail: "it is being opened again after a write failed".to_owned(),
+        })
 }
 
 impl Reader {
     /// Closed hours still to send, oldest first.
     pub fn unsent(&self) -> Result<Vec<Unsent>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let db = current(&self.current, &self.path)?;
+        let txn = db.begin_read().map_err(|e| self.storage(e))?;
         let Ok(hours) = txn.open_table(HOURS) else {
             return Ok(Vec::new());
         };
@@ -365,7 +596,8 @@ impl Reader {
 
     /// Every closed (hour, dimension) record, for status.
     pub fn records(&self) -> Result<Vec<(u64, String, HourRecord)>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let db = current(&self.current, &self.path)?;
+        let txn = db.begin_read().map_err(|e| self.storage(e))?;
         let Ok(hours) = txn.open_table(HOURS) else {
             return Ok(Vec::new());
         };
@@ -382,7 +614,8 @@ impl Reader {
 
     /// The usage of one closed (hour, dimension) by tag set, for MeterUsage's allocations.
     pub fn allocations(&self, hour: u64, dimension: &str) -> Result<Vec<(Tags, u64)>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let db = current(&self.current, &self.path)?;
+        let txn = db.begin_read().map_err(|e| self.storage(e))?;
         let Ok(usage) = txn.open_table(USAGE) else {
             return Ok(Vec::new());
         };
@@ -398,7 +631,7 @@ impl Reader {
         Ok(allocations)
     }
 
-    fn storage(&self, error: impl std::fmt::Display) -> StoreError {
+    fn storage(&self, error: impl Into<redb::Error>) -> StoreError {
         failed(&self.path, error)
     }
 }
@@ -420,11 +653,13 @@ pub struct Batch<'a> {
     pending_ids: HashMap<String, u64>,
 }
 
-/// A storage failure of the file at `path`.
-fn failed(path: &Path, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Storage {
-        path: path.to_owned(),
-        detail: error.to_string(),
+/// A failure of the database at `path`: the disk's (full, failing), or another.
+fn failed(path: &Path, error: impl Into<redb::Error>) -> StoreError {
+    let error = error.into();
+    let (path, detail) = (path.to_owned(), error.to_string());
+    match error {
+        redb::Error::Io(_) | redb::Error::PreviousIo => StoreError::Unwritable { path, detail },
+        _ => StoreError::Storage { path, detail },
     }
 }
 
@@ -698,18 +933,13 @@ impl Batch<'_> {
         )
     }
 
-    /// Commits every change of the batch with one sync. On failure the view of open hours is
-    /// rebuilt from the file, which still holds the previous state.
+    /// Commits every change of the batch with one sync. After a failure the store's view is
+    /// not the file's: the store must be reopened ([`Store::reopen`]) before it writes again.
     pub fn commit(mut self) -> Result<(), StoreError> {
         let txn = self.txn.take().expect("open until committed");
-        match txn.commit() {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let error = failed(&self.store.path, e);
-                self.store.load_open()?;
-                Err(error)
-            }
-        }
+        txn.commit().map_err(|e| failed(&self.store.path, e))?;
+        self.store.commits += 1;
+        Ok(())
     }
 }
 
@@ -838,6 +1068,32 @@ mod tests {
             Store::open(dir.path(), "prod", short),
             Err(StoreError::OtherPeriod { .. })
         ));
+    }
+
+    #[test]
+    fn the_state_stays_locked_while_it_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), "prod", Period::HOUR).unwrap();
+        store.reopen().unwrap();
+        assert!(matches!(
+            Store::open(dir.path(), "prod", Period::HOUR),
+            Err(StoreError::InUse { .. })
+        ));
+        // An earlier sidecar opened the file with redb's own backend, which also takes flock.
+        assert!(matches!(
+            Database::create(dir.path().join(FILE_NAME)),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+        ));
+        let mut batch = store.batch().unwrap();
+        batch
+            .accept(&[report("users", 2, &[], None)], 10)
+            .unwrap()
+            .unwrap();
+        batch.commit().unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), "prod", Period::HOUR).unwrap();
+        assert_eq!(store.open_hours()[&10]["users"].quantity, 2);
+        assert_eq!(store.commits(), 1, "the batch was numbered");
     }
 
     #[test]
