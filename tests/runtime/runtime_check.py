@@ -27,9 +27,11 @@ import ssl
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import tomllib
 import traceback
+import urllib.parse
 import urllib.request
 
 import yaml
@@ -296,8 +298,8 @@ def for_podman(docs, work, restart_policy):
       restarted in a loop until kube play gives up; and it restarts a failed init container at
       once, about 60 times in 20 s, where the kubelet backs off.
     - The termination message: the kubelet bind-mounts a writable file at each container's
-      terminationMessagePath and reads it when the container ends; podman does neither, so each
-      is a file of this run's, mounted there, read after the container ended.
+      terminationMessagePath (/dev/termination-log when unset) and reads it when the container
+      ends; podman does neither, so each is a file of this run's, mounted there.
     - emptyDir volumes become the kubelet's: a directory on the node, mode 0777, empty. podman's
       own emptyDir is a volume that copies up the image's directory at the mount path, owner
       included: the state directory the Dockerfile gives UID 65532 (for ECS's Docker volumes) is
@@ -336,17 +338,16 @@ def for_podman(docs, work, restart_policy):
                     reference = variable.get("valueFrom", {}).pop("secretKeyRef", None)
                     if reference:
                         variable["valueFrom"]["configMapKeyRef"] = {**reference, "name": secrets_named[reference["name"]]}
-                path = container.get("terminationMessagePath")
-                if path:
-                    message = work / "termination" / f"{doc['metadata']['name']}-{container['name']}"
-                    message.parent.mkdir(exist_ok=True)
-                    message.write_text("")
-                    message.chmod(0o666)  # as the kubelet's: any container UID writes it
-                    messages[container["name"]] = message
-                    volume = f"termination-message-{index}"
-                    spec.setdefault("volumes", []).append(
-                        {"name": volume, "hostPath": {"path": str(message), "type": "File"}})
-                    container.setdefault("volumeMounts", []).append({"name": volume, "mountPath": path})
+                message = work / "termination" / f"{doc['metadata']['name']}-{container['name']}"
+                message.parent.mkdir(exist_ok=True)
+                message.write_text("")
+                message.chmod(0o666)  # as the kubelet's: any container UID writes it
+                messages[container["name"]] = message
+                volume = f"termination-message-{index}"
+                spec.setdefault("volumes", []).append(
+                    {"name": volume, "hostPath": {"path": str(message), "type": "File"}})
+                container.setdefault("volumeMounts", []).append(
+                    {"name": volume, "mountPath": container.get("terminationMessagePath", "/dev/termination-log")})
         played.append(doc)
     return played, messages
 
@@ -578,15 +579,99 @@ def scenario_image(ctx):
     base = int(podman("image", "inspect", ctx.images.base, "--format", "{{.Size}}").stdout)
     ctx.note(f"image size {size / 1e6:.2f} MB ({(size - base) / 1e6:.2f} MB over the test-only base's "
              f"{base / 1e6:.2f} MB)")
-    # The binary finds the image's CA store: run once in the image against the emulator, its log
-    # must not say the HTTPS client found no roots.
-    done = podman("run", "--rm", "--network", "host", "-e", f"AWS_ENDPOINT_URL_MARKETPLACE_METERING={ctx.emulator.url}",
-                  "-e", f"AWS_REGION={REGION}", "-e", "AWS_ACCESS_KEY_ID=AKIDRUNTIMECHECK",
-                  "-e", "AWS_SECRET_ACCESS_KEY=runtime-check", "-e", "AWS_EC2_METADATA_DISABLED=true",
-                  "-v", f"{ctx.emulator.key}:/key.pem:ro", ctx.images.gate, "check", "--product-code", PAID_HOURLY,
-                  "--public-key-file", "/key.pem", check_rc=False)
-    check(done.returncode == 0, f"the image's check against the emulator exited {done.returncode}: {done.stderr}")
-    check("no native root CA certificates" not in done.stderr, f"the binary found no CA certificates: {done.stderr}")
+    check_ca_store(ctx)
+
+
+def check_ca_store(ctx):
+    """The binary trusts the roots at the image's CA bundle path, and only those: through a TLS
+    front for the emulator whose certificate comes from a CA of this run, a check run in the image
+    succeeds when that CA is added to the image's bundle (mounted over it, as an operator mounts
+    a proxy's), and fails on the image's bundle as built. With the roots the image carries (checked
+    above), that is AWS's endpoints trusted."""
+    front = TlsFront(ctx.work, ctx.emulator.url)
+    try:
+        image_bundle = ctx.work / "image-ca-bundle.pem"
+        container = f"{RUN}-bundle"
+        podman("create", "--name", container, ctx.images.gate)
+        try:
+            podman("cp", f"{container}:/etc/ssl/certs/ca-certificates.crt", image_bundle)
+        finally:
+            podman("rm", "-f", container, check_rc=False)
+        with_test_ca = ctx.work / "ca-bundle-with-test-ca.pem"
+        with_test_ca.write_text(image_bundle.read_text() + front.ca.read_text())
+        codes = {}
+        for name, bundle in (("with", with_test_ca), ("without", image_bundle)):
+            done = podman("run", "--rm", "--network", "host",
+                          "-e", f"AWS_ENDPOINT_URL_MARKETPLACE_METERING={front.url}", "-e", f"AWS_REGION={REGION}",
+                          "-e", "AWS_ACCESS_KEY_ID=AKIDRUNTIMECHECK", "-e", "AWS_SECRET_ACCESS_KEY=runtime-check",
+                          "-e", "AWS_EC2_METADATA_DISABLED=true", "-e", "ENTITLEMENT_GATE_DEADLINE=5s",
+                          "-v", f"{ctx.emulator.key}:/key.pem:ro",
+                          "-v", f"{bundle}:/etc/ssl/certs/ca-certificates.crt:ro", ctx.images.gate,
+                          "check", "--product-code", PAID_HOURLY, "--public-key-file", "/key.pem", check_rc=False)
+            codes[name] = (done.returncode, done.stderr.strip().splitlines()[-1:] or [""])
+        check(codes["with"][0] == 0, f"over TLS, with the test CA in the image's bundle, the check exited "
+              f"{codes['with'][0]}: {codes['with'][1][0]}")
+        check(codes["without"][0] != 0, "over TLS, the check trusted a CA that is not in the image's bundle")
+    finally:
+        front.stop()
+
+
+class TlsFront:
+    """TLS on 127.0.0.1 in front of the emulator, with a certificate for 127.0.0.1 from a CA made
+    for this run (openssl)."""
+
+    def __init__(self, work, upstream):
+        directory = work / "tls"
+        directory.mkdir()
+        self.ca = directory / "ca.pem"
+        key, cert = directory / "server.key", directory / "server.pem"
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        run(["openssl", "req", "-x509", *ec, "-keyout", directory / "ca.key", "-out", self.ca, "-days", "1",
+             "-subj", "/CN=entitlement-gate runtime check test CA"])
+        run(["openssl", "req", *ec, "-keyout", key, "-out", directory / "server.csr", "-subj", "/CN=127.0.0.1"])
+        (directory / "server.ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+        run(["openssl", "x509", "-req", "-in", directory / "server.csr", "-CA", self.ca, "-CAkey",
+             directory / "ca.key", "-CAcreateserial", "-out", cert, "-days", "1", "-extfile", directory / "server.ext"])
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"https://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.relay, args=(client,), daemon=True).start()
+
+    def relay(self, client):
+        try:
+            with self.context.wrap_socket(client, server_side=True) as tls, socket.create_connection(
+                    (self.upstream.hostname, self.upstream.port), timeout=10) as upstream:
+                def pump(source, sink):
+                    try:
+                        while data := source.recv(65536):
+                            sink.sendall(data)
+                    except OSError:
+                        pass
+                    finally:
+                        for closing in (sink, source):
+                            try:
+                                closing.shutdown(socket.SHUT_RDWR)
+                            except OSError:
+                                pass
+                back = threading.Thread(target=pump, args=(upstream, tls), daemon=True)
+                back.start()
+                pump(tls, upstream)
+                back.join(timeout=10)
+        except (OSError, ssl.SSLError):
+            client.close()  # the client refused the certificate: what the negative case expects
+
+    def stop(self):
+        self.listener.close()
 
 
 def check_filesystem(ctx, tag):
@@ -618,6 +703,7 @@ def check_filesystem(ctx, tag):
         packages = {n.rsplit("/", 1)[1] for n in members if n.startswith("var/lib/dpkg/status.d/")}
         check({"base-files", "ca-certificates", "netbase", "tzdata"} <= packages,
               f"{tag}: scanners read the base's packages in /var/lib/dpkg/status.d, which lists {sorted(packages)}")
+        check("etc/ssl/certs/ca-certificates.crt" in members, f"{tag}: no CA bundle at /etc/ssl/certs/ca-certificates.crt")
         bundle = ctx.work / f"{container}-ca.pem"
         bundle.write_bytes(image.extractfile("etc/ssl/certs/ca-certificates.crt").read())
         image.extract("entitlement-gate", ctx.work / container, filter="data")
@@ -716,16 +802,16 @@ def check_state_volume(pod, container, uid=65532):
 def check_flushed(ctx, pod, product, acknowledged, stopped):
     """After SIGTERM the meter sent the open hour and ended by itself (exit 0) within the grace: the
     ledger holds exactly the units it acknowledged, once."""
-    meter = pod.state("entitlement-gate-meter")
-    check(meter == ("exited", 0), f"the meter ended {meter} after SIGTERM: 0 means everything was sent\n"
-          + pod.logs("entitlement-gate-meter")[-3000:])
-    check(stopped < pod.grace, f"the pod took {stopped:.1f} s to stop: the meter was killed at the grace period")
     records = [r for r in ctx.emulator.ledger(product) if r["dimension"] == "requests"]
     billed = sum(decimal.Decimal(r["quantity"]) for r in records)
     check(billed == acknowledged, f"the ledger holds {billed} requests for {product}, the meter acknowledged "
           f"{acknowledged}: {records}")
     hours = [r["timestamp"] for r in records]
     check(len(hours) == len(set(hours)), f"an hour was billed twice: {records}")
+    meter = pod.state("entitlement-gate-meter")
+    check(meter == ("exited", 0), f"the meter ended {meter} after SIGTERM: 0 means everything was sent\n"
+          + pod.logs("entitlement-gate-meter")[-3000:])
+    check(stopped < pod.grace, f"the pod took {stopped:.1f} s to stop: the meter was killed at the grace period")
     ctx.note(f"acknowledged {acknowledged} units, ledger {billed} in {len(records)} record(s); "
              f"stopped in {stopped:.1f} s")
 
@@ -755,10 +841,10 @@ def scenario_contract_helm(ctx):
         third.refused(3)
         message = check_refusal_reason(third, r"(?i)seat")
         stopped = first.stop()
-        check(first.state("entitlement-gate-license") == ("exited", 0),
-              f"the watch ended {first.state('entitlement-gate-license')} after SIGTERM: 0 means checked in")
         check(ctx.emulator.seats(CONTRACT_HELM) == (1, [second.uid]),
               f"seats right after the pod stopped: {ctx.emulator.seats(CONTRACT_HELM)}, the seat is not back")
+        check(first.state("entitlement-gate-license") == ("exited", 0),
+              f"the watch ended {first.state('entitlement-gate-license')} after SIGTERM: 0 means checked in")
         third.down()
         again = contract_pod("seat-c2").start()
         pods.append(again)
@@ -822,10 +908,10 @@ def scenario_contract_kustomize(ctx):
         other.refused(3)
         check_refusal_reason(other, r"(?i)seat")
         stopped = pod.stop()
-        check(pod.state("entitlement-gate-license") == ("exited", 0),
-              f"the watch ended {pod.state('entitlement-gate-license')} after SIGTERM")
         check(ctx.emulator.seats(CONTRACT_KUSTOMIZE) == (0, []),
               f"seats right after the pod stopped: {ctx.emulator.seats(CONTRACT_KUSTOMIZE)}")
+        check(pod.state("entitlement-gate-license") == ("exited", 0),
+              f"the watch ended {pod.state('entitlement-gate-license')} after SIGTERM")
         ctx.note(f"second pod refused on the one seat; first stopped in {stopped:.1f} s, seat back at once")
     finally:
         for item in pods:
