@@ -32,7 +32,7 @@ source .ci/k8s-tools.sh
 export HELM=$PWD/$helm KUBECTL=$PWD/$kubectl
 
 cargo build --quiet -p metering-emulator
-export EMULATOR=$PWD/target/debug/metering-emulator
+export EMULATOR=${CARGO_TARGET_DIR:-$PWD/target}/debug/metering-emulator
 
 # is_build BINARY WORDS: the binary runs and its --version says WORDS (open or locked, and to what).
 is_build() { [ -x "$1" ] && "$1" --version 2> /dev/null | grep -q "$2"; }
