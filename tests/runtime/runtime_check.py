@@ -926,7 +926,8 @@ def scenario_contract_locked_kustomize(ctx):
     pod = ctx.pod([secret] + ctx.render.kustomize("contract-locked", locked=True), expect_start=False)
     try:
         pod.refused(2)
-        message = check_refusal_reason(pod, "AWS_ENDPOINT_URL_LICENSE_MANAGER")
+        # (The test overrides both endpoints the Anywhere path calls; either refusal is the property.)
+        message = check_refusal_reason(pod, "AWS_ENDPOINT_URL_(LICENSE_MANAGER|STS)")
         check((ctx.emulator.calls("CheckoutLicense"), ctx.emulator.calls("GetAccessToken")) == calls,
               "the locked gate called the overridden endpoint before refusing it")
         ctx.note(f"termination message: {message.strip()[:160]}")
