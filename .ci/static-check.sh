@@ -53,6 +53,8 @@ for arch in amd64 arm64; do
 done
 
 binary="$work/out/amd64/entitlement-gate"
+# Kept for scripts/runtime-check.sh, whose locked image is built from it (not built twice in CI).
+mkdir -p target/static-locked/amd64 && cp "$binary" target/static-locked/amd64/
 file "$binary" | grep -q 'static-pie linked' || fail "not static-pie linked"
 ldd "$binary" 2>&1 | grep -Eq 'not a dynamic executable|statically linked' || fail "ldd lists libraries"
 "$binary" --version | tee "$work/version"

@@ -206,6 +206,9 @@ pub enum ResponseFault {
     MalformedJson,
     /// 200 with an empty body.
     EmptyBody,
+    /// 200 with `{}`: well-formed JSON without any of the answer's members (a MeterUsage answer
+    /// without its `MeteringRecordId`). JSON APIs only: an XML answer is left as it is.
+    EmptyObject,
     /// 200 with an 8 MiB body: the real one padded with whitespace.
     HugeBody,
     /// 200 with an HTML page (`text/html`), as a captive portal or proxy sends.

@@ -12,7 +12,7 @@ use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvid
 use aws_credential_types::Credentials;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::domain::files::{self, FileError};
 use crate::domain::text;
@@ -250,22 +250,35 @@ const AWS_FILES: [(&str, Option<&str>); 3] = [
 /// sane size: a FIFO would hang the SDK's read past any deadline, `/dev/zero` would exhaust
 /// memory. Absent files are the SDK's business (it reports them itself).
 pub fn check_aws_files(env: impl Fn(&str) -> Option<String>) -> Result<(), IdentityError> {
+    check_aws_files_with(env, |path| files::check_regular(path, MAX_AWS_FILE_BYTES))
+}
+
+/// [`check_aws_files`] with the check of one file passed in.
+fn check_aws_files_with(
+    env: impl Fn(&str) -> Option<String>,
+    check_file: impl Fn(&Path) -> Result<(), FileError>,
+) -> Result<(), IdentityError> {
     for (variable, default) in AWS_FILES {
         let configured = env(variable).filter(|path| !path.is_empty());
-        let path = match (configured, default, env("HOME")) {
-            (Some(path), _, _) => PathBuf::from(path),
-            (None, Some(default), Some(home)) => std::path::Path::new(&home).join(default),
+        let (path, is_default) = match (configured, default, env("HOME")) {
+            (Some(path), _, _) => (PathBuf::from(path), false),
+            (None, Some(default), Some(home)) => (Path::new(&home).join(default), true),
             _ => continue,
         };
-        match files::check_regular(&path, MAX_AWS_FILE_BYTES) {
-            Err(problem) if !problem.is_not_found() => {
+        match check_file(&path) {
+            Err(problem) if problem.is_not_found() => {}
+            // The SDK skips a default file it may not read, as if it were absent. A runtime may
+            // set HOME to the image user's home for a UID the image does not know (podman does:
+            // the gate as a mesh proxy's UID, 1337, gets distroless's /home/nonroot, mode 0700).
+            Err(problem) if is_default && problem.is_permission_denied() => {}
+            Err(problem) => {
                 return Err(IdentityError::AwsFile {
                     variable,
                     path,
                     problem,
                 })
             }
-            _ => {}
+            Ok(()) => {}
         }
     }
     Ok(())
@@ -340,6 +353,31 @@ mod tests {
                 refused,
                 Err(IdentityError::AwsFile {
                     variable: "AWS_WEB_IDENTITY_TOKEN_FILE",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_default_aws_file_is_skipped_as_the_sdk_skips_it_but_a_named_one_is_refused() {
+        let denied = |_: &Path| -> Result<(), FileError> {
+            Err(FileError::Io(std::io::ErrorKind::PermissionDenied.into()))
+        };
+        let home = |name: &str| (name == "HOME").then(|| "/home/nonroot".to_owned());
+        assert!(check_aws_files_with(home, denied).is_ok());
+        let named = |name: &str| match name {
+            "HOME" => Some("/home/nonroot".to_owned()),
+            "AWS_SHARED_CREDENTIALS_FILE" => Some("/etc/aws/credentials".to_owned()),
+            _ => None,
+        };
+        let refused = check_aws_files_with(named, denied);
+        assert!(
+            matches!(
+                refused,
+                Err(IdentityError::AwsFile {
+                    variable: "AWS_SHARED_CREDENTIALS_FILE",
                     ..
                 })
             ),

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use aws_config::Region;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_marketplacemetering::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_marketplacemetering::operation::meter_usage::MeterUsageError;
+use aws_sdk_marketplacemetering::operation::meter_usage::{MeterUsageError, MeterUsageOutput};
 use aws_sdk_marketplacemetering::operation::register_usage::RegisterUsageError;
 use aws_sdk_marketplacemetering::operation::RequestId as _;
 use aws_sdk_marketplacemetering::primitives::DateTime;
@@ -116,6 +116,10 @@ pub enum MeteringError {
     RequestNotBuilt(String),
     #[error("RegisterUsage answered without a Signature token")]
     NoSignature,
+    /// MeterUsage answered with success but without the record AWS keeps, which AWS always
+    /// returns: not a receipt, since nothing says AWS holds the usage (or that it does not).
+    #[error("MeterUsage answered without a MeteringRecordId, which AWS always returns")]
+    NoMeteringRecordId { request_id: Option<String> },
     #[error("{operation} answered with more than {limit} bytes")]
     ResponseTooLarge { operation: Operation, limit: usize },
     /// A success status whose body is not the operation's JSON.
@@ -165,7 +169,8 @@ impl MeteringError {
             | MeteringError::InvalidUsage { request_id, .. }
             | MeteringError::TimestampOutOfBounds { request_id, .. }
             | MeteringError::DuplicateRequest { request_id, .. }
-            | MeteringError::IdempotencyConflict { request_id, .. } => request_id.as_deref(),
+            | MeteringError::IdempotencyConflict { request_id, .. }
+            | MeteringError::NoMeteringRecordId { request_id } => request_id.as_deref(),
             MeteringError::Throttled(persisting)
             | MeteringError::ServiceUnavailable(persisting)
             | MeteringError::Unreachable(persisting) => persisting.gave_up.request_id.as_deref(),
@@ -456,13 +461,13 @@ pub async fn meter_usage(
     // Counted up as an attempt starts and down when its failure proves nothing was recorded:
     // an attempt abandoned at its timeout stays counted.
     let uncertain = AtomicU32::new(0);
-    let answer = retry::until_deadline("MeterUsage", call.retry, deadline, || async {
+    retry::until_deadline("MeterUsage", call.retry, deadline, || async {
         uncertain.fetch_add(1, Ordering::Relaxed);
         let sent = meter_usage_request(client, call, allocations.clone(), false)
             .send()
             .await;
         match sent {
-            Ok(output) => Attempt::Answered(output),
+            Ok(output) => receipt(output),
             Err(error) => {
                 if sdk_call::proves_not_carried_out(&error) {
                     uncertain.fetch_sub(1, Ordering::Relaxed);
@@ -480,14 +485,23 @@ pub async fn meter_usage(
             }
         },
         may_be_recorded: uncertain.load(Ordering::Relaxed) > 0,
-    })?;
-    Ok(MeterUsageAnswer {
-        request_id: answer.request_id().map(text::quoted),
-        metering_record_id: answer
-            .metering_record_id
-            .map(|id| text::quoted(&id))
-            .unwrap_or_default(),
     })
+}
+
+/// A MeterUsage answer is a receipt only with the record AWS keeps. AWS always returns a
+/// `MeteringRecordId`, so an answer without one is undocumented: the call ends as failed, and
+/// since the request was answered (so AWS may have recorded it) the attempt stays counted as
+/// one that may be recorded. The hour is then sent again under the same token, and left in doubt
+/// if no receipt comes before its carry time.
+fn receipt(output: MeterUsageOutput) -> Attempt<MeterUsageAnswer, MeteringError> {
+    let request_id = output.request_id().map(text::quoted);
+    match output.metering_record_id {
+        Some(id) if !id.trim().is_empty() => Attempt::Answered(MeterUsageAnswer {
+            metering_record_id: text::quoted(&id),
+            request_id,
+        }),
+        _ => Attempt::Failed(MeteringError::NoMeteringRecordId { request_id }),
+    }
 }
 
 /// A MeterUsage `DryRun`: checks the permission and the request without recording anything.
@@ -887,6 +901,30 @@ mod tests {
         ];
         for (name, error, expected) in cases {
             assert_eq!(decide(error), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_meter_usage_answer_is_a_receipt_only_with_its_metering_record_id() {
+        let answered = |id: Option<&str>| {
+            receipt(
+                MeterUsageOutput::builder()
+                    .set_metering_record_id(id.map(str::to_owned))
+                    .build(),
+            )
+        };
+        let Attempt::Answered(answer) = answered(Some("rec-1")) else {
+            panic!("a record ID is a receipt");
+        };
+        assert_eq!(answer.metering_record_id, "rec-1");
+        for (name, id) in [("200 {}", None), ("empty", Some("")), ("blank", Some(" "))] {
+            assert!(
+                matches!(
+                    answered(id),
+                    Attempt::Failed(MeteringError::NoMeteringRecordId { .. })
+                ),
+                "{name}: not a receipt"
+            );
         }
     }
 

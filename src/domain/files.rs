@@ -31,6 +31,10 @@ impl FileError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, FileError::Io(e) if e.kind() == io::ErrorKind::NotFound)
     }
+
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, FileError::Io(e) if e.kind() == io::ErrorKind::PermissionDenied)
+    }
 }
 
 impl fmt::Display for FileError {

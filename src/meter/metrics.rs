@@ -71,7 +71,10 @@ pub struct Metrics {
 
 /// What `/metrics` shows besides the counters, read from the state as of a scrape.
 pub struct Snapshot<'a> {
+    /// The sidecar accepts usage.
     pub ready: bool,
+    /// The state can be written.
+    pub writable: bool,
     pub unsent: &'a [Unsent],
     pub settled: &'a Settled,
     pub ledger: &'a BTreeMap<String, Ledger>,
@@ -275,6 +278,18 @@ impl Metrics {
             one(snapshot.settled.over_budget_refusals),
         );
         series(
+            "entitlement_gate_meter_state_write_failures_total",
+            "counter",
+            "Writes of the state that failed (a full or failing disk); each is retried.",
+            one(snapshot.settled.write_failures),
+        );
+        series(
+            "entitlement_gate_meter_state_writable",
+            "gauge",
+            "1 when the state can be written; 0 while writes fail and reports get 503.",
+            one(u64::from(snapshot.writable)),
+        );
+        series(
             "entitlement_gate_meter_ready",
             "gauge",
             "1 when the sidecar accepts usage.",
@@ -319,6 +334,7 @@ mod tests {
         let settled = Settled {
             commits: 3,
             changes: 9,
+            write_failures: 2,
             ..Settled::default()
         };
         let now = UNIX_EPOCH + Duration::from_secs(500_000 * 3600 + 4000);
@@ -334,7 +350,8 @@ mod tests {
             },
         )]);
         let text = metrics.render(&Snapshot {
-            ready: true,
+            ready: false,
+            writable: false,
             unsent: &unsent,
             settled: &settled,
             ledger: &ledger,
@@ -358,7 +375,9 @@ mod tests {
             "entitlement_gate_meter_oldest_unsent_hour_age_seconds 4000",
             "entitlement_gate_meter_commits_total 3",
             "entitlement_gate_meter_committed_changes_total 9",
-            "entitlement_gate_meter_ready 1",
+            "entitlement_gate_meter_state_write_failures_total 2",
+            "entitlement_gate_meter_state_writable 0",
+            "entitlement_gate_meter_ready 0",
             "entitlement_gate_meter_state_budget_bytes 268435456",
             "# TYPE entitlement_gate_meter_unsent_hours gauge",
         ] {

@@ -102,6 +102,13 @@ pub enum MeterError {
     Unbilled(Box<Unbilled>),
     #[error(transparent)]
     Writer(#[from] Refused),
+    /// The state stayed unwritable (a full or failing disk) for the writer's limit.
+    #[error("the state in {} could not be written for {} s: {reason}", state_dir.display(), after.as_secs())]
+    StateUnwritable {
+        state_dir: PathBuf,
+        after: Duration,
+        reason: String,
+    },
 }
 
 impl From<MeteringError> for MeterError {
@@ -318,7 +325,21 @@ impl Sidecar {
         stop: impl Future<Output = &'static str>,
     ) -> Result<Stopped, MeterError> {
         let config = &self.config;
-        let signal = stop.await;
+        let signal = tokio::select! {
+            signal = stop => signal,
+            (reason, after) = self.writer.gave_up() => {
+                // Nothing more can be recorded: whatever is unsent stays in the state, for the
+                // sidecar that is restarted on it.
+                self.serving.abort();
+                self.ticking.abort();
+                self.sending.abort();
+                return Err(MeterError::StateUnwritable {
+                    state_dir: config.state_dir.clone(),
+                    after,
+                    reason,
+                });
+            }
+        };
         if !config.drain.is_zero() {
             tracing::info!(signal, drain = ?config.drain,
                 "stop requested: still accepting usage during the drain, while the app stops");
@@ -331,7 +352,15 @@ impl Sidecar {
         self.ticking.abort();
         let _ = self.stop_sending.send(());
         let _ = self.sending.await;
-        let future_hour = self.writer.close_for_shutdown().await?;
+        let future_hour = match self.writer.close_for_shutdown().await {
+            Ok(future_hour) => future_hour,
+            // The open hour stays open in the state: the next start closes and sends it.
+            Err(refused @ Refused::Unwritable { .. }) => {
+                tracing::error!(error = %refused, "cannot close the open hour at shutdown");
+                None
+            }
+            Err(refused) => return Err(refused.into()),
+        };
         let flush = self.sender.pass(Limit::All(grace_ends)).await;
         self.serving.abort();
         let unsent = self.reader.unsent()?;

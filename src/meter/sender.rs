@@ -129,6 +129,11 @@ impl Sender {
         let budget = quarter.max(self.destination.retry.attempt_timeout * 2);
         let mut failed_passes = 0u32;
         loop {
+            // While the state cannot be written no outcome could be recorded: wait for it.
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = self.writer.writable() => {}
+            }
             let pass = tokio::select! {
                 _ = &mut stop => return,
                 pass = self.pass(Limit::EachHour(budget)) => pass,

@@ -18,14 +18,16 @@
 //! forgotten a whole table at a time.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rand::rngs::OsRng;
 use rand::TryRngCore as _;
 use redb::{
-    Database, Durability, ReadableDatabase as _, ReadableTable, TableDefinition, TableHandle as _,
+    Database, Durability, ReadableDatabase as _, ReadableTable, StorageBackend, TableDefinition,
+    TableHandle as _,
 };
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +93,10 @@ pub enum StoreError {
     OtherFormat { path: PathBuf, found: String },
     #[error("the state in {} cannot be used: {detail}", path.display())]
     Storage { path: PathBuf, detail: String },
+    /// The disk refused a read or write (full, or failing): redb then refuses every write until
+    /// the database is opened again.
+    #[error("the state in {} cannot be written: {detail}", path.display())]
+    Unwritable { path: PathBuf, detail: String },
 }
 
 /// What became of a closed (hour, dimension). Quantities are the micro-units billed: whole
@@ -214,6 +220,120 @@ pub struct Accepted {
     pub counted: BTreeMap<String, (u64, Quantity)>,
 }
 
+/// Where the state's database lives; opened again after a write failed.
+pub trait Volume: Send + Sync + 'static {
+    /// The database file, for messages.
+    fn path(&self) -> &Path;
+
+    /// A database on the file, through a descriptor of its own.
+    fn open(&self, builder: &redb::Builder) -> Result<Database, redb::DatabaseError>;
+
+    /// Bytes this process may still write on the file's file system, when known.
+    fn free_bytes(&self) -> Option<u64>;
+}
+
+/// The state file, locked (`flock`) for this process for as long as it runs. Every database
+/// opened on it (the first, and each one after a write failed) works through a duplicate of the
+/// locked descriptor and takes no lock of its own, so reopening never releases the lock and no
+/// other process can open the state in between. (redb's own file backend would release its
+/// locks as the failed database closes.) A sidecar of an earlier version, which locks with
+/// redb's backend, is refused by this lock too: that backend also takes `flock` on the file.
+pub struct StateFile {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl StateFile {
+    /// Creates the state directory if needed and locks the state file in it (creating it).
+    pub fn lock(dir: &Path) -> Result<StateFile, StoreError> {
+        let path = dir.join(FILE_NAME);
+        let storage = |detail: String| StoreError::Storage {
+            path: path.clone(),
+            detail,
+        };
+        // The volume is usually mounted already; a missing directory (a local run) is made,
+        // readable by this user only.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|e| storage(e.to_string()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| storage(e.to_string()))?;
+        // SAFETY: flock on a descriptor this function owns.
+        let locked = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if locked != 0 {
+            let error = std::io::Error::last_os_error();
+            return Err(match error.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => StoreError::InUse { path },
+                _ => storage(format!("cannot lock it: {error}")),
+            });
+        }
+        Ok(StateFile { path, file })
+    }
+
+    /// A duplicate of the locked descriptor, for one database.
+    pub fn descriptor(&self) -> std::io::Result<Descriptor> {
+        self.file.try_clone().map(Descriptor)
+    }
+}
+
+impl Volume for StateFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open(&self, builder: &redb::Builder) -> Result<Database, redb::DatabaseError> {
+        builder.create_with_backend(self.descriptor()?)
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        // SAFETY: fstatvfs fills the struct it is given, for a descriptor this value owns.
+        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+        let read =
+            unsafe { libc::fstatvfs(std::os::fd::AsRawFd::as_raw_fd(&self.file), &mut stats) };
+        (read == 0).then(|| stats.f_bavail.saturating_mul(stats.f_frsize))
+    }
+}
+
+/// Reads and writes a file at offsets, taking no lock: the [`StateFile`] holds it.
+#[derive(Debug)]
+pub struct Descriptor(std::fs::File);
+
+impl StorageBackend for Descriptor {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_exact_at(out, offset)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write_all_at(data, offset)
+    }
+}
+
+/// The database in use, shared by the writer and the readers; empty while the writer reopens
+/// it. Readers hold a clone only while they read, so the writer can wait them out.
+type Current = Arc<RwLock<Option<Arc<Database>>>>;
+
 /// How long report IDs are remembered, and the key their hashes are made with.
 struct Ids {
     key: aws_lc_rs::hmac::Key,
@@ -243,15 +363,57 @@ fn ids_table(window: u64) -> String {
 
 /// The state, open for this process alone.
 pub struct Store {
-    db: Arc<Database>,
+    volume: Arc<dyn Volume>,
+    current: Current,
     path: PathBuf,
     period: Period,
     pub instance_id: String,
     ids: Ids,
     /// The last closed hour, if any.
     last_closed: Option<u64>,
+    /// Transactions committed over the state's life; each commit also writes its number, so
+    /// that after a failed commit the reopened file shows whether it landed.
+    commits: u64,
     /// Open hours (the accepting one, and later ones usage was carried into) by dimension.
     open: BTreeMap<u64, BTreeMap<String, Totals>>,
+}
+
+/// Who a state belongs to and how far it got, as its `meta` table says.
+struct Meta {
+    instance_id: Option<String>,
+    product_code: Option<String>,
+    period: Option<String>,
+    schema: Option<String>,
+    id_key: Option<String>,
+    last_closed: Option<u64>,
+    commits: u64,
+}
+
+impl Meta {
+    fn read(
+        table: &impl ReadableTable<&'static str, &'static str>,
+    ) -> Result<Meta, redb::StorageError> {
+        let read = |key: &str| {
+            table
+                .get(key)
+                .map(|value| value.map(|v| v.value().to_owned()))
+        };
+        Ok(Meta {
+            instance_id: read("instance_id")?,
+            product_code: read("product_code")?,
+            period: read("period")?,
+            schema: read("schema")?,
+            id_key: read("id_key")?,
+            last_closed: read("last_closed")?.and_then(|hour| hour.parse().ok()),
+            commits: read("commits")?.and_then(|n| n.parse().ok()).unwrap_or(0),
+        })
+    }
+}
+
+fn builder() -> redb::Builder {
+    let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES);
+    builder
 }
 
 impl Store {
@@ -265,49 +427,44 @@ impl Store {
         period: Period,
         id_window: Duration,
     ) -> Result<Store, StoreError> {
-        let path = dir.join(FILE_NAME);
+        Store::open_on(
+            Arc::new(StateFile::lock(dir)?),
+            product_code,
+            period,
+            id_window,
+        )
+    }
+
+    /// Opens (or creates) the state on `volume`.
+    pub fn open_on(
+        volume: Arc<dyn Volume>,
+        product_code: &str,
+        period: Period,
+        id_window: Duration,
+    ) -> Result<Store, StoreError> {
+        let path = volume.path().to_owned();
         let storage = |detail: String| StoreError::Storage {
             path: path.clone(),
             detail,
         };
-        // The volume is usually mounted already; a missing directory (a local run) is made,
-        // readable by this user only.
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(dir)
-            .map_err(|e| storage(e.to_string()))?;
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => {
-                    StoreError::InUse { path: path.clone() }
-                }
-                e => storage(e.to_string()),
-            })?;
-        let txn = db.begin_write().map_err(|e| storage(e.to_string()))?;
-        let (instance_id, id_key, last_closed) = {
-            let mut meta = txn.open_table(META).map_err(|e| storage(e.to_string()))?;
-            let read = |key: &str| {
-                meta.get(key)
-                    .map(|value| value.map(|v| v.value().to_owned()))
-                    .map_err(|e| storage(e.to_string()))
-            };
-            let found = (
-                read("instance_id")?,
-                read("product_code")?,
-                read("period")?,
-                read("schema")?,
-                read("id_key")?,
-            );
-            let last_closed = read("last_closed")?.and_then(|hour| hour.parse().ok());
-            match found {
-                (Some(id), Some(product), Some(seconds), Some(schema), Some(key))
-                    if schema == SCHEMA =>
+        let db = volume.open(&builder()).map_err(|e| failed(&path, e))?;
+        let txn = db.begin_write().map_err(|e| failed(&path, e))?;
+        let meta = {
+            let mut table = txn.open_table(META).map_err(|e| failed(&path, e))?;
+            let meta = Meta::read(&table).map_err(|e| failed(&path, e))?;
+            match (
+                &meta.instance_id,
+                &meta.product_code,
+                &meta.period,
+                &meta.schema,
+            ) {
+                (Some(_), Some(product), Some(seconds), Some(schema))
+                    if schema == SCHEMA && meta.id_key.is_some() =>
                 {
                     if product != product_code {
                         return Err(StoreError::OtherProduct {
                             path,
-                            found: product,
+                            found: product.clone(),
                             expected: product_code.to_owned(),
                         });
                     }
@@ -319,12 +476,12 @@ impl Store {
                             expected: period.seconds(),
                         });
                     }
-                    (id, key, last_closed)
+                    meta
                 }
                 (Some(_), ..) => {
                     return Err(StoreError::OtherFormat {
                         path,
-                        found: found.3.unwrap_or_else(|| "1".to_owned()),
+                        found: meta.schema.unwrap_or_else(|| "1".to_owned()),
                     })
                 }
                 (None, ..) => {
@@ -337,37 +494,100 @@ impl Store {
                         ("schema", SCHEMA),
                         ("id_key", key.as_str()),
                     ] {
-                        meta.insert(name, value)
-                            .map_err(|e| storage(e.to_string()))?;
+                        table.insert(name, value).map_err(|e| failed(&path, e))?;
                     }
-                    (id, key, None)
+                    Meta {
+                        instance_id: Some(id),
+                        id_key: Some(key),
+                        ..meta
+                    }
                 }
             }
         };
-        txn.commit().map_err(|e| storage(e.to_string()))?;
-        let key_bytes =
-            unhex(&id_key).ok_or_else(|| storage("its ID key is damaged".to_owned()))?;
+        txn.commit().map_err(|e| failed(&path, e))?;
+        let key_bytes = meta
+            .id_key
+            .as_deref()
+            .and_then(unhex)
+            .ok_or_else(|| storage("its ID key is damaged".to_owned()))?;
         let mut store = Store {
-            db: Arc::new(db),
+            volume,
+            current: Arc::new(RwLock::new(Some(Arc::new(db)))),
             path,
             period,
-            instance_id,
+            instance_id: meta.instance_id.unwrap_or_default(),
             ids: Ids {
                 key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key_bytes),
                 window_secs: id_window.as_secs().max(1),
                 oldest_kept: None,
             },
-            last_closed,
+            last_closed: meta.last_closed,
+            commits: meta.commits,
             open: BTreeMap::new(),
         };
         store.load_open()?;
         Ok(store)
     }
 
-    /// Rebuilds the view of open hours from the file (at open, and after a failed commit).
-    pub fn load_open(&mut self) -> Result<(), StoreError> {
+    /// Opens the state again after a write failed: redb refuses every write after an I/O error
+    /// until the database is opened anew (and repairs the file as it opens). Waits for readers
+    /// to finish with the old database first, then reloads everything from the file, which
+    /// holds every commit that landed and nothing else.
+    pub fn reopen(&mut self) -> Result<(), StoreError> {
+        let old = write(&self.current).take();
+        if let Some(mut old) = old {
+            // Readers hold it only for one read.
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => break drop(db),
+                    Err(still_read) => {
+                        old = still_read;
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+        let db = self
+            .volume
+            .open(&builder())
+            .map_err(|e| failed(&self.path, e))?;
+        let meta = {
+            let txn = db.begin_read().map_err(|e| failed(&self.path, e))?;
+            let table = txn.open_table(META).map_err(|e| failed(&self.path, e))?;
+            Meta::read(&table).map_err(|e| failed(&self.path, e))?
+        };
+        if meta.instance_id.as_deref() != Some(self.instance_id.as_str()) {
+            return Err(StoreError::Storage {
+                path: self.path.clone(),
+                detail: "the file was replaced while the sidecar ran".to_owned(),
+            });
+        }
+        *write(&self.current) = Some(Arc::new(db));
+        self.last_closed = meta.last_closed;
+        self.commits = meta.commits;
+        self.load_open()
+    }
+
+    /// Transactions committed over the state's life.
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+
+    /// Bytes the state may still grow by on its volume, when known.
+    pub fn free_bytes(&self) -> Option<u64> {
+        self.volume.free_bytes()
+    }
+
+    /// The database in use.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        current(&self.current, &self.path)
+    }
+
+    /// Rebuilds the view of open hours from the file (at open, and after a reopening).
+    fn load_open(&mut self) -> Result<(), StoreError> {
         let first_open = self.last_closed.map_or(0, |hour| hour + 1);
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| self.storage(e))?;
         let mut open: BTreeMap<u64, BTreeMap<String, Totals>> = BTreeMap::new();
         let up_in = txn
             .open_table(META)
@@ -434,7 +654,8 @@ impl Store {
     /// freed by forgotten IDs are reused before the file grows. Walks the database: call it
     /// rarely.
     pub fn live_bytes(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(|e| self.storage(e))?;
         let stats = txn.stats().map_err(|e| self.storage(e))?;
         let live = stats.allocated_pages() * stats.page_size() as u64;
         txn.abort().map_err(|e| self.storage(e))?;
@@ -443,9 +664,15 @@ impl Store {
 
     /// Starts a group of changes that commit together, with one sync.
     pub fn batch(&mut self) -> Result<Batch<'_>, StoreError> {
-        let mut txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        let db = self.db()?;
+        let mut txn = db.begin_write().map_err(|e| self.storage(e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| self.storage(e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.storage(e))?;
+            meta.insert("commits", (self.commits + 1).to_string().as_str())
+                .map_err(|e| self.storage(e))?;
+        }
         Ok(Batch {
             txn: Some(txn),
             store: self,
@@ -456,21 +683,40 @@ impl Store {
     /// A handle for reading the state while the writer writes.
     pub fn reader(&self) -> Reader {
         Reader {
-            db: self.db.clone(),
+            current: self.current.clone(),
             path: self.path.clone(),
         }
     }
 
-    fn storage(&self, error: impl std::fmt::Display) -> StoreError {
+    fn storage(&self, error: impl Into<redb::Error>) -> StoreError {
         failed(&self.path, error)
     }
 }
 
-/// Reads the state, concurrently with the writer (redb readers never block it).
+/// Reads the state, concurrently with the writer (redb readers never block it). Each read
+/// holds the database only while it runs, never across an await.
 #[derive(Clone)]
 pub struct Reader {
-    db: Arc<Database>,
+    current: Current,
     path: PathBuf,
+}
+
+fn write(current: &Current) -> std::sync::RwLockWriteGuard<'_, Option<Arc<Database>>> {
+    current
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The database in `current`, or why there is none.
+fn current(current: &Current, path: &Path) -> Result<Arc<Database>, StoreError> {
+    current
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+        .ok_or_else(|| StoreError::Unwritable {
+            path: path.to_owned(),
+            detail: "it is being opened again after a write failed".to_owned(),
+        })
 }
 
 impl Reader {
@@ -500,14 +746,16 @@ impl Reader {
 
     /// Every closed (hour, dimension) record, for status.
     pub fn records(&self) -> Result<Vec<(u64, String, HourRecord)>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let db = current(&self.current, &self.path)?;
+        let txn = db.begin_read().map_err(|e| self.storage(e))?;
         records_in(&txn).map_err(|e| self.storage(e))
     }
 
     /// The `UsageAllocations` of one closed, unsettled (hour, dimension): micro-units by tag
     /// set, summing to its record's quantity; empty for untagged usage.
     pub fn allocations(&self, hour: u64, dimension: &str) -> Result<Vec<(Tags, u64)>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let db = current(&self.current, &self.path)?;
+        let txn = db.begin_read().map_err(|e| self.storage(e))?;
         let Ok(allocated) = txn.open_table(ALLOCATED) else {
             return Ok(Vec::new());
         };
@@ -525,11 +773,12 @@ impl Reader {
 
     /// The ledger of every dimension with usage or a record, from one consistent snapshot.
     pub fn ledger(&self) -> Result<BTreeMap<String, Ledger>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let db = current(&self.current, &self.path)?;
+        let txn = db.begin_read().map_err(|e| self.storage(e))?;
         ledger_in(&txn).map_err(|e| self.storage(e))
     }
 
-    fn storage(&self, error: impl std::fmt::Display) -> StoreError {
+    fn storage(&self, error: impl Into<redb::Error>) -> StoreError {
         failed(&self.path, error)
     }
 }
@@ -626,11 +875,13 @@ pub struct Batch<'a> {
     acknowledged: BTreeMap<String, u128>,
 }
 
-/// A storage failure of the file at `path`.
-fn failed(path: &Path, error: impl std::fmt::Display) -> StoreError {
-    StoreError::Storage {
-        path: path.to_owned(),
-        detail: error.to_string(),
+/// A failure of the database at `path`: the disk's (full, failing), or another.
+fn failed(path: &Path, error: impl Into<redb::Error>) -> StoreError {
+    let error = error.into();
+    let (path, detail) = (path.to_owned(), error.to_string());
+    match error {
+        redb::Error::Io(_) | redb::Error::PreviousIo => StoreError::Unwritable { path, detail },
+        _ => StoreError::Storage { path, detail },
     }
 }
 
@@ -961,26 +1212,17 @@ impl Batch<'_> {
         )
     }
 
-    /// Commits every change of the batch with one sync. On failure the view of open hours is
-    /// rebuilt from the file, which still holds the previous state.
+    /// Commits every change of the batch with one sync. After a failure the store's view is
+    /// not the file's: the store must be reopened ([`Store::reopen`]) before it writes again.
     pub fn commit(mut self) -> Result<(), StoreError> {
         let txn = self.txn.take().expect("open until committed");
-        let path = self.store.path.clone();
-        let counted = self
-            .acknowledged
-            .iter()
-            .try_for_each(|(dimension, micros)| {
-                count(&txn, dimension, Part::Acknowledged, *micros)
-            });
-        let committed = counted.and_then(|()| txn.commit().map_err(redb::Error::from));
-        match committed {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let error = failed(&path, e);
-                self.store.load_open()?;
-                Err(error)
-            }
+        let fail = |e| failed(&self.store.path, e);
+        for (dimension, micros) in &self.acknowledged {
+            count(&txn, dimension, Part::Acknowledged, *micros).map_err(fail)?;
         }
+        txn.commit().map_err(|e| failed(&self.store.path, e))?;
+        self.store.commits += 1;
+        Ok(())
     }
 }
 
@@ -1250,6 +1492,27 @@ mod tests {
     }
 
     #[test]
+    fn the_state_stays_locked_while_it_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        store.reopen().unwrap();
+        assert!(matches!(
+            Store::open(dir.path(), "prod", Period::HOUR, WINDOW),
+            Err(StoreError::InUse { .. })
+        ));
+        // An earlier sidecar opened the file with redb's own backend, which also takes flock.
+        assert!(matches!(
+            Database::create(dir.path().join(FILE_NAME)),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+        ));
+        accept(&mut store, &[report("users", 2 * UNIT, &[], None)], 10);
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.open_hours()[&10]["users"].quantity, 2 * UNIT);
+        assert_eq!(store.commits(), 1, "the batch was numbered");
+    }
+
+    #[test]
     fn submissions_of_one_group_commit_are_each_all_or_none_and_see_each_others_ids() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(dir.path());
@@ -1507,7 +1770,7 @@ mod tests {
         batch.forget_ids(at(12)).unwrap();
         batch.commit().unwrap();
         let tables = |store: &Store| {
-            let txn = store.db.begin_read().unwrap();
+            let txn = store.db().unwrap().begin_read().unwrap();
             txn.list_tables()
                 .unwrap()
                 .map(|t| t.name().to_owned())

@@ -64,6 +64,10 @@ pub mod exit_code {
             (INTERNAL, ["doctor"]) => "a check failed",
             (INTERNAL, ["health"]) => "not ready, or nothing answers there",
             (INTERNAL, _) => "an answer AWS does not document, or an internal error",
+            (CONFIG, ["meter"]) => {
+                "the configuration (a flag, a variable, a file, a locked build's rule), or a \
+                 state volume that stayed unwritable (full) until the sidecar gave up"
+            }
             (CONFIG, _) => "the configuration (a flag, a variable, a file, a locked build's rule)",
             (NOT_ENTITLED, ["license", "watch"]) => {
                 "no license at start-up, or the license was lost (--on-loss exit)"
@@ -281,7 +285,7 @@ pub fn report(error: &GateError) -> Report {
                     "point ENTITLEMENT_GATE_STATE_DIR at this product's own state, or at an empty \
                      directory",
                 ),
-                StoreError::Storage { .. } => (
+                StoreError::Storage { .. } | StoreError::Unwritable { .. } => (
                     "state_unusable",
                     "check the volume at ENTITLEMENT_GATE_STATE_DIR: a directory writable by the \
                      container's user, not full",
@@ -350,6 +354,22 @@ pub fn report(error: &GateError) -> Report {
         ),
         },
         G::Meter(MeterError::Writer(e)) => internal(e),
+        G::Meter(MeterError::StateUnwritable {
+            state_dir,
+            after,
+            reason,
+        }) => (
+            CONFIG,
+            "state_unwritable",
+            format!(
+                "The metering state in {} could not be written for {} s ({reason}); every \
+                 report acknowledged before is in it and the sidecar restarted on the same \
+                 volume sends it: free space on the volume (or give it more) and check it for \
+                 I/O errors.",
+                state_dir.display(),
+                after.as_secs()
+            ),
+        ),
         G::StopOverran { signal } => (
             UNREACHABLE,
             "shutdown_overran",
@@ -695,7 +715,7 @@ fn metering(error: &GateError, e: &MeteringError) -> (u8, &'static str, String) 
             &format!("the token is malformed: {e}"),
             KEY_HINT,
         ),
-        M::ResponseTooLarge { .. } | M::Unreadable { .. } => (
+        M::ResponseTooLarge { .. } | M::Unreadable { .. } | M::NoMeteringRecordId { .. } => (
             INTERNAL,
             "unexpected_response",
             format!(
@@ -979,6 +999,26 @@ mod tests {
 
     fn metering(error: MeteringError) -> GateError {
         GateError::Check(CheckError::Metering(error))
+    }
+
+    #[test]
+    fn a_metering_state_that_stayed_unwritable_exits_2_and_keeps_what_was_acknowledged() {
+        let report = assert_report(
+            GateError::Meter(MeterError::StateUnwritable {
+                state_dir: "/var/lib/meter".into(),
+                after: std::time::Duration::from_secs(300),
+                reason: "No space left on device (os error 28)".into(),
+            }),
+            CONFIG,
+            &[
+                "/var/lib/meter",
+                "300 s",
+                "No space left on device",
+                "every report acknowledged before is in it",
+                "free space",
+            ],
+        );
+        assert_eq!(report.reason, "state_unwritable");
     }
 
     #[test]

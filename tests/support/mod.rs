@@ -16,6 +16,8 @@ pub use metering_emulator::keys::shared_2048;
 pub use metering_emulator::{Config, RunningEmulator, TokenFault};
 use serde_json::Value;
 
+pub mod meter;
+
 pub const PAID: &str = "prod-paid";
 pub const UNPAID: &str = "prod-unpaid";
 /// The workload identity every gate and `verify` run gets unless a test says otherwise, as the
@@ -476,17 +478,28 @@ impl Ended {
 
 /// One HTTP/1.1 request over a Unix socket; `None` when nothing listens (yet).
 pub fn http(socket: &Path, method: &str, path: &str, body: &[u8]) -> Option<(u16, String)> {
-    let (status, _, body) = http_with_head(socket, method, path, body)?;
-    Some((status, body))
+    http_answer(socket, method, path, body).map(|answer| (answer.status, answer.body))
 }
 
-/// The same, with the answer's head (status line and headers) too.
-pub fn http_with_head(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> Option<(u16, String, String)> {
+/// An HTTP answer: its status, its head (the status line and headers) and its body.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// A header's value, by its name in any case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// One HTTP/1.1 request over a Unix socket, with the whole answer; `None` when nothing listens.
+pub fn http_answer(socket: &Path, method: &str, path: &str, body: &[u8]) -> Option<HttpAnswer> {
     let mut stream = UnixStream::connect(socket).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
@@ -504,5 +517,9 @@ pub fn http_with_head(
     let answer = String::from_utf8_lossy(&answer).into_owned();
     let (head, body) = answer.split_once("\r\n\r\n")?;
     let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, head.to_owned(), body.to_owned()))
+    Some(HttpAnswer {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
 }

@@ -100,7 +100,7 @@ mod tests {
 
     use super::super::tests::{call_at, code_of, config, noon, signed_call, AUTH};
     use super::*;
-    use crate::{Config, Faults, Operation, RandomFaults};
+    use crate::{Config, Faults, Operation, RandomFaults, ResponseFault};
 
     fn now_seconds() -> u64 {
         epoch_seconds(noon())
@@ -393,6 +393,24 @@ mod tests {
             .clone();
         service.set_faults(Faults::default());
         assert_eq!(record_id(meter(&service, usage(5))), recorded);
+        assert_eq!(service.ledger().snapshot().idempotent_replays, 1);
+    }
+
+    #[test]
+    fn an_empty_object_answer_was_recorded_and_names_no_record() {
+        let service = Service::new(period_config());
+        service.set_faults(Faults {
+            response: Some(ResponseFault::EmptyObject),
+            ..Faults::default()
+        });
+        let answer = meter(&service, usage(5));
+        assert!(
+            matches!(&answer, Answer::Raw { status: 200, body, .. } if body == b"{}"),
+            "{answer:?}"
+        );
+        assert_eq!(service.ledger().snapshot().records.len(), 1);
+        service.set_faults(Faults::default());
+        record_id(meter(&service, usage(5)));
         assert_eq!(service.ledger().snapshot().idempotent_replays, 1);
     }
 

@@ -256,6 +256,8 @@ impl Answer {
             // Cut short but delivered whole: the document never closes.
             ResponseFault::MalformedJson => raw(body[..half].to_vec()),
             ResponseFault::EmptyBody => raw(Vec::new()),
+            ResponseFault::EmptyObject if content_type.contains("json") => raw(b"{}".to_vec()),
+            ResponseFault::EmptyObject => raw(body),
             // Trailing whitespace keeps the document well-formed: only its size is wrong.
             ResponseFault::HugeBody => {
                 let mut huge = body;
