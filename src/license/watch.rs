@@ -329,8 +329,10 @@ impl Watch {
             tracing::info!(license_arn = %license.license_arn, "the license is confirmed again");
         }
         self.shared.set_error(None);
+        // Published before it is ready: a probe that sees ready reads the held license.
+        self.publish(license)?;
         self.shared.set_ready(true);
-        self.publish(license)
+        Ok(())
     }
 
     /// AWS could not confirm the license: keep it through the grace, then lose it.
