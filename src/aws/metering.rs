@@ -16,6 +16,7 @@ use aws_sdk_marketplacemetering::types::{Tag, UsageAllocation};
 use aws_sdk_marketplacemetering::Client;
 use tokio::time::Instant;
 
+use super::endpoint::Pinning;
 use super::identity::CredentialSource;
 use super::retry::{self, Attempt, GaveUp, RetryError, RetryPolicy, TransientKind};
 use super::sdk_call::{self, Undocumented};
@@ -209,18 +210,20 @@ pub struct RegisterUsageAnswer {
 
 /// Builds a client for `region` with `credentials` (fixed ones for a one-shot gate, the
 /// provider that supplied them for a long-running sidecar, refreshed behind the SDK's cache);
-/// the SDK still reads the endpoint overrides (`AWS_ENDPOINT_URL_MARKETPLACE_METERING`,
-/// `AWS_ENDPOINT_URL`) and profile settings.
+/// `pinning` says whether it follows the endpoint overrides (`AWS_ENDPOINT_URL_MARKETPLACE_METERING`,
+/// `AWS_ENDPOINT_URL`, the profile's) or calls AWS only ([`sdk_call::sdk_config`]).
 pub async fn client(
     region: Region,
     credentials: impl ProvideCredentials + 'static,
     attempt_timeout: Duration,
+    pinning: Pinning,
 ) -> Client {
     client_from(
         &sdk_call::sdk_config(
             region,
             Some(SharedCredentialsProvider::new(credentials)),
             attempt_timeout,
+            pinning,
         )
         .await,
     )

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use entitlement_gate::aws::endpoint::Pinning;
 use entitlement_gate::aws::retry::{Backoff, RetryPolicy};
 use entitlement_gate::doctor::{DoctorRequest, LicenseRequest, MeterRequest};
 use entitlement_gate::domain::key::{KeyRequest, VerifyingKey};
@@ -175,6 +176,7 @@ impl CheckArgs {
             retry: self.retry(),
             handoff_dir: self.handoff_dir.clone(),
             region_override: self.region.clone(),
+            pinning: Pinning::of(anchors),
         })
     }
 }
@@ -442,6 +444,7 @@ impl MeterArgs {
             deadline: self.deadline,
             retry: self.retry.policy(self.deadline),
             region_override: self.region.clone(),
+            pinning: Pinning::of(anchors),
         })
     }
 }
@@ -548,7 +551,7 @@ impl LicenseArgs {
             deadline: self.deadline,
             retry: self.retry.policy(self.deadline),
             region_override: self.region.clone(),
-            locked: anchors.is_locked(),
+            pinning: Pinning::of(anchors),
         })
     }
 }

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::{DoctorRequest, Failure, Finding};
 use crate::aws::anywhere::{AnywhereError, AnywhereSettings, MAX_TOKEN_BYTES};
+use crate::aws::endpoint::Pinning;
 use crate::aws::license_manager;
 use crate::domain::files;
 use crate::domain::license::{CheckoutType, EntitlementRequest};
@@ -70,7 +71,7 @@ pub(super) fn product(
         deadline: request.deadline,
         retry: request.retry,
         region_override: request.region_override.clone(),
-        locked: anchors.is_locked(),
+        pinning: Pinning::of(anchors),
     };
     (finding, Some(config))
 }

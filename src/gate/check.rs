@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
-use crate::aws::endpoint;
+use crate::aws::endpoint::{self, EndpointOverride, Pinning, Service};
 use crate::aws::identity::{self, CredentialSource, IdentityError, RegionSource};
 use crate::aws::metering::{self, MeteringError, RegisterUsageAnswer, RegisterUsageCall};
 use crate::aws::retry::RetryPolicy;
@@ -37,6 +37,8 @@ pub struct CheckConfig {
     pub handoff_dir: Option<PathBuf>,
     /// For local testing only: on ECS and EKS the platform sets the Region.
     pub region_override: Option<String>,
+    /// Whether RegisterUsage may go elsewhere than AWS (an open build's emulator).
+    pub pinning: Pinning,
 }
 
 /// What `check` proved.
@@ -58,6 +60,9 @@ pub struct Entitlement {
 /// Why a `check` run did not prove an entitlement.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
+    /// A locked build is being pointed at another endpoint than AWS's.
+    #[error("{0}, and this locked build calls AWS's own endpoints only")]
+    EndpointOverridden(EndpointOverride),
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -147,6 +152,9 @@ pub async fn run(config: &CheckConfig, progress: &Progress) -> Result<Entitlemen
     };
     progress.enter(Phase::Configuration);
     identity::check_aws_files(|name| std::env::var(name).ok())?;
+    endpoint::refuse_overrides(config.pinning)
+        .await
+        .map_err(CheckError::EndpointOverridden)?;
     if let Some(dir) = &config.handoff_dir {
         handoff::remove_stale(dir).map_err(|source| HandoffError::RemoveStale {
             dir: dir.clone(),
@@ -249,7 +257,7 @@ async fn call_register_usage(
         binding,
         region: &region,
         credentials_from: who.credentials.source,
-        endpoint: endpoint::metering(&region).await,
+        endpoint: endpoint::resolve(Service::MarketplaceMetering, &region, config.pinning).await,
         retry: config.retry,
     };
     tracing::info!(endpoint = %call.endpoint, product_code = %binding.product_code,
@@ -260,6 +268,7 @@ async fn call_register_usage(
                 who.region.region.clone(),
                 who.credentials.credentials.clone(),
                 config.retry.attempt_timeout,
+                config.pinning,
             )
             .await;
             metering::register_usage(&client, &call, deadline.at).await

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::aws::endpoint::EndpointOverride;
 use crate::aws::identity::{CredentialSource, IdentityError};
 use crate::aws::metering::{MeteringError, Operation, Persisting, SetupRefusal};
 use crate::doctor::{Diagnosis, Failure};
@@ -96,6 +97,9 @@ pub enum GateError {
         problem: String,
         remedy: &'static str,
     },
+    /// A locked build is being pointed at another endpoint than AWS's (`doctor --call`).
+    #[error("{0}, and this locked build calls AWS's own endpoints only")]
+    EndpointOverridden(EndpointOverride),
     #[error(transparent)]
     ProductCode(#[from] ProductCodeError),
     #[error(transparent)]
@@ -138,6 +142,7 @@ impl From<Failure> for GateError {
             Failure::Check(e) => GateError::Check(e),
             Failure::Metering(e) => GateError::Meter(MeterError::from(e)),
             Failure::License(e) => GateError::License(Box::new(e)),
+            Failure::Endpoint(e) => GateError::EndpointOverridden(e),
         }
     }
 }
@@ -240,6 +245,9 @@ pub fn report(error: &GateError) -> Report {
             };
             (CONFIG, reason, configuration(error, hint))
         }
+        G::EndpointOverridden(_)
+        | G::Check(C::EndpointOverridden(_))
+        | G::Meter(MeterError::EndpointOverridden(_)) => endpoint_overridden(error),
         G::Check(C::Identity(e)) => identity(error, e, "aws-marketplace:RegisterUsage"),
         G::Meter(MeterError::Identity(e)) => identity(error, e, "aws-marketplace:MeterUsage"),
         G::InvalidSetting { remedy, .. } => (CONFIG, "invalid_setting", configuration(error, remedy)),
@@ -424,6 +432,20 @@ pub fn report(error: &GateError) -> Report {
         message,
         request_id: request_id(error).map(str::to_owned),
     }
+}
+
+/// The outcome of a locked build pointed at another endpoint, for whichever command refused it.
+fn endpoint_overridden(error: &GateError) -> (u8, &'static str, String) {
+    (
+        exit_code::CONFIG,
+        "endpoint_overridden",
+        configuration(
+            error,
+            "remove that setting from this container: a locked build sends its Marketplace \
+             Metering, License Manager and STS calls to AWS itself, over TLS that chains to \
+             Amazon Trust Services",
+        ),
+    )
 }
 
 /// The outcome of an identity failure, for whichever use case resolved it.
