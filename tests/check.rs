@@ -153,6 +153,24 @@ fn configuration_errors_exit_2_before_any_call() {
             Gate::check(&emulator).env_remove("AWS_REGION"),
             "AWS_REGION",
         ),
+        {
+            let gate = Gate::check(&emulator);
+            let file = gate.path("public-key.pem");
+            (
+                "a handoff dir that is a regular file",
+                gate.arg("--handoff-dir").arg(file),
+                "it is not a directory; mount a writable volume",
+            )
+        },
+        {
+            let gate = Gate::subcommand(&emulator, "exec");
+            let file = gate.path("public-key.pem");
+            (
+                "exec with a handoff dir that is a regular file",
+                gate.arg("--handoff-dir").arg(file).args(["--", "true"]),
+                "it is not a directory; mount a writable volume",
+            )
+        },
     ];
     for (name, gate, mention) in cases {
         let run = gate.run();

@@ -197,6 +197,21 @@ fn refusals_map_to_the_gates_exit_codes() {
 }
 
 #[test]
+fn a_handoff_directory_that_is_a_regular_file_is_refused_before_any_call() {
+    let emulator = license_emulator(Duration::from_secs(3600), |_| {});
+    let gate = license(&emulator, "check", SEATS, "Seats=1:Count");
+    let file = gate.path("public-key.pem");
+    let finished = gate.env("ENTITLEMENT_GATE_HANDOFF_DIR", file).run();
+    finished.expect_code(2);
+    let reason = finished.reason();
+    assert!(
+        reason.starts_with("Configuration error") && reason.contains("it is not a directory"),
+        "{reason}"
+    );
+    assert_eq!(emulator.calls(), 0);
+}
+
+#[test]
 fn a_redirect_to_the_licenses_home_region_is_followed() {
     let emulator = license_emulator(Duration::from_secs(3600), |config| {
         config.licenses = vec![LicenseSpec::floating(SEATS, "Seats", 1).home_region("us-west-2")];

@@ -156,11 +156,7 @@ pub async fn run(config: &CheckConfig, progress: &Progress) -> Result<Entitlemen
         .await
         .map_err(CheckError::EndpointOverridden)?;
     if let Some(dir) = &config.handoff_dir {
-        handoff::remove_stale(dir).map_err(|source| HandoffError::RemoveStale {
-            dir: dir.clone(),
-            source,
-        })?;
-        handoff::check_writable(dir)?;
+        handoff::prepare(dir, handoff::FILE_NAME)?;
     }
     let who = resolve_identity(config, &deadline).await?;
     let binding = Binding {
