@@ -2,8 +2,6 @@
 //! with `--call` GetAccessToken and AssumeRoleWithWebIdentity), and with `--call` a provisional
 //! checkout that is checked in at once, so no seat stays taken.
 
-use std::time::SystemTime;
-
 use tokio::time::Instant;
 
 use super::{DoctorRequest, Failure, Finding};
@@ -216,11 +214,7 @@ pub(super) async fn checkout(config: &LicenseConfig) -> Vec<Finding> {
     };
     let expires = checkout
         .expiration
-        .map(|at| {
-            crate::domain::time::rfc3339(
-                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(at),
-            )
-        })
+        .map(crate::domain::time::epoch_text)
         .unwrap_or_else(|| "no expiry given".to_owned());
     vec![
         identity,

@@ -9,7 +9,7 @@ pub mod meter;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_types::os_shim_internal::{Env, Fs};
 use hyper_util::client::proxy::matcher::Matcher;
@@ -28,7 +28,7 @@ use crate::domain::key::{KeyError, KeyRequest, VerifyingKey};
 use crate::domain::mesh::Mesh;
 use crate::domain::product_code::{ProductCode, ProductCodeError};
 use crate::domain::text;
-use crate::domain::time::{epoch_seconds, rfc3339};
+use crate::domain::time::{epoch_seconds, epoch_text, rfc3339};
 use crate::domain::trust::TrustAnchors;
 use crate::domain::workload::{WorkloadId, WorkloadIdSource};
 use crate::gate::check::{self, CheckConfig, CheckError, Progress};
@@ -857,7 +857,7 @@ fn host_and_port(url: &str) -> Option<(String, u16)> {
 /// A clock set before this binary was built is wrong; SigV4 and `iat` checks would fail.
 fn clock(now: SystemTime, built: u64) -> Finding {
     let secs = epoch_seconds(now);
-    let built_at = rfc3339(UNIX_EPOCH + Duration::from_secs(built));
+    let built_at = epoch_text(built);
     if secs < built {
         Finding::fail(
             "clock",
@@ -895,6 +895,7 @@ mod tests {
     use crate::aws::identity::CredentialSource;
     use aws_credential_types::provider::SharedCredentialsProvider;
     use aws_credential_types::Credentials;
+    use std::time::UNIX_EPOCH;
 
     fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |name| {

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -270,8 +270,7 @@ async fn call_register_usage(
             metering::register_usage(&client, &call, deadline.at).await
         })
         .await??;
-    if let Some(rotation) = answer.public_key_rotation_timestamp {
-        let when = rfc3339(UNIX_EPOCH + Duration::from_secs(rotation.max(0) as u64));
+    if let Some(when) = answer.key_expired_at() {
         tracing::warn!(public_key_rotation_timestamp = %when, public_key_version = binding.public_key_version,
             "AWS reports that this public key version expired at {when}; the seller must roll to the next key version");
     }

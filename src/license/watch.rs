@@ -258,7 +258,7 @@ impl Watch {
         if let Some(ends) = status.ends.filter(|ends| *ends <= now) {
             return Err(Failure::Lost(format!(
                 "past the end of its contract ({})",
-                crate::domain::time::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(ends))
+                crate::domain::time::epoch_text(ends)
             )));
         }
         Ok(license)
