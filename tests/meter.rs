@@ -371,7 +371,11 @@ fn usage_answers_503_until_the_dry_run_passes() {
     .arg(format!("unix:{}", sidecar.socket.display()))
     .run();
     health.expect_code(1);
-    assert!(health.stderr.contains("not ready"), "{}", health.stderr);
+    assert!(
+        health.stderr.contains("answered HTTP 503"),
+        "{}",
+        health.stderr
+    );
 
     emulator.set_faults(Faults::default());
     sidecar.wait_ready();
@@ -740,10 +744,13 @@ fn health_answers_for_a_tcp_listener_and_fails_when_nothing_listens() {
         .arg(&address)
         .run()
     };
+    // A probe's answer is binary: nothing there is "not ready" too, and says which by URL.
     let nothing = health();
-    nothing.expect_code(7);
+    nothing.expect_code(1);
     assert!(
-        nothing.stderr.contains("did not answer"),
+        nothing.stderr.contains(&format!(
+            "Not ready: nothing answered at http://{address}/readyz"
+        )),
         "{}",
         nothing.stderr
     );

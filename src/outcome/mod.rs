@@ -50,7 +50,9 @@ pub mod exit_code {
             (0, ["health"]) => "the sidecar answers and is ready",
             (0, _) => "success",
             (INTERNAL, ["doctor"]) => "a check failed",
-            (INTERNAL, ["health"]) => "not ready, or nothing answers there",
+            (INTERNAL, ["health"]) => {
+                "not ready, or nothing answers there (the sentence says which)"
+            }
             (INTERNAL, _) => "an answer AWS does not document, or an internal error",
             (CONFIG, _) => "the configuration (a flag, a variable, a file, a locked build's rule)",
             (NOT_ENTITLED, ["license", "watch"]) => {
@@ -317,20 +319,22 @@ pub fn report(error: &GateError) -> Report {
                  same directory sends it, so keep that volume."
             ),
         ),
-        G::Health(e @ HealthError::NotReady { .. }) => (
+        // A probe's answer is binary: not ready and nothing there both exit 1.
+        G::Health(HealthError::NotReady { url, status }) => (
             INTERNAL,
             "not_ready",
             format!(
-                "The metering sidecar is not ready ({e}); it is starting, stopping, or failed its \
-                 start-up: read its log."
+                "Not ready: {url} answered HTTP {status}; the sidecar there (meter or license \
+                 watch) is starting, stopping, or failed its start-up: read its log."
             ),
         ),
-        G::Health(e @ HealthError::Unreachable { .. }) => (
-            UNREACHABLE,
+        G::Health(HealthError::Unreachable { url, reason }) => (
+            INTERNAL,
             "unreachable",
             format!(
-                "The metering sidecar did not answer ({e}); check that it runs and listens on \
-                 ENTITLEMENT_GATE_METER_LISTEN."
+                "Not ready: nothing answered at {url} ({reason}); check that the sidecar (meter \
+                 or license watch) runs and listens there, as --url \
+                 (ENTITLEMENT_GATE_METER_LISTEN) says."
             ),
         ),
         G::Check(C::Handoff(HandoffError::Directory { .. })) => (
