@@ -281,6 +281,18 @@ fn the_watch_extends_the_seat_before_it_lapses_and_checks_it_in_on_sigterm() {
 }
 
 #[test]
+fn sighup_stops_the_watch_as_sigterm_does_and_checks_the_seat_in() {
+    let emulator = license_emulator(Duration::from_secs(3600), |_| {});
+    let watch = Sidecar::ready(license(&emulator, "watch", SEATS, "Seats=1:Count"));
+    assert_eq!(seats_in_use(&emulator), 1);
+    watch.running.signal(libc::SIGHUP);
+    let ended = watch.wait();
+    ended.expect_code(0);
+    assert!(ended.log.contains("signal=\"SIGHUP\""), "{}", ended.log);
+    assert_eq!(seats_in_use(&emulator), 0, "checked in at once");
+}
+
+#[test]
 fn a_lost_license_ends_the_watch_or_is_reported_as_the_seller_chose() {
     let emulator = license_emulator(Duration::from_secs(3600), |_| {});
     let gone = |emulator: &RunningEmulator| {

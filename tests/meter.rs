@@ -430,6 +430,22 @@ fn a_stopping_sidecar_drains_then_refuses_usage_and_sends_the_hour_it_closed_ear
 }
 
 #[test]
+fn sighup_stops_the_sidecar_as_sigterm_does_and_sends_what_it_holds() {
+    away_from_a_boundary(DAY);
+    let emulator = metering_emulator(DAY);
+    let state = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::ready(meter(&emulator, state.path(), DAY));
+    sidecar.accept(r#"{"dimension": "requests", "quantity": 7}"#);
+    sidecar.running.signal(libc::SIGHUP);
+    let ended = sidecar.wait();
+    ended.expect_code(0);
+    assert!(ended.log.contains("signal=\"SIGHUP\""), "{}", ended.log);
+    let ledger = emulator.ledger();
+    one_record_per_dimension_and_hour(&ledger);
+    assert_eq!(ledger_totals(&ledger)["requests"], 7);
+}
+
+#[test]
 fn usage_that_cannot_be_sent_exits_7_and_a_restart_with_the_same_state_sends_it() {
     away_from_a_boundary(DAY);
     let emulator = metering_emulator(DAY);

@@ -44,9 +44,13 @@ pub mod exit_code {
             (0, ["exec"]) => "never: PROGRAM replaces this process once entitled",
             (0, ["verify"]) => "the handoff or token is genuine, fresh and bound to this workload",
             (0, ["doctor"]) => "no check failed (warnings may remain)",
-            (0, ["meter"]) => "stopped on SIGTERM after sending every closed hour",
+            (0, ["meter"]) => {
+                "stopped on SIGTERM (or SIGINT, SIGHUP) after sending every closed hour"
+            }
             (0, ["license", "check"]) => "AWS granted every entitlement; license.json written",
-            (0, ["license", "watch"]) => "stopped on SIGTERM; a floating seat was checked in",
+            (0, ["license", "watch"]) => {
+                "stopped on SIGTERM (or SIGINT, SIGHUP); a floating seat was checked in"
+            }
             (0, ["health"]) => "the sidecar answers and is ready",
             (0, _) => "success",
             (INTERNAL, ["doctor"]) => "a check failed",
@@ -74,7 +78,7 @@ pub mod exit_code {
                 "AWS out of reach at start-up, or the seat not checked in within the grace"
             }
             (UNREACHABLE, _) => "AWS out of reach, throttled or failing until the deadline",
-            (INTERRUPTED, _) => "SIGTERM or SIGINT before a decision",
+            (INTERRUPTED, _) => "SIGTERM, SIGINT or SIGHUP before a decision",
             _ => "",
         }
     }
