@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use entitlement_gate::aws::{endpoint, workload};
+use entitlement_gate::aws::endpoint::{self, Service};
+use entitlement_gate::aws::workload;
 use entitlement_gate::doctor;
 use entitlement_gate::domain::handoff;
 use entitlement_gate::domain::license as license_file;
@@ -123,7 +124,11 @@ fn run(supervisor: &Supervisor, command: Command) -> u8 {
         }
         Command::Doctor(args) => {
             supervisor.arm_watchdog(args.check.deadline, progress.clone());
-            let diagnosis = block_on(async { Ok(doctor::run(&args.to_request(), &ANCHORS).await) });
+            let diagnosis = block_on(async {
+                doctor::run(&args.to_request(), &ANCHORS)
+                    .await
+                    .map_err(GateError::EndpointOverridden)
+            });
             return match diagnosis {
                 Ok(mut diagnosis) => match supervisor.conclude_success() {
                     Ok(()) => {
@@ -154,9 +159,10 @@ fn run(supervisor: &Supervisor, command: Command) -> u8 {
 /// `meter`: the metering sidecar, until a signal stops it and it has sent what it holds.
 fn meter(supervisor: &Supervisor, args: &MeterArgs, progress: &Progress) -> u8 {
     let watchdog = supervisor.arm_watchdog(args.deadline, progress.clone());
-    let endpoint_overridden = ["AWS_ENDPOINT_URL_MARKETPLACE_METERING", "AWS_ENDPOINT_URL"]
-        .iter()
-        .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()));
+    let endpoint_overridden = endpoint::override_variable(Service::MarketplaceMetering, |name| {
+        std::env::var(name).ok()
+    })
+    .is_some();
     let config = match args.to_config(&ANCHORS, endpoint_overridden) {
         Ok(config) => config,
         Err(error) => return supervisor.conclude(&error),
@@ -196,10 +202,8 @@ fn meter(supervisor: &Supervisor, args: &MeterArgs, progress: &Progress) -> u8 {
 fn license_watch(supervisor: &Supervisor, args: &LicenseWatchArgs, progress: &Progress) -> u8 {
     let watchdog = supervisor.arm_watchdog(args.license.deadline, progress.clone());
     let endpoint_overridden =
-        endpoint::configured_override(endpoint::LICENSE_MANAGER_OVERRIDE, |name| {
-            std::env::var(name).ok()
-        })
-        .is_some();
+        endpoint::override_variable(Service::LicenseManager, |name| std::env::var(name).ok())
+            .is_some();
     // The watch checks the seat in on SIGTERM; only a check-in that overruns its grace is cut
     // short.
     supervisor.set_signal_policy(SignalPolicy {

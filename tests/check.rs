@@ -153,6 +153,24 @@ fn configuration_errors_exit_2_before_any_call() {
             Gate::check(&emulator).env_remove("AWS_REGION"),
             "AWS_REGION",
         ),
+        {
+            let gate = Gate::check(&emulator);
+            let file = gate.path("public-key.pem");
+            (
+                "a handoff dir that is a regular file",
+                gate.arg("--handoff-dir").arg(file),
+                "it is not a directory; mount a writable volume",
+            )
+        },
+        {
+            let gate = Gate::subcommand(&emulator, "exec");
+            let file = gate.path("public-key.pem");
+            (
+                "exec with a handoff dir that is a regular file",
+                gate.arg("--handoff-dir").arg(file).args(["--", "true"]),
+                "it is not a directory; mount a writable volume",
+            )
+        },
     ];
     for (name, gate, mention) in cases {
         let run = gate.run();
@@ -460,7 +478,7 @@ fn transient_failures_are_retried_until_success() {
 #[test]
 fn an_expired_key_version_warns_but_still_decides_by_verification() {
     let rotation = 1_900_000_000;
-    let emulator = emulator_with(|c| c.rotation_timestamp = Some(rotation));
+    let emulator = emulator_with(|c| c.rotation_timestamp = Some(rotation.into()));
     let gate = Gate::check(&emulator);
     let dir = gate.dir.path().to_owned();
     let run = gate.arg("--handoff-dir").arg(&dir).run();
@@ -478,10 +496,35 @@ fn an_expired_key_version_warns_but_still_decides_by_verification() {
     );
 
     let spoiled = emulator_with(|c| {
-        c.rotation_timestamp = Some(rotation);
+        c.rotation_timestamp = Some(rotation.into());
         c.faults.token = Some(TokenFault::BadSignature);
     });
     Gate::check(&spoiled).run().expect_code(4);
+}
+
+#[test]
+fn a_rotation_timestamp_no_clock_can_hold_is_named_and_never_ends_the_run() {
+    for (sent, named) in [
+        ("9.3e18", "epoch second 9223372036854775807"),
+        ("1e400", "epoch second 9223372036854775807"),
+        ("-1e400", "epoch second -9223372036854775808"),
+        ("253402300800", "epoch second 253402300800"),
+    ] {
+        let emulator = emulator_with(|c| c.rotation_timestamp = Some(sent.parse().unwrap()));
+        let gate = Gate::check(&emulator);
+        let dir = gate.dir.path().to_owned();
+        let run = gate.arg("--handoff-dir").arg(&dir).run();
+        run.expect_code(0);
+        assert!(
+            run.stderr.contains(&format!("expired at {named}")),
+            "{sent}: {}",
+            run.stderr
+        );
+        assert!(
+            run.handoff_in(&dir).unwrap()["publicKeyRotationTimestamp"].is_i64(),
+            "{sent}"
+        );
+    }
 }
 
 #[test]

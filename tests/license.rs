@@ -133,6 +133,21 @@ fn refusals_map_to_the_gates_exit_codes() {
 }
 
 #[test]
+fn a_handoff_directory_that_is_a_regular_file_is_refused_before_any_call() {
+    let emulator = license_emulator(Duration::from_secs(3600), |_| {});
+    let gate = license(&emulator, "check", SEATS, "Seats=1:Count");
+    let file = gate.path("public-key.pem");
+    let finished = gate.env("ENTITLEMENT_GATE_HANDOFF_DIR", file).run();
+    finished.expect_code(2);
+    let reason = finished.reason();
+    assert!(
+        reason.starts_with("Configuration error") && reason.contains("it is not a directory"),
+        "{reason}"
+    );
+    assert_eq!(emulator.calls(), 0);
+}
+
+#[test]
 fn a_redirect_to_the_licenses_home_region_is_followed() {
     let emulator = license_emulator(Duration::from_secs(3600), |config| {
         config.licenses = vec![LicenseSpec::floating(SEATS, "Seats", 1).home_region("us-west-2")];
@@ -199,6 +214,18 @@ fn the_watch_extends_the_seat_before_it_lapses_and_checks_it_in_on_sigterm() {
     let text = std::fs::read_to_string(handoff.join("license.json")).unwrap();
     assert!(text.contains("\"state\": \"released\""), "{text}");
     drop(check);
+}
+
+#[test]
+fn sighup_stops_the_watch_as_sigterm_does_and_checks_the_seat_in() {
+    let emulator = license_emulator(Duration::from_secs(3600), |_| {});
+    let watch = Sidecar::ready(license(&emulator, "watch", SEATS, "Seats=1:Count"));
+    assert_eq!(seats_in_use(&emulator), 1);
+    watch.running.signal(libc::SIGHUP);
+    let ended = watch.wait();
+    ended.expect_code(0);
+    assert!(ended.log.contains("signal=\"SIGHUP\""), "{}", ended.log);
+    assert_eq!(seats_in_use(&emulator), 0, "checked in at once");
 }
 
 #[test]

@@ -289,7 +289,11 @@ fn usage_answers_503_until_the_dry_run_passes() {
     .arg(format!("unix:{}", sidecar.socket.display()))
     .run();
     health.expect_code(1);
-    assert!(health.stderr.contains("not ready"), "{}", health.stderr);
+    assert!(
+        health.stderr.contains("answered HTTP 503"),
+        "{}",
+        health.stderr
+    );
 
     emulator.set_faults(Faults::default());
     sidecar.wait_ready();
@@ -341,6 +345,22 @@ fn a_stopping_sidecar_drains_then_refuses_usage_and_sends_the_hour_it_closed_ear
     let ledger = emulator.ledger();
     one_record_per_dimension_and_hour(&ledger);
     assert_eq!(ledger_totals(&ledger)["requests"], 10);
+}
+
+#[test]
+fn sighup_stops_the_sidecar_as_sigterm_does_and_sends_what_it_holds() {
+    away_from_a_boundary(DAY);
+    let emulator = metering_emulator(DAY);
+    let state = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::ready(meter(&emulator, state.path(), DAY));
+    sidecar.accept(r#"{"dimension": "requests", "quantity": 7}"#);
+    sidecar.running.signal(libc::SIGHUP);
+    let ended = sidecar.wait();
+    ended.expect_code(0);
+    assert!(ended.log.contains("signal=\"SIGHUP\""), "{}", ended.log);
+    let ledger = emulator.ledger();
+    one_record_per_dimension_and_hour(&ledger);
+    assert_eq!(ledger_totals(&ledger)["requests"], 7);
 }
 
 #[test]
@@ -702,10 +722,13 @@ fn health_answers_for_a_tcp_listener_and_fails_when_nothing_listens() {
         .arg(&address)
         .run()
     };
+    // A probe's answer is binary: nothing there is "not ready" too, and says which by URL.
     let nothing = health();
-    nothing.expect_code(7);
+    nothing.expect_code(1);
     assert!(
-        nothing.stderr.contains("did not answer"),
+        nothing.stderr.contains(&format!(
+            "Not ready: nothing answered at http://{address}/readyz"
+        )),
         "{}",
         nothing.stderr
     );

@@ -20,8 +20,9 @@ pub struct Config {
     /// Known product codes without a subscription (CustomerNotEntitledException); any code in
     /// neither list gets InvalidProductCodeException.
     pub not_entitled: BTreeSet<String>,
-    /// Answer with `PublicKeyRotationTimestamp` (epoch seconds), as when a key version expires.
-    pub rotation_timestamp: Option<i64>,
+    /// Answer with `PublicKeyRotationTimestamp` (epoch seconds), as when a key version expires:
+    /// any JSON number, sent as written (`1900000000`, or a hostile `9.3e18` or `1e400`).
+    pub rotation_timestamp: Option<JsonNumber>,
     /// Serve the IMDSv2 credential and Region paths, as an EC2 node would.
     pub imds: bool,
     /// The per-account RegisterUsage quota (AWS: 5 per second): a token bucket holding one
@@ -341,9 +342,73 @@ impl std::str::FromStr for RegistrationToken {
     }
 }
 
+/// A JSON number as the emulator sends it, digit for digit: the grammar of RFC 8259, whatever
+/// its size (a value no `f64` or `i64` holds is exactly what a client must survive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonNumber(String);
+
+impl JsonNumber {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<i64> for JsonNumber {
+    fn from(number: i64) -> Self {
+        JsonNumber(number.to_string())
+    }
+}
+
+impl std::str::FromStr for JsonNumber {
+    type Err = String;
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    fn from_str(text: &str) -> Result<Self, String> {
+        let digits =
+            |rest: &str| rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let mut rest = text.strip_prefix('-').unwrap_or(text);
+        let integer = digits(rest);
+        let valid_integer = integer == 1 || (integer > 1 && !rest.starts_with('0'));
+        rest = &rest[integer..];
+        let mut valid = valid_integer;
+        if let Some(fraction) = rest.strip_prefix('.') {
+            let count = digits(fraction);
+            valid &= count > 0;
+            rest = &fraction[count..];
+        }
+        if let Some(exponent) = rest.strip_prefix(['e', 'E']) {
+            let exponent = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+            let count = digits(exponent);
+            valid &= count > 0;
+            rest = &exponent[count..];
+        }
+        if valid && rest.is_empty() {
+            Ok(JsonNumber(text.to_owned()))
+        } else {
+            Err(format!("{text:?} is not a JSON number"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_numbers_follow_the_grammar_whatever_their_size() {
+        for number in ["0", "-1", "1900000000", "9.3e18", "1e400", "-1E+400", "0.5"] {
+            assert_eq!(number.parse::<JsonNumber>().unwrap().as_str(), number);
+        }
+        for not_a_number in [
+            "", "-", "01", "1.", ".5", "1e", "1e+", "0x10", "1 ", "NaN", "inf",
+        ] {
+            assert!(
+                not_a_number.parse::<JsonNumber>().is_err(),
+                "{not_a_number:?}"
+            );
+        }
+        assert_eq!(JsonNumber::from(-5).as_str(), "-5");
+    }
 
     #[test]
     fn customers_parse_with_an_optional_account() {

@@ -24,7 +24,7 @@ mod license;
 mod server;
 mod service;
 
-pub use config::{Config, Customer, Operation, RegistrationToken};
+pub use config::{Config, Customer, JsonNumber, Operation, RegistrationToken};
 pub use faults::{
     Faults, InjectedError, LicenseFault, RandomFaults, ResponseFault, StatusBody, StatusFault,
     TokenFault,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use clap::Parser;
 use metering_emulator::keys::RsaKey;
 use metering_emulator::{
-    parse_licenses, Config, Customer, Faults, InjectedError, LicenseFault, Operation, RandomFaults,
-    RefreshToken, RegistrationToken, ResponseFault, StatusFault, TokenFault,
+    parse_licenses, Config, Customer, Faults, InjectedError, JsonNumber, LicenseFault, Operation,
+    RandomFaults, RefreshToken, RegistrationToken, ResponseFault, StatusFault, TokenFault,
 };
 
 /// A local stand-in for AWS Marketplace Metering, License Manager and STS web identity, for
@@ -69,9 +69,10 @@ struct Cli {
     #[arg(long, value_name = "CODE")]
     not_entitled: Vec<String>,
 
-    /// Send PublicKeyRotationTimestamp (epoch seconds) with every token.
+    /// Send PublicKeyRotationTimestamp (epoch seconds) with every token: any JSON number, sent
+    /// as written (e.g. 1900000000, or 9.3e18 and 1e400, which no timestamp holds).
     #[arg(long, value_name = "EPOCH_SECONDS")]
-    rotation_timestamp: Option<i64>,
+    rotation_timestamp: Option<JsonNumber>,
 
     /// RegisterUsage's per-account quota: a token bucket of N calls per second (AWS: 5); calls
     /// beyond it get ThrottlingException. Off by default. Counters are at GET /_emulator/stats.

@@ -1,6 +1,8 @@
 //! Any HTTP answer to RegisterUsage, through the real SDK client the gate builds (its
-//! deserialisers and the gate's response-size limit), then the gate's classification and token
-//! verification. Never a panic; never an accepted token; a success status never "retried".
+//! deserialisers and the gate's response-size limit), then the gate's classification, reading of
+//! the answer (the rotation timestamp formatted as the gate logs it, whatever number it holds)
+//! and token verification. Never a panic; never an accepted token; a success status never
+//! "retried".
 //!
 //! Input: byte 0 picks the status, byte 1 the headers, the rest is the body.
 #![no_main]
@@ -17,7 +19,9 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::shared::IntoShared;
 use aws_smithy_types::body::SdkBody;
 use entitlement_gate::aws::identity::CredentialSource;
-use entitlement_gate::aws::metering::{classify, client_from, RegisterUsageCall};
+use entitlement_gate::aws::metering::{
+    classify, client_from, RegisterUsageAnswer, RegisterUsageCall,
+};
 use entitlement_gate::aws::retry::{Attempt, Backoff, RetryPolicy};
 use entitlement_gate::domain::key::{KeySource, VerifyingKey};
 use entitlement_gate::domain::product_code::ProductCode;
@@ -130,9 +134,12 @@ fuzz_target!(|data: &[u8]| {
     };
     match result {
         Ok(output) => {
-            if let Some(token) = output.signature() {
+            if let Ok(answer) = RegisterUsageAnswer::from_output(output) {
+                // What the gate logs and hands off of the answer, before any verdict.
+                let _ = answer.key_expired_at();
+                let _ = serde_json::to_string(&answer.public_key_rotation_timestamp);
                 assert!(
-                    verify(token, &harness.key, &binding, 1_800_000_000).is_err(),
+                    verify(&answer.signature, &harness.key, &binding, 1_800_000_000).is_err(),
                     "accepted a forged token"
                 );
             }

@@ -17,8 +17,9 @@ use aws_sdk_sts::error::SdkError;
 use aws_sdk_sts::operation::assume_role_with_web_identity::AssumeRoleWithWebIdentityError;
 use tokio::time::Instant;
 
+use super::endpoint::{self, Pinning, Service};
 use super::identity::CredentialSource;
-use super::license_manager::{self, LicenseManager, LicenseManagerError, Pinning};
+use super::license_manager::{self, LicenseManager, LicenseManagerError};
 use super::retry::{self, Attempt, GaveUp, RetryError, RetryPolicy, TransientKind};
 use super::sdk_call::{self, Undocumented};
 use crate::domain::files::{self, FileError};
@@ -160,15 +161,13 @@ impl AnywhereProvider {
             pinning,
         )
         .await;
-        let sdk = sdk_call::sdk_config(region.clone(), None, retry.attempt_timeout).await;
+        let sdk = sdk_call::sdk_config(region.clone(), None, retry.attempt_timeout, pinning).await;
         let sts = aws_sdk_sts::Client::from_conf(
             aws_sdk_sts::config::Builder::from(&sdk)
                 .interceptor(sdk_call::ResponseSizeLimit)
                 .build(),
         );
-        let sts_endpoint = std::env::var("AWS_ENDPOINT_URL_STS")
-            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-            .unwrap_or_else(|_| format!("https://sts.{region}.amazonaws.com"));
+        let sts_endpoint = endpoint::resolve(Service::Sts, region.as_ref(), pinning).await;
         AnywhereProvider {
             settings,
             license_manager,

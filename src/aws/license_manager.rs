@@ -4,9 +4,8 @@
 //!
 //! License Manager's answers carry no signature a buyer's workload can check (AWS publishes no
 //! key for AWS Marketplace licenses), so they are trusted through TLS to AWS's endpoint. A
-//! locked build therefore pins both: the SDK's endpoint overrides are ignored, and the server
-//! certificate must chain to Amazon Trust Services' roots, whatever CA bundle the container
-//! configures ([`Pinning::AwsOnly`]).
+//! locked build therefore pins both, as for every AWS call ([`Pinning::AwsOnly`], applied by
+//! [`sdk_call::sdk_config`]).
 
 use std::time::SystemTime;
 
@@ -21,26 +20,14 @@ use aws_sdk_licensemanager::operation::get_license::GetLicenseError;
 use aws_sdk_licensemanager::operation::RequestId as _;
 use aws_sdk_licensemanager::types::{EntitlementData, EntitlementDataUnit};
 use aws_sdk_licensemanager::Client;
-use aws_smithy_http_client::proxy::ProxyConfig;
-use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
-use aws_smithy_http_client::{Builder as HttpClientBuilder, ConnectorBuilder};
 use tokio::time::Instant;
 
+use super::endpoint::{self, Pinning, Service};
 use super::identity::CredentialSource;
 use super::retry::{self, Attempt, RetryError, RetryPolicy, TransientKind};
 use super::sdk_call::{self, Undocumented};
 use crate::domain::license::{CheckoutType, EntitlementAllowed, EntitlementRequest, LicenseStatus};
 use crate::domain::text;
-
-/// The roots Amazon Trust Services publishes (www.amazontrust.com/repository), which every AWS
-/// endpoint's certificate chains to: a locked build trusts nothing else for License Manager.
-const AMAZON_TRUST_ROOTS: [&str; 5] = [
-    include_str!("amazon_trust/amazon-root-ca-1.pem"),
-    include_str!("amazon_trust/amazon-root-ca-2.pem"),
-    include_str!("amazon_trust/amazon-root-ca-3.pem"),
-    include_str!("amazon_trust/amazon-root-ca-4.pem"),
-    include_str!("amazon_trust/starfield-services-root-ca-g2.pem"),
-];
 
 /// The License Manager operations the gate calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,15 +171,6 @@ impl LicenseManagerError {
     }
 }
 
-/// Which License Manager a client may talk to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pinning {
-    /// Whatever the SDK configuration says: endpoint overrides, the container's CA bundle.
-    Configured,
-    /// AWS's own endpoint for the Region, over TLS chained to Amazon Trust Services' roots.
-    AwsOnly,
-}
-
 /// License Manager in one Region, as one identity, with one retry policy.
 #[derive(Debug, Clone)]
 pub struct LicenseManager {
@@ -229,19 +207,19 @@ impl LicenseManager {
         pinning: Pinning,
     ) -> LicenseManager {
         let unsigned = credentials.is_none();
-        let sdk =
-            sdk_call::sdk_config(region.clone(), credentials.clone(), retry.attempt_timeout).await;
+        let sdk = sdk_call::sdk_config(
+            region.clone(),
+            credentials.clone(),
+            retry.attempt_timeout,
+            pinning,
+        )
+        .await;
         let mut config = aws_sdk_licensemanager::config::Builder::from(&sdk)
             .interceptor(sdk_call::ResponseSizeLimit);
         if unsigned {
             config = config.allow_no_auth();
         }
-        if pinning == Pinning::AwsOnly {
-            config.set_endpoint_url(None);
-            config = config.http_client(pinned_https_client());
-        }
-        let endpoint =
-            super::endpoint::license_manager(region.as_ref(), pinning == Pinning::Configured).await;
+        let endpoint = endpoint::resolve(Service::LicenseManager, region.as_ref(), pinning).await;
         let config = config.build();
         LicenseManager {
             client: Client::from_conf(config),
@@ -253,32 +231,6 @@ impl LicenseManager {
             pinning,
         }
     }
-}
-
-/// The SDK's default HTTPS client (rustls on aws-lc, proxies from the environment), trusting
-/// only Amazon Trust Services' roots.
-fn pinned_https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    let trust = AMAZON_TRUST_ROOTS.iter().fold(
-        TrustStore::empty().with_native_roots(false),
-        |store, pem| store.with_pem_certificate(pem.as_bytes()),
-    );
-    let context = TlsContext::builder()
-        .with_trust_store(trust)
-        .build()
-        .expect("a TLS context of embedded roots");
-    HttpClientBuilder::new().build_with_connector_fn(move |settings, components| {
-        let mut connector = ConnectorBuilder::default()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::AwsLc,
-            ))
-            .tls_context(context.clone());
-        connector.set_connector_settings(settings.cloned());
-        if let Some(components) = components {
-            connector.set_sleep_impl(components.sleep_impl());
-        }
-        connector.set_proxy_config(Some(ProxyConfig::from_env()));
-        connector.build()
-    })
 }
 
 /// What a checkout asks for.
@@ -888,15 +840,5 @@ mod tests {
         assert_eq!(parse_time("1970-01-01T00:01:00Z"), Some(60));
         assert_eq!(parse_time("1970-01-01T00:01:00"), Some(60));
         assert_eq!(parse_time("soon"), None);
-    }
-
-    #[test]
-    fn the_pinned_roots_parse() {
-        for pem in AMAZON_TRUST_ROOTS {
-            let parsed = pem::parse(pem).expect("PEM");
-            assert_eq!(parsed.tag(), "CERTIFICATE");
-        }
-        // Building the client loads them into rustls.
-        let _ = pinned_https_client();
     }
 }

@@ -9,19 +9,23 @@ use aws_config::Region;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_marketplacemetering::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_marketplacemetering::operation::meter_usage::{MeterUsageError, MeterUsageOutput};
-use aws_sdk_marketplacemetering::operation::register_usage::RegisterUsageError;
+use aws_sdk_marketplacemetering::operation::register_usage::{
+    RegisterUsageError, RegisterUsageOutput,
+};
 use aws_sdk_marketplacemetering::operation::RequestId as _;
 use aws_sdk_marketplacemetering::primitives::DateTime;
 use aws_sdk_marketplacemetering::types::{Tag, UsageAllocation};
 use aws_sdk_marketplacemetering::Client;
 use tokio::time::Instant;
 
+use super::endpoint::Pinning;
 use super::identity::CredentialSource;
 use super::retry::{self, Attempt, GaveUp, RetryError, RetryPolicy, TransientKind};
 use super::sdk_call::{self, Undocumented};
 use crate::domain::product_code::ProductCode;
 use crate::domain::quantity::{Quantity, MICROS_PER_UNIT};
 use crate::domain::text;
+use crate::domain::time::epoch_text;
 use crate::domain::token::Binding;
 
 /// A setup problem AWS Marketplace reported; each has its own remedy.
@@ -208,25 +212,46 @@ pub struct RegisterUsageCall<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterUsageAnswer {
     pub signature: String,
-    /// Epoch seconds; AWS sends it when the public key version has expired.
+    /// Epoch seconds; AWS sends it when the public key version has expired. Any number the
+    /// answer held, saturated to `i64`: format it with [`RegisterUsageAnswer::key_expired_at`].
     pub public_key_rotation_timestamp: Option<i64>,
     pub request_id: Option<String>,
 }
 
+impl RegisterUsageAnswer {
+    /// What the SDK made of a successful answer.
+    pub fn from_output(output: RegisterUsageOutput) -> Result<Self, MeteringError> {
+        Ok(RegisterUsageAnswer {
+            request_id: output.request_id().map(text::quoted),
+            public_key_rotation_timestamp: output
+                .public_key_rotation_timestamp
+                .map(|time| time.secs()),
+            signature: output.signature.ok_or(MeteringError::NoSignature)?,
+        })
+    }
+
+    /// When AWS says the public key version expired, as text (whatever number it sent).
+    pub fn key_expired_at(&self) -> Option<String> {
+        self.public_key_rotation_timestamp.map(epoch_text)
+    }
+}
+
 /// Builds a client for `region` with `credentials` (fixed ones for a one-shot gate, the
 /// provider that supplied them for a long-running sidecar, refreshed behind the SDK's cache);
-/// the SDK still reads the endpoint overrides (`AWS_ENDPOINT_URL_MARKETPLACE_METERING`,
-/// `AWS_ENDPOINT_URL`) and profile settings.
+/// `pinning` says whether it follows the endpoint overrides (`AWS_ENDPOINT_URL_MARKETPLACE_METERING`,
+/// `AWS_ENDPOINT_URL`, the profile's) or calls AWS only ([`sdk_call::sdk_config`]).
 pub async fn client(
     region: Region,
     credentials: impl ProvideCredentials + 'static,
     attempt_timeout: Duration,
+    pinning: Pinning,
 ) -> Client {
     client_from(
         &sdk_call::sdk_config(
             region,
             Some(SharedCredentialsProvider::new(credentials)),
             attempt_timeout,
+            pinning,
         )
         .await,
     )
@@ -267,11 +292,7 @@ pub async fn register_usage(
             MeteringError::persisting(Operation::RegisterUsage, gave_up, &call.endpoint)
         }
     })?;
-    Ok(RegisterUsageAnswer {
-        request_id: answer.request_id().map(text::quoted),
-        signature: answer.signature.ok_or(MeteringError::NoSignature)?,
-        public_key_rotation_timestamp: answer.public_key_rotation_timestamp.map(|time| time.secs()),
-    })
+    RegisterUsageAnswer::from_output(answer)
 }
 
 /// What a call's classification needs to know about it, whatever the operation.

@@ -8,7 +8,11 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_smithy_http_client::proxy::ProxyConfig;
+use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+use aws_smithy_http_client::{Builder as HttpClientBuilder, ConnectorBuilder};
 use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextMut;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::result::SdkError;
@@ -16,9 +20,12 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use aws_types::origin::Origin;
 use aws_types::request_id::RequestId;
+use aws_types::service_config::{LoadServiceConfig, ServiceConfigKey};
 use http_body_util::{LengthLimitError, Limited};
 
+use super::endpoint::Pinning;
 use super::identity::error_chain;
 use super::retry::{Attempt, TransientFailure, TransientKind};
 use crate::domain::text;
@@ -49,14 +56,29 @@ impl Intercept for ResponseSizeLimit {
     }
 }
 
+/// The roots Amazon Trust Services publishes (www.amazontrust.com/repository), which every AWS
+/// endpoint's certificate chains to: a pinned client trusts nothing else.
+const AMAZON_TRUST_ROOTS: [&str; 5] = [
+    include_str!("amazon_trust/amazon-root-ca-1.pem"),
+    include_str!("amazon_trust/amazon-root-ca-2.pem"),
+    include_str!("amazon_trust/amazon-root-ca-3.pem"),
+    include_str!("amazon_trust/amazon-root-ca-4.pem"),
+    include_str!("amazon_trust/starfield-services-root-ca-g2.pem"),
+];
+
 /// The SDK configuration for `region`: `credentials` (none: unsigned calls, as GetAccessToken),
 /// the SDK's retries off (the retry loop owns them: it knows the deadline and the jitter), each
-/// attempt bounded. The SDK still reads the endpoint overrides (`AWS_ENDPOINT_URL_<SERVICE>`,
-/// `AWS_ENDPOINT_URL`) and profile settings.
+/// attempt bounded. With [`Pinning::Configured`] the SDK reads the endpoint overrides
+/// (`AWS_ENDPOINT_URL_<SERVICE>`, `AWS_ENDPOINT_URL`, the profile's) and the container's CA
+/// store; with [`Pinning::AwsOnly`] every client made from it calls AWS's own endpoint for the
+/// Region, over TLS that must chain to Amazon Trust Services' roots, so neither an endpoint
+/// override nor a CA bundle, DNS entry or TLS-inspecting proxy of the buyer's can stand in for
+/// AWS (a proxy still works as a CONNECT tunnel).
 pub async fn sdk_config(
     region: Region,
     credentials: Option<SharedCredentialsProvider>,
     attempt_timeout: Duration,
+    pinning: Pinning,
 ) -> SdkConfig {
     let loader = aws_config::defaults(BehaviorVersion::latest())
         .region(region)
@@ -69,12 +91,65 @@ pub async fn sdk_config(
                 .operation_attempt_timeout(attempt_timeout)
                 .build(),
         );
-    match credentials {
+    let config = match credentials {
         Some(credentials) => loader.credentials_provider(credentials),
         None => loader.no_credentials(),
     }
     .load()
-    .await
+    .await;
+    match pinning {
+        Pinning::Configured => config,
+        Pinning::AwsOnly => pinned(config),
+    }
+}
+
+/// `config` with every endpoint setting the SDK read from the environment and the profile
+/// dropped, and the HTTPS client that trusts only Amazon Trust Services' roots.
+fn pinned(config: SdkConfig) -> SdkConfig {
+    let mut builder = config.into_builder();
+    // Each alone keeps a service's client on AWS: an endpoint "set in code" (none) is taken
+    // over the service's own settings, and the service settings are empty anyway.
+    builder.set_endpoint_url(None);
+    builder.insert_origin("endpoint_url", Origin::shared_config());
+    builder.set_service_config(Some(NoServiceSettings));
+    builder.set_http_client(Some(pinned_https_client()));
+    builder.build()
+}
+
+/// Service-specific settings from the environment: none.
+#[derive(Debug)]
+struct NoServiceSettings;
+
+impl LoadServiceConfig for NoServiceSettings {
+    fn load_config(&self, _: ServiceConfigKey<'_>) -> Option<String> {
+        None
+    }
+}
+
+/// The SDK's default HTTPS client (rustls on aws-lc, proxies from the environment), trusting
+/// only Amazon Trust Services' roots.
+fn pinned_https_client() -> SharedHttpClient {
+    let trust = AMAZON_TRUST_ROOTS.iter().fold(
+        TrustStore::empty().with_native_roots(false),
+        |store, pem| store.with_pem_certificate(pem.as_bytes()),
+    );
+    let context = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .expect("a TLS context of embedded roots");
+    HttpClientBuilder::new().build_with_connector_fn(move |settings, components| {
+        let mut connector = ConnectorBuilder::default()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ))
+            .tls_context(context.clone());
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
 }
 
 /// A failure the operation's documented codes did not decide, for its error type to name.
@@ -338,4 +413,124 @@ fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
         current = cause.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_credential_types::Credentials;
+    use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+    use std::sync::{Arc, Mutex};
+
+    /// Every endpoint setting the SDK can read from the environment or a profile, pointing away.
+    #[derive(Debug)]
+    struct ElsewhereForEveryService;
+
+    impl LoadServiceConfig for ElsewhereForEveryService {
+        fn load_config(&self, _: ServiceConfigKey<'_>) -> Option<String> {
+            Some("http://127.0.0.1:1".to_owned())
+        }
+    }
+
+    /// Records where a request would go, then stops it before it is sent.
+    #[derive(Debug, Clone, Default)]
+    struct Destination(Arc<Mutex<Option<String>>>);
+
+    impl Intercept for Destination {
+        fn name(&self) -> &'static str {
+            "Destination"
+        }
+
+        fn read_before_transmit(
+            &self,
+            context: &BeforeTransmitInterceptorContextRef<'_>,
+            _: &RuntimeComponents,
+            _: &mut ConfigBag,
+        ) -> Result<(), BoxError> {
+            *self.0.lock().unwrap() = Some(context.request().uri().to_owned());
+            Err("stopped before sending".into())
+        }
+    }
+
+    fn configured() -> SdkConfig {
+        let mut builder = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::for_tests()))
+            .endpoint_url("http://127.0.0.1:2")
+            .service_config(ElsewhereForEveryService);
+        builder.insert_origin(
+            "endpoint_url",
+            aws_types::origin::Origin::shared_environment_variable(),
+        );
+        builder.build()
+    }
+
+    /// Where each client made from `config` sends its first request.
+    async fn destinations(config: &SdkConfig) -> [String; 3] {
+        let metering = Destination::default();
+        let _ = aws_sdk_marketplacemetering::Client::from_conf(
+            aws_sdk_marketplacemetering::config::Builder::from(config)
+                .interceptor(metering.clone())
+                .build(),
+        )
+        .register_usage()
+        .product_code("prod")
+        .public_key_version(1)
+        .send()
+        .await;
+        let license_manager = Destination::default();
+        let _ = aws_sdk_licensemanager::Client::from_conf(
+            aws_sdk_licensemanager::config::Builder::from(config)
+                .interceptor(license_manager.clone())
+                .build(),
+        )
+        .get_license()
+        .license_arn("arn:aws:license-manager::1:license:l-1")
+        .send()
+        .await;
+        let sts = Destination::default();
+        let _ = aws_sdk_sts::Client::from_conf(
+            aws_sdk_sts::config::Builder::from(config)
+                .interceptor(sts.clone())
+                .build(),
+        )
+        .assume_role_with_web_identity()
+        .role_arn("arn:aws:iam::1:role/r")
+        .role_session_name("s")
+        .web_identity_token("t")
+        .send()
+        .await;
+        [metering, license_manager, sts].map(|d| d.0.lock().unwrap().clone().expect("a request"))
+    }
+
+    #[tokio::test]
+    async fn a_pinned_configuration_sends_every_client_to_aws_whatever_was_configured() {
+        let followed = destinations(&configured()).await;
+        assert!(
+            followed
+                .iter()
+                .all(|uri| uri.starts_with("http://127.0.0.1:1")),
+            "{followed:?}"
+        );
+        let pinned = destinations(&pinned(configured())).await;
+        assert_eq!(
+            pinned.map(|uri| uri.trim_end_matches('/').to_owned()),
+            [
+                "https://metering.marketplace.eu-west-1.amazonaws.com",
+                "https://license-manager.eu-west-1.amazonaws.com",
+                "https://sts.eu-west-1.amazonaws.com",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_pinned_roots_parse() {
+        for pem in AMAZON_TRUST_ROOTS {
+            let parsed = pem::parse(pem).expect("PEM");
+            assert_eq!(parsed.tag(), "CERTIFICATE");
+        }
+        // Building the client loads them into rustls.
+        let _ = pinned_https_client();
+    }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use entitlement_gate::aws::endpoint::Pinning;
 use entitlement_gate::aws::retry::{Backoff, RetryPolicy};
 use entitlement_gate::doctor::{DoctorRequest, LicenseRequest, MeterRequest};
 use entitlement_gate::domain::key::{KeyRequest, VerifyingKey};
@@ -198,6 +199,7 @@ impl CheckArgs {
             retry: self.retry(),
             handoff_dir: self.handoff_dir.clone(),
             region_override: self.region.clone(),
+            pinning: Pinning::of(anchors),
         })
     }
 }
@@ -517,6 +519,7 @@ impl MeterArgs {
             deadline: self.deadline,
             retry: self.retry.policy(self.deadline),
             region_override: self.region.clone(),
+            pinning: Pinning::of(anchors),
         })
     }
 }
@@ -633,7 +636,7 @@ impl LicenseArgs {
             deadline: self.deadline,
             retry: self.retry.policy(self.deadline),
             region_override: self.region.clone(),
-            locked: anchors.is_locked(),
+            pinning: Pinning::of(anchors),
         })
     }
 }

@@ -2,6 +2,7 @@
 //! environment it reads besides its options' own variables (shown as `[env: ...]`): at 3 a.m.
 //! the help is what an operator has.
 
+use entitlement_gate::aws::endpoint::{Service, GLOBAL_VARIABLE};
 use entitlement_gate::outcome::exit_code;
 
 /// The AWS SDK's own variables, read by every command that calls AWS.
@@ -10,7 +11,29 @@ const AWS_ENVIRONMENT: &str = "  AWS_REGION, AWS_DEFAULT_REGION     the Region (
   AWS_CONTAINER_CREDENTIALS_FULL_URI  credentials, in the SDK's order (IRSA, EKS Pod Identity,
                                      the ECS task role, instance metadata)
   HTTPS_PROXY, HTTP_PROXY, NO_PROXY  an egress proxy
-  SSL_CERT_FILE, SSL_CERT_DIR        the CA store (it must hold a TLS-inspecting proxy's root)";
+  SSL_CERT_FILE, SSL_CERT_DIR        the CA store of an open build (a locked build trusts only
+                                     Amazon Trust Services' roots for AWS)";
+
+/// What a locked build refuses, for the command at `path` (every one that calls AWS).
+fn locked_build_refuses(path: &[&str]) -> String {
+    let variables: Vec<&str> = Service::ALL
+        .iter()
+        .map(|service| service.variable())
+        .chain([GLOBAL_VARIABLE])
+        .collect();
+    let refuses = match path {
+        ["doctor"] => "refuses (with --call: exit 2, before any call; without: a failed check)",
+        _ => "refuses (exit 2, before any call)",
+    };
+    format!(
+        "A locked build {refuses} every other endpoint the AWS SDK would take:
+  {},
+  and endpoint_url in the active profile (AWS_PROFILE) of the AWS config or credentials file
+  (AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE) or in the services section it names; its AWS
+  calls need a CONNECT (non-inspecting) path to AWS.",
+        variables.join(", ")
+    )
+}
 
 /// The exit codes and environment of the command at `path` (e.g. `["license", "watch"]`).
 fn epilogue(path: &[&str]) -> Option<String> {
@@ -27,7 +50,7 @@ fn epilogue(path: &[&str]) -> Option<String> {
                 UNREACHABLE,
                 INTERRUPTED,
             ],
-            "  AWS_ENDPOINT_URL_MARKETPLACE_METERING  another Metering endpoint (tests; refused by a locked build)\n  \
+            "  AWS_ENDPOINT_URL_MARKETPLACE_METERING  another Metering endpoint (an emulator)\n  \
              ENTITLEMENT_GATE_WORKLOAD_ID       the pod UID the nonce is bound to (the chart sets it)",
         ),
         ["verify"] => (
@@ -36,7 +59,7 @@ fn epilogue(path: &[&str]) -> Option<String> {
         ),
         ["doctor"] => (
             &[INTERNAL],
-            "  AWS_ENDPOINT_URL_MARKETPLACE_METERING, AWS_ENDPOINT_URL_LICENSE_MANAGER  other endpoints\n  \
+            "  AWS_ENDPOINT_URL_MARKETPLACE_METERING, AWS_ENDPOINT_URL_LICENSE_MANAGER  other endpoints (an emulator)\n  \
              AWS_WEB_IDENTITY_REFRESH_TOKEN_FILE, AWS_LICENSE_ACCESS_FILE  the Anywhere license token\n  \
              ENTITLEMENT_GATE_ISTIO_SIDECAR_STATUS, ENTITLEMENT_GATE_LINKERD_PROXY_VERSION  mesh annotations (the chart passes them in)",
         ),
@@ -51,7 +74,7 @@ fn epilogue(path: &[&str]) -> Option<String> {
                 INTERRUPTED,
                 UNBILLED,
             ],
-            "  AWS_ENDPOINT_URL_MARKETPLACE_METERING  another Metering endpoint (tests; refused by a locked build)",
+            "  AWS_ENDPOINT_URL_MARKETPLACE_METERING  another Metering endpoint (an emulator)",
         ),
         ["license", "check"] | ["license", "watch"] => (
             &[
@@ -64,7 +87,7 @@ fn epilogue(path: &[&str]) -> Option<String> {
                 UNREACHABLE,
                 INTERRUPTED,
             ],
-            "  AWS_ENDPOINT_URL_LICENSE_MANAGER, AWS_ENDPOINT_URL_STS  other endpoints (tests; refused by a locked build)\n  \
+            "  AWS_ENDPOINT_URL_LICENSE_MANAGER, AWS_ENDPOINT_URL_STS  other endpoints (an emulator)\n  \
              AWS_WEB_IDENTITY_REFRESH_TOKEN_FILE or AWS_LICENSE_ACCESS_FILE  Anywhere: the buyer's license token\n  \
              AWS_ROLE_ARN                       Anywhere: the role to assume (else iam_role beside the token)\n  \
              ENTITLEMENT_GATE_WORKLOAD_ID       the default NodeId",
@@ -84,6 +107,8 @@ fn epilogue(path: &[&str]) -> Option<String> {
     }
     if path != ["health"] && path != ["verify"] {
         text.push_str(AWS_ENVIRONMENT);
+        text.push_str("\n\n");
+        text.push_str(&locked_build_refuses(path));
         text.push('\n');
     }
     Some(text)
@@ -160,5 +185,36 @@ mod tests {
             watch.contains("  4  License Manager's answer failed verification"),
             "{watch}"
         );
+    }
+
+    #[test]
+    fn every_command_that_calls_aws_says_what_a_locked_build_refuses() {
+        let mut command = with_epilogues(crate::cli::Cli::command());
+        for path in [
+            &["check"][..],
+            &["exec"],
+            &["meter"],
+            &["doctor"],
+            &["license", "check"],
+            &["license", "watch"],
+        ] {
+            let mut sub = &mut command;
+            for name in path {
+                sub = sub.find_subcommand_mut(name).expect("a subcommand");
+            }
+            let help = sub.render_help().to_string();
+            for refused in [
+                "AWS_ENDPOINT_URL_MARKETPLACE_METERING, AWS_ENDPOINT_URL_LICENSE_MANAGER, \
+                 AWS_ENDPOINT_URL_STS, AWS_ENDPOINT_URL,",
+                "endpoint_url in the active profile",
+                "services section",
+                "CONNECT",
+            ] {
+                assert!(
+                    help.contains(refused),
+                    "{path:?} lacks {refused:?}:\n{help}"
+                );
+            }
+        }
     }
 }

@@ -2,8 +2,8 @@
 //! does not depend on the async runtime making progress, and the one place a failed run is
 //! concluded.
 //!
-//! Three parties may end a run: the command itself, the signal thread (SIGTERM or SIGINT that
-//! the command did not act on in time), and the watchdog (the deadline passed and the command is
+//! Three parties may end a run: the command itself, the signal thread (SIGTERM, SIGINT or
+//! SIGHUP that the command did not act on in time), and the watchdog (the deadline passed and the command is
 //! stuck, say in a blocking read). Whoever concludes first writes the sentence and decides the
 //! exit code; the others then do nothing, so an operator never reads two reasons.
 
@@ -15,7 +15,7 @@ use std::time::Duration;
 use entitlement_gate::domain::mesh::Mesh;
 use entitlement_gate::gate::check::Progress;
 use entitlement_gate::outcome::{self, GateError};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tokio::sync::watch;
 
 /// `concluded` before anyone concluded.
@@ -54,8 +54,10 @@ struct State {
 pub struct Supervisor(Arc<State>);
 
 impl Supervisor {
-    /// Installs SIGTERM and SIGINT handling on a dedicated thread. Call it first thing: until it
-    /// runs, those signals kill the process without a word.
+    /// Installs SIGTERM, SIGINT and SIGHUP handling on a dedicated thread. Call it first thing:
+    /// until it runs, those signals kill the process without a word. SIGHUP (a closed terminal,
+    /// a supervisor that stops with it) stops a command as SIGTERM does: a sidecar flushes or
+    /// checks in, instead of dying with what it holds.
     pub fn install() -> Supervisor {
         let supervisor = Supervisor(Arc::new(State {
             concluded: AtomicU8::new(RUNNING),
@@ -63,15 +65,15 @@ impl Supervisor {
             policy: Mutex::new(SignalPolicy::STOP),
             stop: watch::Sender::new(None),
         }));
-        match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
             Ok(mut signals) => {
                 let handler = supervisor.clone();
                 std::thread::spawn(move || {
                     for number in signals.forever() {
-                        handler.on_signal(if number == SIGTERM {
-                            "SIGTERM"
-                        } else {
-                            "SIGINT"
+                        handler.on_signal(match number {
+                            SIGTERM => "SIGTERM",
+                            SIGHUP => "SIGHUP",
+                            _ => "SIGINT",
                         });
                     }
                 });
@@ -91,7 +93,7 @@ impl Supervisor {
         *lock(&self.0.policy) = policy;
     }
 
-    /// Resolves to the signal's name once SIGTERM or SIGINT arrived.
+    /// Resolves to the signal's name once SIGTERM, SIGINT or SIGHUP arrived.
     pub async fn stopped(&self) -> &'static str {
         let mut receiver = self.0.stop.subscribe();
         let signal = receiver.wait_for(Option::is_some).await;

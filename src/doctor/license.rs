@@ -2,12 +2,11 @@
 //! with `--call` GetAccessToken and AssumeRoleWithWebIdentity), and with `--call` a provisional
 //! checkout that is checked in at once, so no seat stays taken.
 
-use std::time::SystemTime;
-
 use tokio::time::Instant;
 
 use super::{DoctorRequest, Failure, Finding};
 use crate::aws::anywhere::{AnywhereError, AnywhereSettings, MAX_TOKEN_BYTES};
+use crate::aws::endpoint::Pinning;
 use crate::aws::license_manager;
 use crate::domain::files;
 use crate::domain::license::{CheckoutType, EntitlementRequest};
@@ -71,7 +70,7 @@ pub(super) fn product(
         deadline: request.deadline,
         retry: request.retry,
         region_override: request.region_override.clone(),
-        locked: anchors.is_locked(),
+        pinning: Pinning::of(anchors),
     };
     (finding, Some(config))
 }
@@ -216,11 +215,7 @@ pub(super) async fn checkout(config: &LicenseConfig, clock: &dyn Clock) -> Vec<F
     };
     let expires = checkout
         .expiration
-        .map(|at| {
-            crate::domain::time::rfc3339(
-                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(at),
-            )
-        })
+        .map(crate::domain::time::epoch_text)
         .unwrap_or_else(|| "no expiry given".to_owned());
     vec![
         identity,

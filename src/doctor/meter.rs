@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::{Failure, Finding};
+use crate::aws::endpoint::Pinning;
 use crate::aws::identity::{ResolvedCredentials, ResolvedRegion};
 use crate::aws::retry::RetryPolicy;
 use crate::domain::product_code::ProductCode;
@@ -279,6 +280,7 @@ pub(super) struct DryRunRequest<'a> {
     pub credentials: &'a ResolvedCredentials,
     pub retry: RetryPolicy,
     pub deadline: Duration,
+    pub pinning: Pinning,
 }
 
 /// A MeterUsage DryRun per dimension for the current hour: permission, product and dimensions.
@@ -289,6 +291,7 @@ pub(super) async fn dry_run(request: DryRunRequest<'_>, now: SystemTime) -> Find
         &request.region.region,
         request.credentials,
         request.retry,
+        request.pinning,
     )
     .await;
     let dimensions: BTreeSet<String> = request

@@ -9,13 +9,14 @@ pub mod meter;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
+use aws_types::os_shim_internal::{Env, Fs};
 use hyper_util::client::proxy::matcher::Matcher;
 use serde::Serialize;
 
 use crate::aws::anywhere::{self, AnywhereSettings};
-use crate::aws::endpoint;
+use crate::aws::endpoint::{self, EndpointOverride, Pinning, Service};
 use crate::aws::identity::{
     self, IdentityError, RegionSource, ResolvedCredentials, ResolvedRegion,
 };
@@ -27,7 +28,7 @@ use crate::domain::key::{KeyError, KeyRequest, VerifyingKey};
 use crate::domain::mesh::Mesh;
 use crate::domain::product_code::{ProductCode, ProductCodeError};
 use crate::domain::text;
-use crate::domain::time::{epoch_seconds, rfc3339, SystemClock};
+use crate::domain::time::{epoch_seconds, epoch_text, rfc3339, SystemClock};
 use crate::domain::trust::TrustAnchors;
 use crate::domain::workload::{WorkloadId, WorkloadIdSource};
 use crate::gate::check::{self, CheckConfig, CheckError, Progress};
@@ -91,6 +92,8 @@ pub enum Failure {
     License(LicenseError),
     /// The MeterUsage DryRun.
     Metering(MeteringError),
+    /// Another endpoint than AWS's, which a locked build refuses.
+    Endpoint(EndpointOverride),
 }
 
 /// The result of one check.
@@ -217,9 +220,14 @@ fn counted(count: usize, noun: &str) -> String {
     }
 }
 
-/// Runs every check; never fails as a whole, each problem is a finding.
-pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
+/// Runs every check; each problem is a finding. The one error: a locked build asked to call
+/// AWS (`call`) while another endpoint is configured, refused before anything is called.
+pub async fn run(
+    request: &DoctorRequest,
+    anchors: &TrustAnchors,
+) -> Result<Diagnosis, EndpointOverride> {
     let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let pinning = Pinning::of(anchors);
     let mut checks = vec![platform(env)];
 
     // The SDK reads these files with blocking reads: a FIFO among them would hang the checks
@@ -235,6 +243,25 @@ pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
         }
         Err(e) => {
             checks.push(Finding::failed_with("aws-files", Failure::Identity(e)));
+            false
+        }
+    };
+    let overridden = match aws_files_usable {
+        true => endpoint::configured_override(&Env::real(), &Fs::real()).await,
+        false => None,
+    };
+    // A locked build calls nothing that could reach another endpoint: with --call that is the
+    // command's refusal; without, the credential providers (which may call STS) are skipped.
+    let refused = match overridden {
+        Some(found) if pinning == Pinning::AwsOnly => {
+            if request.call {
+                return Err(found);
+            }
+            checks.push(Finding::failed_with("endpoints", Failure::Endpoint(found)));
+            true
+        }
+        other => {
+            checks.push(endpoints_finding(aws_files_usable, pinning, other));
             false
         }
     };
@@ -257,6 +284,14 @@ pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
     };
     checks.push(region_finding(region.as_ref()));
     let credentials = match &region {
+        Some(_) if refused => {
+            checks.push(Finding::fail(
+                "credentials",
+                "not resolved: the credential providers could call the refused endpoint",
+                "fix endpoints first",
+            ));
+            None
+        }
         Some(region) => {
             let (finding, credentials) = match identity::resolve_credentials(&region.region).await
             {
@@ -284,7 +319,12 @@ pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
     checks.push(web_identity_token(env, SystemTime::now()));
     match &region {
         Some(region) => {
-            let endpoint = endpoint::metering(region.region.as_ref()).await;
+            let endpoint = endpoint::resolve(
+                Service::MarketplaceMetering,
+                region.region.as_ref(),
+                pinning,
+            )
+            .await;
             checks
                 .push(probe_endpoint(&endpoint, &Matcher::from_env(), request.probe_timeout).await);
         }
@@ -312,7 +352,12 @@ pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
         checks.push(meter::state(meter.state_dir.as_deref(), mounts.as_deref()));
         checks.push(meter::listen(&meter.listen, request.probe_timeout).await);
         if let Some(region) = &region {
-            let endpoint = endpoint::metering(region.region.as_ref()).await;
+            let endpoint = endpoint::resolve(
+                Service::MarketplaceMetering,
+                region.region.as_ref(),
+                pinning,
+            )
+            .await;
             checks.push(meter::period(meter.period, &endpoint, request.probe_timeout).await);
         }
         if request.call {
@@ -327,6 +372,7 @@ pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
                             credentials,
                             retry: request.retry,
                             deadline: request.deadline,
+                            pinning,
                         },
                         SystemTime::now(),
                     )
@@ -365,6 +411,7 @@ pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
                     retry: request.retry,
                     handoff_dir: request.handoff_dir.clone(),
                     region_override: request.region_override.clone(),
+                    pinning,
                 })
                 .await
             }
@@ -375,10 +422,42 @@ pub async fn run(request: &DoctorRequest, anchors: &TrustAnchors) -> Diagnosis {
             ),
         });
     }
-    Diagnosis {
+    Ok(Diagnosis {
         version: anchors.version_line(),
         called_register_usage: request.call,
         checks,
+    })
+}
+
+/// Where the calls go when nothing is refused: AWS, or (an open build) the override.
+fn endpoints_finding(
+    aws_files_usable: bool,
+    pinning: Pinning,
+    overridden: Option<EndpointOverride>,
+) -> Finding {
+    const CHECK: &str = "endpoints";
+    match (aws_files_usable, pinning, overridden) {
+        (false, ..) => Finding::fail(
+            CHECK,
+            "not checked: the AWS files are not usable",
+            "fix aws-files first",
+        ),
+        (_, Pinning::Configured, Some(found)) => Finding::ok(
+            CHECK,
+            format!(
+                "{found}: this open build calls that endpoint (an emulator); a locked build \
+                 refuses it"
+            ),
+        ),
+        (_, Pinning::Configured, None) => Finding::ok(
+            CHECK,
+            "AWS's own: no endpoint override in the environment or the AWS config files",
+        ),
+        (_, Pinning::AwsOnly, _) => Finding::ok(
+            CHECK,
+            "AWS's own only (locked build): no endpoint override, and TLS must chain to Amazon \
+             Trust Services",
+        ),
     }
 }
 
@@ -789,7 +868,7 @@ fn host_and_port(url: &str) -> Option<(String, u16)> {
 /// A clock set before this binary was built is wrong; SigV4 and `iat` checks would fail.
 fn clock(now: SystemTime, built: u64) -> Finding {
     let secs = epoch_seconds(now);
-    let built_at = rfc3339(UNIX_EPOCH + Duration::from_secs(built));
+    let built_at = epoch_text(built);
     if secs < built {
         Finding::fail(
             "clock",
@@ -827,6 +906,7 @@ mod tests {
     use crate::aws::identity::CredentialSource;
     use aws_credential_types::provider::SharedCredentialsProvider;
     use aws_credential_types::Credentials;
+    use std::time::UNIX_EPOCH;
 
     fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |name| {

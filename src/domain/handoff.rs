@@ -43,10 +43,15 @@ pub fn path_in(dir: &Path) -> PathBuf {
 /// The largest handoff read; real ones are about 1.5 KiB.
 pub const MAX_HANDOFF_BYTES: usize = 64 * 1024;
 
-/// Removes a handoff left by an earlier run, so a failing run leaves nothing behind. A symlink
-/// at that name is removed itself (unlink never follows it), never its target.
-pub fn remove_stale(dir: &Path) -> io::Result<()> {
-    remove_in(dir, FILE_NAME)
+/// Readies `dir` for a run's proof `name`, before any metered call: proves it a writable
+/// directory (a mistake there is configuration), then removes the proof an earlier run left, so
+/// a failing run leaves nothing behind for the app to trust.
+pub fn prepare(dir: &Path, name: &str) -> Result<(), HandoffError> {
+    check_writable(dir)?;
+    remove_in(dir, name).map_err(|source| HandoffError::RemoveStale {
+        dir: dir.to_owned(),
+        source,
+    })
 }
 
 /// Removes `dir/name` if it is there (a symlink itself, never its target).
@@ -200,12 +205,12 @@ mod tests {
     }
 
     #[test]
-    fn remove_stale_removes_a_symlink_never_its_target() {
+    fn preparing_removes_a_symlink_never_its_target() {
         let dir = tempfile::tempdir().unwrap();
         let precious = dir.path().join("precious");
         fs::write(&precious, "keep me").unwrap();
         std::os::unix::fs::symlink(&precious, path_in(dir.path())).unwrap();
-        remove_stale(dir.path()).unwrap();
+        prepare(dir.path(), FILE_NAME).unwrap();
         assert!(!path_in(dir.path()).exists());
         assert_eq!(fs::read_to_string(&precious).unwrap(), "keep me");
     }
@@ -226,11 +231,18 @@ mod tests {
     }
 
     #[test]
-    fn remove_stale_tolerates_absence() {
+    fn preparing_tolerates_absence_and_refuses_what_is_no_directory() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(remove_stale(dir.path()).is_ok());
+        assert!(prepare(dir.path(), FILE_NAME).is_ok());
         write(dir.path(), &sample()).unwrap();
-        remove_stale(dir.path()).unwrap();
+        prepare(dir.path(), FILE_NAME).unwrap();
         assert!(!path_in(dir.path()).exists());
+        // A regular file where the directory should be is the configuration's mistake.
+        let file = dir.path().join("file");
+        fs::write(&file, "x").unwrap();
+        assert!(matches!(
+            prepare(&file, FILE_NAME),
+            Err(HandoffError::Directory { .. })
+        ));
     }
 }

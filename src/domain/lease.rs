@@ -6,6 +6,7 @@
 //! ahead would otherwise see each new checkout as 40 minutes closer to lapsing, and extend it
 //! without pause. Every wait these functions compute has a floor.
 
+use super::time::epoch_text;
 use std::time::Duration;
 
 /// AWS's lifetime of a provisional checkout (60 minutes), for an answer that gives none.
@@ -34,24 +35,14 @@ pub struct Lease {
 /// Why a checkout's time is not accepted: it has lapsed by AWS's own clock.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Lapsed {
-    #[error("its Expiration ({}) is not after its IssuedAt ({})", at(*expiration), at(*issued_at))]
+    #[error("its Expiration ({}) is not after its IssuedAt ({})", epoch_text(*expiration), epoch_text(*issued_at))]
     BeforeIssued { issued_at: u64, expiration: u64 },
     /// An answer without `IssuedAt`, judged by the local clock.
-    #[error("its Expiration ({}) has passed by the local clock ({}), and it gave no IssuedAt to judge by", at(*expiration), at(*now))]
+    #[error("its Expiration ({}) has passed by the local clock ({}), and it gave no IssuedAt to judge by", epoch_text(*expiration), epoch_text(*now))]
     Passed { expiration: u64, now: u64 },
     /// An extension that ends before AWS's clock, as measured since its checkout.
-    #[error("ExtendLicenseConsumption answered an Expiration ({}) that AWS's clock had passed (about {})", at(*expiration), at(*aws_time))]
+    #[error("ExtendLicenseConsumption answered an Expiration ({}) that AWS's clock had passed (about {})", epoch_text(*expiration), epoch_text(*aws_time))]
     ExtensionPassed { expiration: u64, aws_time: u64 },
-}
-
-/// Epoch seconds in RFC 3339, as far as it reaches (the year 9999).
-pub(crate) fn at(epoch_seconds: u64) -> String {
-    const YEAR_10000: u64 = 253_402_300_800;
-    if epoch_seconds < YEAR_10000 {
-        super::time::rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(epoch_seconds))
-    } else {
-        format!("{epoch_seconds} s after 1970")
-    }
 }
 
 impl Lease {
@@ -226,8 +217,6 @@ mod tests {
         assert_eq!(behind.notable_skew(), None, "within a minute");
         assert_eq!(describe_skew(2400), "2400 s ahead of");
         assert_eq!(describe_skew(-90), "90 s behind");
-        assert_eq!(at(60), "1970-01-01T00:01:00Z");
-        assert_eq!(at(u64::MAX), "18446744073709551615 s after 1970");
     }
 
     #[test]

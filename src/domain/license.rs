@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::files::{self, FileError};
 use super::handoff;
-use super::lease::{self, Lapsed};
+use super::lease::Lapsed;
 
 /// The issuer every AWS Marketplace license carries: `KeyFingerprint` of CheckoutLicense. Not a
 /// placeholder (AWS's seller guide): it selects licenses issued by AWS Marketplace.
@@ -340,10 +340,12 @@ pub fn unavailable(status: &LicenseStatus, now: u64) -> Option<String> {
     if status.status != "AVAILABLE" {
         return Some(format!("{} (GetLicense)", status.status));
     }
-    status
-        .ends
-        .filter(|ends| *ends <= now)
-        .map(|ends| format!("past the end of its contract ({})", lease::at(ends)))
+    status.ends.filter(|ends| *ends <= now).map(|ends| {
+        format!(
+            "past the end of its contract ({})",
+            super::time::epoch_text(ends)
+        )
+    })
 }
 
 /// A non-negative decimal as its significant digits: `007.50` is `("7", "5")`.

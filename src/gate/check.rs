@@ -5,11 +5,11 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::aws::endpoint;
+use crate::aws::endpoint::{self, EndpointOverride, Pinning, Service};
 use crate::aws::identity::{self, CredentialSource, IdentityError, RegionSource};
 use crate::aws::metering::{self, MeteringError, RegisterUsageAnswer, RegisterUsageCall};
 use crate::aws::retry::RetryPolicy;
@@ -37,6 +37,8 @@ pub struct CheckConfig {
     pub handoff_dir: Option<PathBuf>,
     /// For local testing only: on ECS and EKS the platform sets the Region.
     pub region_override: Option<String>,
+    /// Whether RegisterUsage may go elsewhere than AWS (an open build's emulator).
+    pub pinning: Pinning,
 }
 
 /// What `check` proved.
@@ -58,6 +60,9 @@ pub struct Entitlement {
 /// Why a `check` run did not prove an entitlement.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
+    /// A locked build is being pointed at another endpoint than AWS's.
+    #[error("{0}, and this locked build calls AWS's own endpoints only")]
+    EndpointOverridden(EndpointOverride),
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -147,12 +152,11 @@ pub async fn run(config: &CheckConfig, progress: &Progress) -> Result<Entitlemen
     };
     progress.enter(Phase::Configuration);
     identity::check_aws_files(|name| std::env::var(name).ok())?;
+    endpoint::refuse_overrides(config.pinning)
+        .await
+        .map_err(CheckError::EndpointOverridden)?;
     if let Some(dir) = &config.handoff_dir {
-        handoff::remove_stale(dir).map_err(|source| HandoffError::RemoveStale {
-            dir: dir.clone(),
-            source,
-        })?;
-        handoff::check_writable(dir)?;
+        handoff::prepare(dir, handoff::FILE_NAME)?;
     }
     let who = resolve_identity(config, &deadline).await?;
     let binding = Binding {
@@ -249,7 +253,7 @@ async fn call_register_usage(
         binding,
         region: &region,
         credentials_from: who.credentials.source,
-        endpoint: endpoint::metering(&region).await,
+        endpoint: endpoint::resolve(Service::MarketplaceMetering, &region, config.pinning).await,
         retry: config.retry,
     };
     tracing::info!(endpoint = %call.endpoint, product_code = %binding.product_code,
@@ -260,13 +264,13 @@ async fn call_register_usage(
                 who.region.region.clone(),
                 who.credentials.credentials.clone(),
                 config.retry.attempt_timeout,
+                config.pinning,
             )
             .await;
             metering::register_usage(&client, &call, deadline.at).await
         })
         .await??;
-    if let Some(rotation) = answer.public_key_rotation_timestamp {
-        let when = rfc3339(UNIX_EPOCH + Duration::from_secs(rotation.max(0) as u64));
+    if let Some(when) = answer.key_expired_at() {
         tracing::warn!(public_key_rotation_timestamp = %when, public_key_version = binding.public_key_version,
             "AWS reports that this public key version expired at {when}; the seller must roll to the next key version");
     }

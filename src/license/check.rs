@@ -32,14 +32,7 @@ const RELEASE_WITHIN: Duration = Duration::from_secs(5);
 pub async fn run(config: &LicenseConfig, clock: &dyn Clock) -> Result<License, LicenseError> {
     let deadline = Instant::now() + config.deadline;
     if let Some(dir) = &config.handoff_dir {
-        handoff::check_writable(dir)?;
-        // A failing run leaves no license behind for the app to trust.
-        handoff::remove_in(dir, license::FILE_NAME).map_err(|source| {
-            HandoffError::RemoveStale {
-                dir: dir.clone(),
-                source,
-            }
-        })?;
+        handoff::prepare(dir, license::FILE_NAME)?;
     }
     let mut lm = connect(config, deadline).await?;
     let granted = checkout(config, &mut lm, deadline, clock).await?;

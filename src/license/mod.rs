@@ -19,9 +19,9 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use tokio::time::Instant;
 
 use crate::aws::anywhere::{self, AnywhereError, AnywhereProvider, AnywhereSettings};
-use crate::aws::endpoint;
+use crate::aws::endpoint::{self, EndpointOverride, Pinning};
 use crate::aws::identity::{self, CredentialSource, IdentityError, RegionSource};
-use crate::aws::license_manager::{LicenseManager, LicenseManagerError, Pinning};
+use crate::aws::license_manager::{LicenseManager, LicenseManagerError};
 use crate::aws::retry::RetryPolicy;
 use crate::domain::handoff::HandoffError;
 use crate::domain::lease::{describe_skew, Lease};
@@ -44,18 +44,8 @@ pub struct LicenseConfig {
     pub deadline: Duration,
     pub retry: RetryPolicy,
     pub region_override: Option<String>,
-    /// Whether this is a locked build: AWS's endpoint only, over pinned TLS.
-    pub locked: bool,
-}
-
-impl LicenseConfig {
-    fn pinning(&self) -> Pinning {
-        if self.locked {
-            Pinning::AwsOnly
-        } else {
-            Pinning::Configured
-        }
-    }
+    /// Whether License Manager and STS may be elsewhere than AWS (an open build's emulator).
+    pub pinning: Pinning,
 }
 
 /// What to do when the license is lost.
@@ -74,9 +64,9 @@ pub enum LicenseError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Anywhere(#[from] AnywhereError),
-    /// A locked build is being pointed at another License Manager.
-    #[error("{variable} is set, and this locked build talks only to AWS License Manager itself")]
-    EndpointOverridden { variable: &'static str },
+    /// A locked build is being pointed at another endpoint than AWS's.
+    #[error("{0}, and this locked build calls AWS's own endpoints only")]
+    EndpointOverridden(EndpointOverride),
     /// AWS granted nothing: no license, an ended contract, or every seat taken.
     #[error("AWS License Manager granted none of {requested} for product {product_id} in {region}: {source}")]
     NotEntitled {
@@ -137,8 +127,10 @@ pub async fn connect(
     deadline: Instant,
 ) -> Result<LicenseManager, LicenseError> {
     let env = |name: &str| std::env::var(name).ok();
-    refuse_another_endpoint(config.locked, env)?;
     identity::check_aws_files(env)?;
+    endpoint::refuse_overrides(config.pinning)
+        .await
+        .map_err(LicenseError::EndpointOverridden)?;
     let anywhere = AnywhereSettings::from_env(env)?;
     let bound = |phase: &'static str| {
         move |_| LicenseError::Deadline {
@@ -173,7 +165,7 @@ pub async fn connect(
                 settings,
                 region.region.clone(),
                 config.retry,
-                config.pinning(),
+                config.pinning,
             )
             .await;
             provider.prime(deadline).await?;
@@ -190,20 +182,9 @@ pub async fn connect(
         Some(provider),
         source,
         config.retry,
-        config.pinning(),
+        config.pinning,
     )
     .await)
-}
-
-/// A locked build talks to AWS License Manager only: its answers cannot be verified offline.
-fn refuse_another_endpoint(
-    locked: bool,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<(), LicenseError> {
-    match endpoint::configured_override(endpoint::LICENSE_MANAGER_OVERRIDE, env) {
-        Some(variable) if locked => Err(LicenseError::EndpointOverridden { variable }),
-        _ => Ok(()),
-    }
 }
 
 /// Says when the local clock disagrees with AWS License Manager's by more than a minute.
@@ -224,32 +205,4 @@ pub fn client_token() -> String {
         .try_fill_bytes(&mut bytes)
         .expect("OS randomness");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_locked_build_refuses_any_license_manager_endpoint_override() {
-        let service = |name: &str| {
-            (name == "AWS_ENDPOINT_URL_LICENSE_MANAGER").then(|| "http://127.0.0.1:1".to_owned())
-        };
-        let global = |name: &str| (name == "AWS_ENDPOINT_URL").then(|| "http://x".to_owned());
-        let none = |_: &str| None;
-        assert!(matches!(
-            refuse_another_endpoint(true, service),
-            Err(LicenseError::EndpointOverridden {
-                variable: "AWS_ENDPOINT_URL_LICENSE_MANAGER"
-            })
-        ));
-        assert!(matches!(
-            refuse_another_endpoint(true, global),
-            Err(LicenseError::EndpointOverridden {
-                variable: "AWS_ENDPOINT_URL"
-            })
-        ));
-        assert!(refuse_another_endpoint(true, none).is_ok());
-        assert!(refuse_another_endpoint(false, service).is_ok());
-    }
 }

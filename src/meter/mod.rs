@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::aws::endpoint::{self, EndpointOverride, Pinning};
 use crate::aws::identity::{self, IdentityError};
 use crate::aws::metering::{self, MeterUsageCall, MeteringError};
 use crate::aws::retry::RetryPolicy;
@@ -69,11 +70,16 @@ pub struct MeterConfig {
     pub retry: RetryPolicy,
     /// For local testing only: on ECS and EKS the platform sets the Region.
     pub region_override: Option<String>,
+    /// Whether MeterUsage may go elsewhere than AWS (an open build's emulator).
+    pub pinning: Pinning,
 }
 
 /// Why the sidecar did not start, or stopped with usage unsent.
 #[derive(Debug, thiserror::Error)]
 pub enum MeterError {
+    /// A locked build is being pointed at another endpoint than AWS's.
+    #[error("{0}, and this locked build calls AWS's own endpoints only")]
+    EndpointOverridden(EndpointOverride),
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -189,6 +195,12 @@ pub struct Sidecar {
 /// probes get an answer), then proves the MeterUsage permission, the product code and every
 /// dimension with a DryRun (all within `config.deadline`), and becomes ready.
 pub async fn start(config: &MeterConfig, clock: Arc<dyn Clock>) -> Result<Sidecar, MeterError> {
+    // Configuration first: the AWS files (which the SDK reads with blocking reads) and a locked
+    // build's endpoints, before the state is opened or anything listens.
+    identity::check_aws_files(|name| std::env::var(name).ok())?;
+    endpoint::refuse_overrides(config.pinning)
+        .await
+        .map_err(MeterError::EndpointOverridden)?;
     let deadline = Instant::now() + config.deadline;
     let bound = |phase: &'static str| {
         move |_| MeterError::StartupDeadline {
@@ -243,7 +255,6 @@ pub async fn start(config: &MeterConfig, clock: Arc<dyn Clock>) -> Result<Sideca
         async move { api::handle(&api, request).await }
     })));
 
-    identity::check_aws_files(|name| std::env::var(name).ok())?;
     let region = tokio::time::timeout_at(
         deadline,
         identity::resolve_region(config.region_override.as_deref()),
@@ -265,6 +276,7 @@ pub async fn start(config: &MeterConfig, clock: Arc<dyn Clock>) -> Result<Sideca
         &region.region,
         &credentials,
         config.retry,
+        config.pinning,
     )
     .await;
     check_emulator_period(&destination.endpoint, config.period, deadline).await?;

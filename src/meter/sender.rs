@@ -13,7 +13,7 @@ use super::metrics::{CallOutcome, Metrics};
 use super::period::Period;
 use super::store::{HourRecord, Reader, StoreError, Unsent};
 use super::writer::{Refused, Writer};
-use crate::aws::endpoint;
+use crate::aws::endpoint::{self, Pinning, Service};
 use crate::aws::identity::{CredentialSource, ResolvedCredentials};
 use crate::aws::metering::{self, MeterUsageCall, MeteringError};
 use crate::aws::retry::{Backoff, RetryPolicy};
@@ -64,6 +64,7 @@ impl Destination {
         region: &aws_config::Region,
         credentials: &ResolvedCredentials,
         retry: RetryPolicy,
+        pinning: Pinning,
     ) -> Destination {
         let region_name = region.to_string();
         Destination {
@@ -71,10 +72,11 @@ impl Destination {
                 region.clone(),
                 credentials.provider.clone(),
                 retry.attempt_timeout,
+                pinning,
             )
             .await,
             product_code,
-            endpoint: endpoint::metering(&region_name).await,
+            endpoint: endpoint::resolve(Service::MarketplaceMetering, &region_name, pinning).await,
             region: region_name,
             credentials_from: credentials.source,
             retry,

@@ -1,6 +1,9 @@
 //! Exit codes and sentences for contract pricing (`license check`, `license watch`).
 
-use super::{configuration, exit_code::*, identity, internal, GateError, TELL_THE_SELLER};
+use super::{
+    configuration, endpoint_overridden, exit_code::*, identity, internal, GateError,
+    TELL_THE_SELLER,
+};
 use crate::aws::anywhere::{AnywhereError, TOKEN_FILE_VARIABLES};
 use crate::aws::identity::IdentityError;
 use crate::aws::license_manager::{LicenseManagerError, Persisting};
@@ -37,17 +40,7 @@ pub(super) fn report(error: &GateError, e: &LicenseError) -> (u8, &'static str, 
         ),
         L::Identity(e) => identity(error, e, "license-manager:CheckoutLicense"),
         L::Anywhere(e) => anywhere(error, e),
-        L::EndpointOverridden { variable } => (
-            CONFIG,
-            "endpoint_overridden",
-            configuration(
-                error,
-                &format!(
-                    "unset {variable}: a locked build trusts License Manager's answers only \
-                     from AWS itself"
-                ),
-            ),
-        ),
+        L::EndpointOverridden(_) => endpoint_overridden(error),
         L::NotEntitled {
             product_id,
             requested,

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::aws::endpoint::EndpointOverride;
 use crate::aws::identity::{CredentialSource, IdentityError};
 use crate::aws::metering::{MeteringError, Operation, Persisting, SetupRefusal};
 use crate::doctor::{Diagnosis, Failure};
@@ -56,13 +57,19 @@ pub mod exit_code {
             (0, ["exec"]) => "never: PROGRAM replaces this process once entitled",
             (0, ["verify"]) => "the handoff or token is genuine, fresh and bound to this workload",
             (0, ["doctor"]) => "no check failed (warnings may remain)",
-            (0, ["meter"]) => "stopped on SIGTERM after sending every closed hour",
+            (0, ["meter"]) => {
+                "stopped on SIGTERM (or SIGINT, SIGHUP) after sending every closed hour"
+            }
             (0, ["license", "check"]) => "AWS granted every entitlement; license.json written",
-            (0, ["license", "watch"]) => "stopped on SIGTERM; a floating seat was checked in",
+            (0, ["license", "watch"]) => {
+                "stopped on SIGTERM (or SIGINT, SIGHUP); a floating seat was checked in"
+            }
             (0, ["health"]) => "the sidecar answers and is ready",
             (0, _) => "success",
             (INTERNAL, ["doctor"]) => "a check failed",
-            (INTERNAL, ["health"]) => "not ready, or nothing answers there",
+            (INTERNAL, ["health"]) => {
+                "not ready, or nothing answers there (the sentence says which)"
+            }
             (INTERNAL, _) => "an answer AWS does not document, or an internal error",
             (CONFIG, ["meter"]) => {
                 "the configuration (a flag, a variable, a file, a locked build's rule), or a \
@@ -94,7 +101,7 @@ pub mod exit_code {
                 "AWS out of reach at start-up, or the seat not checked in within the grace"
             }
             (UNREACHABLE, _) => "AWS out of reach, throttled or failing until the deadline",
-            (INTERRUPTED, _) => "SIGTERM or SIGINT before a decision",
+            (INTERRUPTED, _) => "SIGTERM, SIGINT or SIGHUP before a decision",
             (UNBILLED, ["meter"]) => {
                 "stopped with everything sent, but AWS refused acknowledged usage as a duplicate \
                  or may not hold it (in doubt): not billed by this sidecar"
@@ -123,6 +130,9 @@ pub enum GateError {
         problem: String,
         remedy: &'static str,
     },
+    /// A locked build is being pointed at another endpoint than AWS's (`doctor --call`).
+    #[error("{0}, and this locked build calls AWS's own endpoints only")]
+    EndpointOverridden(EndpointOverride),
     #[error(transparent)]
     ProductCode(#[from] ProductCodeError),
     #[error(transparent)]
@@ -165,6 +175,7 @@ impl From<Failure> for GateError {
             Failure::Check(e) => GateError::Check(e),
             Failure::Metering(e) => GateError::Meter(MeterError::from(e)),
             Failure::License(e) => GateError::License(Box::new(e)),
+            Failure::Endpoint(e) => GateError::EndpointOverridden(e),
         }
     }
 }
@@ -267,6 +278,9 @@ pub fn report(error: &GateError) -> Report {
             };
             (CONFIG, reason, configuration(error, hint))
         }
+        G::EndpointOverridden(_)
+        | G::Check(C::EndpointOverridden(_))
+        | G::Meter(MeterError::EndpointOverridden(_)) => endpoint_overridden(error),
         G::Check(C::Identity(e)) => identity(error, e, "aws-marketplace:RegisterUsage"),
         G::Meter(MeterError::Identity(e)) => identity(error, e, "aws-marketplace:MeterUsage"),
         G::InvalidSetting { remedy, .. } => (CONFIG, "invalid_setting", configuration(error, remedy)),
@@ -379,20 +393,22 @@ pub fn report(error: &GateError) -> Report {
                  same directory sends it, so keep that volume."
             ),
         ),
-        G::Health(e @ HealthError::NotReady { .. }) => (
+        // A probe's answer is binary: not ready and nothing there both exit 1.
+        G::Health(HealthError::NotReady { url, status }) => (
             INTERNAL,
             "not_ready",
             format!(
-                "The metering sidecar is not ready ({e}); it is starting, stopping, or failed its \
-                 start-up: read its log."
+                "Not ready: {url} answered HTTP {status}; the sidecar there (meter or license \
+                 watch) is starting, stopping, or failed its start-up: read its log."
             ),
         ),
-        G::Health(e @ HealthError::Unreachable { .. }) => (
-            UNREACHABLE,
+        G::Health(HealthError::Unreachable { url, reason }) => (
+            INTERNAL,
             "unreachable",
             format!(
-                "The metering sidecar did not answer ({e}); check that it runs and listens on \
-                 ENTITLEMENT_GATE_METER_LISTEN."
+                "Not ready: nothing answered at {url} ({reason}); check that the sidecar (meter \
+                 or license watch) runs and listens there, as --url \
+                 (ENTITLEMENT_GATE_METER_LISTEN) says."
             ),
         ),
         G::Check(C::Handoff(HandoffError::Directory { .. })) => (
@@ -494,6 +510,20 @@ pub fn report(error: &GateError) -> Report {
         message,
         request_id: request_id(error).map(str::to_owned),
     }
+}
+
+/// The outcome of a locked build pointed at another endpoint, for whichever command refused it.
+fn endpoint_overridden(error: &GateError) -> (u8, &'static str, String) {
+    (
+        exit_code::CONFIG,
+        "endpoint_overridden",
+        configuration(
+            error,
+            "remove that setting from this container: a locked build sends its Marketplace \
+             Metering, License Manager and STS calls to AWS itself, over TLS that chains to \
+             Amazon Trust Services",
+        ),
+    )
 }
 
 /// The outcome of an identity failure, for whichever use case resolved it.

@@ -7,8 +7,7 @@ section says what each scenario proves and what it does not.
 Usage: runtime_check.py [--only NAME[,NAME...]]
 
 Environment: CONTAINERS_CONF, HELM, KUBECTL, EMULATOR (the metering-emulator binary),
-OPEN_BINARY and LOCKED_BINARY (static amd64 builds: open, and locked to ci-locked-product);
-RUNTIME_CHECK_PENDING=1 also runs the scenarios written ahead of the behaviour they check.
+OPEN_BINARY and LOCKED_BINARY (static amd64 builds: open, and locked to ci-locked-product).
 
 Every pod is named with this run's id and removed, with the images this run built, even when a
 scenario fails; the emulator, on 127.0.0.1, is the only thing the pods call.
@@ -56,12 +55,6 @@ BUYER_ROLE = "arn:aws:iam::111122223333:role/runtime-check-license"
 REGION = "us-east-1"
 # The ports the overlays fix for the sidecars (with the host's network, the host's ports).
 OVERLAY_METER_PORT, OVERLAY_WATCH_PORT = 8478, 8479
-# Scenarios written against documented behaviour this branch does not have yet, with what they
-# wait for; RUNTIME_CHECK_PENDING=1 runs them anyway.
-PENDING = {
-    "locked-kustomize": "issue 16 (a locked build refuses every endpoint override, the Metering "
-                        "one included) is not merged into this branch yet",
-}
 
 
 class Failure(Exception):
@@ -1002,10 +995,6 @@ def main():
                                                        emulator), [aws, anywhere])
         for name, scenario in SCENARIOS.items():
             if only and name not in only:
-                continue
-            if name in PENDING and os.environ.get("RUNTIME_CHECK_PENDING") != "1":
-                say(f"PENDING {name}: {PENDING[name]} (RUNTIME_CHECK_PENDING=1 runs it)")
-                results.append((name, "pending", 0.0))
                 continue
             say(f"--- {name}: {scenario.__doc__.splitlines()[0]}")
             started = time.monotonic()
